@@ -1,0 +1,125 @@
+"""SymBert: BERT whose query and key share one projection, scored through a learned per-head pairwise matrix.
+
+Symmetric Dot-Product Attention for Efficient Training of BERT Language Models (Courtois et al., 2024,
+arXiv 2406.06366). Everything outside self-attention is BERT's (`modeling_encoder.py`).
+"""
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+
+from .configuration_sym_bert import SymBertConfig
+from .modeling_encoder import (
+    LeanForMaskedLM,
+    LeanForMultipleChoice,
+    LeanForQuestionAnswering,
+    LeanForSequenceClassification,
+    LeanForTokenClassification,
+    LeanModel,
+    LeanPreTrainedModel,
+    eager_attention_forward,
+)
+
+
+class SymBertSelfAttention(nn.Module):
+    """One projection q = xW + b serves as query and key; scores s_ij = q_i B_h q_j^T / sqrt(d_h).
+
+    The fast path folds B_h into the query side (q' = q B_h, n·d·d_h extra flops) and hands (q', q, v) to any
+    standard attention kernel, so SDPA and flash attention apply unchanged.
+    """
+
+    def __init__(self, config: SymBertConfig):
+        super().__init__()
+        self.config = config
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_size**-0.5
+        self.is_causal = False
+        self.query_key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.pairwise = (
+            nn.Parameter(torch.empty(config.num_attention_heads, self.head_size, self.head_size))  # (H, d_h, d_h)
+            if config.attention_mode == "pairwise"
+            else None
+        )
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        heads_shape = (*hidden_states.shape[:-1], -1, self.head_size)
+        q = self.query_key(hidden_states).view(heads_shape).transpose(1, 2)  # (B, H, L, d_h), also the key
+        v = self.value(hidden_states).view(heads_shape).transpose(1, 2)  # (B, H, L, d_h)
+        # Symmetric dot-product attention with pairwise coefficient: s_ij = q_i B_h q_j^T / sqrt(d_h)
+        q_pairwise = q if self.pairwise is None else torch.matmul(q, self.pairwise)  # (B, H, L, d_h)
+
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        context, weights = attention_interface(
+            self,
+            q_pairwise,
+            q,
+            v,
+            attention_mask,
+            dropout=self.dropout.p if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return context.reshape(*hidden_states.shape[:-1], -1), weights  # (B, L, d)
+
+
+class SymBertPreTrainedModel(LeanPreTrainedModel):
+    config: SymBertConfig
+    base_model_prefix = "sym_bert"
+    attention_class = SymBertSelfAttention
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SymBertSelfAttention) and module.pairwise is not None:
+            init.normal_(module.pairwise, mean=0.0, std=self.config.pairwise_init_std)
+
+
+class SymBertModel(LeanModel, SymBertPreTrainedModel):
+    """The bare SymBert encoder, returning hidden states and BERT's pooled [CLS] output."""
+
+
+class SymBertForMaskedLM(LeanForMaskedLM, SymBertPreTrainedModel):
+    base_model_class = SymBertModel
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "sym_bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+
+class SymBertForSequenceClassification(LeanForSequenceClassification, SymBertPreTrainedModel):
+    base_model_class = SymBertModel
+
+
+class SymBertForTokenClassification(LeanForTokenClassification, SymBertPreTrainedModel):
+    base_model_class = SymBertModel
+
+
+class SymBertForQuestionAnswering(LeanForQuestionAnswering, SymBertPreTrainedModel):
+    base_model_class = SymBertModel
+
+
+class SymBertForMultipleChoice(LeanForMultipleChoice, SymBertPreTrainedModel):
+    base_model_class = SymBertModel
+
+
+__all__ = [
+    "SymBertForMaskedLM",
+    "SymBertForMultipleChoice",
+    "SymBertForQuestionAnswering",
+    "SymBertForSequenceClassification",
+    "SymBertForTokenClassification",
+    "SymBertModel",
+    "SymBertPreTrainedModel",
+]
