@@ -14,7 +14,17 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .configuration_shared_bert import SharedBertConfig
 from .configuration_sym_bert import SymBertConfig
+from .modeling_shared_bert import (
+    SharedBertForMaskedLM,
+    SharedBertForMultipleChoice,
+    SharedBertForQuestionAnswering,
+    SharedBertForSequenceClassification,
+    SharedBertForTokenClassification,
+    SharedBertModel,
+    SharedBertPreTrainedModel,
+)
 from .modeling_sym_bert import (
     SymBertForMaskedLM,
     SymBertForMultipleChoice,
@@ -36,6 +46,14 @@ ARCHITECTURES = {
         SymBertForQuestionAnswering,
         SymBertForMultipleChoice,
     ),
+    SharedBertConfig: (
+        SharedBertModel,
+        SharedBertForMaskedLM,
+        SharedBertForSequenceClassification,
+        SharedBertForTokenClassification,
+        SharedBertForQuestionAnswering,
+        SharedBertForMultipleChoice,
+    ),
 }
 
 _AUTO_MODEL_CLASSES = (
@@ -53,6 +71,14 @@ for _config_class, _model_classes in ARCHITECTURES.items():
         _auto_class.register(_config_class, _model_class, exist_ok=True)
 
 __all__ = [
+    "SharedBertConfig",
+    "SharedBertForMaskedLM",
+    "SharedBertForMultipleChoice",
+    "SharedBertForQuestionAnswering",
+    "SharedBertForSequenceClassification",
+    "SharedBertForTokenClassification",
+    "SharedBertModel",
+    "SharedBertPreTrainedModel",
     "SymBertConfig",
     "SymBertForMaskedLM",
     "SymBertForMultipleChoice",

@@ -1,0 +1,124 @@
+"""SharedBert: BERT whose query, key and value come from one shared projection and three diagonal scalings.
+
+Shared weights for query, key and value in BERT (arXiv 2412.00359). Everything outside self-attention is BERT's
+(`modeling_encoder.py`).
+"""
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+
+from .configuration_shared_bert import SharedBertConfig
+from .modeling_encoder import (
+    LeanForMaskedLM,
+    LeanForMultipleChoice,
+    LeanForQuestionAnswering,
+    LeanForSequenceClassification,
+    LeanForTokenClassification,
+    LeanModel,
+    LeanPreTrainedModel,
+    eager_attention_forward,
+)
+
+
+class SharedBertSelfAttention(nn.Module):
+    """s = x W_s + b_s; q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v; softmax(q k^T / sqrt(d_h)) v per head.
+
+    One d->d matmul where BERT does three; the scalings are d-vectors. Logits are symmetric before masking and
+    depend on d_q ⊙ d_k only.
+    """
+
+    def __init__(self, config: SharedBertConfig):
+        super().__init__()
+        self.config = config
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_size**-0.5
+        self.is_causal = False
+        self.shared = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query_scale = nn.Parameter(torch.ones(config.hidden_size))  # d_q
+        self.key_scale = nn.Parameter(torch.ones(config.hidden_size))  # d_k
+        self.value_scale = nn.Parameter(torch.ones(config.hidden_size))  # d_v
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        heads_shape = (*hidden_states.shape[:-1], -1, self.head_size)
+        s = self.shared(hidden_states)  # (B, L, d)
+        # Shared query, key and value: q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v
+        q = (s * self.query_scale).view(heads_shape).transpose(1, 2)  # (B, H, L, d_h)
+        k = (s * self.key_scale).view(heads_shape).transpose(1, 2)
+        v = (s * self.value_scale).view(heads_shape).transpose(1, 2)
+
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        context, weights = attention_interface(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.dropout.p if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return context.reshape(*hidden_states.shape[:-1], -1), weights  # (B, L, d)
+
+
+class SharedBertPreTrainedModel(LeanPreTrainedModel):
+    config: SharedBertConfig
+    base_model_prefix = "shared_bert"
+    attention_class = SharedBertSelfAttention
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SharedBertSelfAttention):
+            for scale in (module.query_scale, module.key_scale, module.value_scale):
+                init.ones_(scale)
+
+
+class SharedBertModel(LeanModel, SharedBertPreTrainedModel):
+    """The bare SharedBert encoder, returning hidden states and BERT's pooled [CLS] output."""
+
+
+class SharedBertForMaskedLM(LeanForMaskedLM, SharedBertPreTrainedModel):
+    base_model_class = SharedBertModel
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "shared_bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+
+class SharedBertForSequenceClassification(LeanForSequenceClassification, SharedBertPreTrainedModel):
+    base_model_class = SharedBertModel
+
+
+class SharedBertForTokenClassification(LeanForTokenClassification, SharedBertPreTrainedModel):
+    base_model_class = SharedBertModel
+
+
+class SharedBertForQuestionAnswering(LeanForQuestionAnswering, SharedBertPreTrainedModel):
+    base_model_class = SharedBertModel
+
+
+class SharedBertForMultipleChoice(LeanForMultipleChoice, SharedBertPreTrainedModel):
+    base_model_class = SharedBertModel
+
+
+__all__ = [
+    "SharedBertForMaskedLM",
+    "SharedBertForMultipleChoice",
+    "SharedBertForQuestionAnswering",
+    "SharedBertForSequenceClassification",
+    "SharedBertForTokenClassification",
+    "SharedBertModel",
+    "SharedBertPreTrainedModel",
+]
