@@ -14,7 +14,6 @@ TINY = dict(
     vocab_size=99,
     hidden_size=32,
     num_hidden_layers=2,
-    num_attention_heads=4,
     intermediate_size=37,
     max_position_embeddings=64,
     hidden_dropout_prob=0.0,
@@ -26,14 +25,23 @@ ARCHITECTURES = {
     "sym_pairwise": (leanbert.SymBertConfig, {"attention_mode": "pairwise"}, "SymBert"),
     "sym_symmetric": (leanbert.SymBertConfig, {"attention_mode": "symmetric"}, "SymBert"),
     "shared": (leanbert.SharedBertConfig, {}, "SharedBert"),
+    "shatter": (leanbert.ShatterConfig, {}, "Shatter"),
+    "shatter_learned": (leanbert.ShatterConfig, {"partition": "learned", "distance_scale": 8}, "Shatter"),
+    "shatter_sigmoid": (leanbert.ShatterConfig, {"attention_normalizer": "sigmoid", "key_projection": True,
+                                                 "absolute_position_embeddings": True}, "Shatter"),
 }
 HEADS = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
          "ForMultipleChoice")
 
 
 def tiny_config(arch: str, **overrides):
-    config_class, extra, _ = ARCHITECTURES[arch]
-    return config_class(**{**TINY, **extra, **overrides})
+    config_class, extra, prefix = ARCHITECTURES[arch]
+    heads = {} if prefix == "Shatter" else {"num_attention_heads": 4}
+    return config_class(**{**TINY, **heads, **extra, **overrides})
+
+
+def num_heads(config) -> int:
+    return getattr(config, "num_attention_heads", 1)
 
 
 def model_class(arch: str, head: str):

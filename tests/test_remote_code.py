@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, pipeline
@@ -38,6 +39,7 @@ REMOTE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("arch", ["sym_pairwise", "shared", "shatter"])
 def test_remote_code_loads_without_leanbert(arch, tmp_path):
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())

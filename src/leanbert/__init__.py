@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from .configuration_shared_bert import SharedBertConfig
+from .configuration_shatter import ShatterConfig
 from .configuration_sym_bert import SymBertConfig
 from .modeling_shared_bert import (
     SharedBertForMaskedLM,
@@ -24,6 +25,15 @@ from .modeling_shared_bert import (
     SharedBertForTokenClassification,
     SharedBertModel,
     SharedBertPreTrainedModel,
+)
+from .modeling_shatter import (
+    ShatterForMaskedLM,
+    ShatterForMultipleChoice,
+    ShatterForQuestionAnswering,
+    ShatterForSequenceClassification,
+    ShatterForTokenClassification,
+    ShatterModel,
+    ShatterPreTrainedModel,
 )
 from .modeling_sym_bert import (
     SymBertForMaskedLM,
@@ -54,6 +64,14 @@ ARCHITECTURES = {
         SharedBertForQuestionAnswering,
         SharedBertForMultipleChoice,
     ),
+    ShatterConfig: (
+        ShatterModel,
+        ShatterForMaskedLM,
+        ShatterForSequenceClassification,
+        ShatterForTokenClassification,
+        ShatterForQuestionAnswering,
+        ShatterForMultipleChoice,
+    ),
 }
 
 _AUTO_MODEL_CLASSES = (
@@ -79,6 +97,14 @@ __all__ = [
     "SharedBertForTokenClassification",
     "SharedBertModel",
     "SharedBertPreTrainedModel",
+    "ShatterConfig",
+    "ShatterForMaskedLM",
+    "ShatterForMultipleChoice",
+    "ShatterForQuestionAnswering",
+    "ShatterForSequenceClassification",
+    "ShatterForTokenClassification",
+    "ShatterModel",
+    "ShatterPreTrainedModel",
     "SymBertConfig",
     "SymBertForMaskedLM",
     "SymBertForMultipleChoice",

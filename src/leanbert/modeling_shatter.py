@@ -1,0 +1,211 @@
+"""Shatter: one attention head whose values depend on soft parts of the relative position (arXiv 2108.13032).
+
+What the paper states: a single attention head; the relative positions j - i are softly partitioned into parts,
+each part with its own value matrix, which is what lets one head replace many; no absolute positions needed.
+What is our reconstruction (the method section was not available): the query-only score (keys are the layer
+input, since with one head W_q W_k^T is one d x d bilinear form), the Bernstein-polynomial partition and its exact
+one-call expansion, the learned partition, folding the output projection into the value matrices, and the
+sigmoid option. Each is a `ShatterConfig` field.
+
+    o_i = Σ_k Σ_j a_ij p_k(j - i) V_k x_j = Σ_k [(A ⊙ P_k)(X V_k)]_i
+"""
+
+from math import comb
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+
+from .configuration_shatter import ShatterConfig
+from .modeling_encoder import (
+    LeanForMaskedLM,
+    LeanForMultipleChoice,
+    LeanForQuestionAnswering,
+    LeanForSequenceClassification,
+    LeanForTokenClassification,
+    LeanModel,
+    LeanPreTrainedModel,
+    eager_attention_forward,
+)
+
+
+def bernstein_parts(relative: torch.Tensor, num_parts: int, scale: int) -> torch.Tensor:
+    """p_k(r) = C(m, k) t^k (1 - t)^(m - k), t = (r + R) / 2R, m = P - 1: non-negative for |r| <= R and summing
+    to one for every r. (..., ) -> (..., P)."""
+    m = num_parts - 1
+    t = (relative.double() + scale) / (2 * scale)
+    return torch.stack([comb(m, k) * t**k * (1 - t) ** (m - k) for k in range(num_parts)], dim=-1)
+
+
+class BernsteinPartition(nn.Module):
+    """Fixed Bernstein parts, factored as p_k(j - i) = Σ_a f_a(i) g_ka(j) so that no n x n part is ever built.
+
+    With t = c_i + u_j, c_i = 1/2 - i/2R and u_j = j/2R, and p_k(t) = Σ_n β_kn t^n:
+    p_k = Σ_a c_i^a · Σ_e β_k,a+e C(a+e, a) u_j^e, i.e. f_a(i) = c_i^a and g_ka(j) = Σ_e G_kae u_j^e.
+    """
+
+    def __init__(self, num_parts: int, scale: int):
+        super().__init__()
+        self.num_parts, self.scale = num_parts, scale
+        m = num_parts - 1
+        beta = [[0.0] * (m + 1) for _ in range(num_parts)]  # beta[k][n]: coefficient of t^n in p_k
+        for k in range(num_parts):
+            for l in range(m - k + 1):
+                beta[k][k + l] = comb(m, k) * comb(m - k, l) * (-1) ** l
+        self.expansion = [[[beta[k][a + e] * comb(a + e, a) if a + e <= m else 0.0 for e in range(m + 1)]
+                           for a in range(m + 1)] for k in range(num_parts)]  # G[k][a][e]
+
+    def forward(self, relative: torch.Tensor) -> torch.Tensor:
+        return bernstein_parts(relative, self.num_parts, self.scale)
+
+    def factors(self, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """f (L, m+1) and g (L, P, m+1) with p_k(j - i) = Σ_a f[i, a] g[j, k, a]."""
+        positions = torch.arange(length, device=device, dtype=torch.float64) / (2 * self.scale)
+        powers = positions[:, None] ** torch.arange(self.num_parts, device=device)  # (L, m+1): u^e
+        f = (0.5 - positions)[:, None] ** torch.arange(self.num_parts, device=device)  # (L, m+1): c^a
+        g = torch.einsum("le,kae->lka", powers, torch.tensor(self.expansion, device=device, dtype=torch.float64))
+        return f.to(dtype), g.to(dtype)
+
+
+class LearnedPartition(nn.Module):
+    """p_k(r) = softmax_k(θ[clip(r, -R, R)]): a learned partition of unity over clipped relative distances,
+    initialised to the Bernstein parts so that training starts from the fixed family."""
+
+    def __init__(self, num_parts: int, scale: int):
+        super().__init__()
+        self.num_parts, self.scale = num_parts, scale
+        self.logits = nn.Parameter(torch.empty(2 * scale + 1, num_parts))  # θ: (2R + 1, P)
+
+    def initial_logits(self) -> torch.Tensor:
+        distances = torch.arange(-self.scale, self.scale + 1)
+        return bernstein_parts(distances, self.num_parts, self.scale).clamp(min=1e-4).log().float()
+
+    def forward(self, relative: torch.Tensor) -> torch.Tensor:
+        index = relative.clamp(-self.scale, self.scale) + self.scale
+        return self.logits[index].softmax(dim=-1)
+
+
+class ShatterSelfAttention(nn.Module):
+    """One head of full width d; values V_1..V_P (output projection folded in) mixed by soft relative parts."""
+
+    has_output_projection = False
+
+    def __init__(self, config: ShatterConfig):
+        super().__init__()
+        self.config = config
+        d, parts = config.hidden_size, config.num_parts
+        self.num_parts = parts
+        self.scaling = d**-0.5
+        self.is_causal = False
+        self.query = nn.Linear(d, d)
+        self.key = nn.Linear(d, d) if config.key_projection else None
+        self.value = nn.Linear(d, parts * d)  # V_1..V_P stacked
+        partition = BernsteinPartition if config.partition == "bernstein" else LearnedPartition
+        self.partition = partition(parts, config.relative_scale)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, L, d = hidden_states.shape
+        q = self.query(hidden_states).unsqueeze(1)  # (B, 1, L, d): a single head
+        k = (hidden_states if self.key is None else self.key(hidden_states)).unsqueeze(1)  # (B, 1, L, d)
+        values = self.value(hidden_states).view(B, L, self.num_parts, d)  # (B, L, P, d): V_k x_j
+
+        if isinstance(self.partition, LearnedPartition):
+            # o = Σ_k (A ⊙ P_k)(X V_k): one explicit n x n product per learned part
+            weights = self.probabilities(q, k, attention_mask)  # (B, 1, L, L)
+            positions = torch.arange(L, device=hidden_states.device)
+            parts = self.partition(positions[None, :] - positions[:, None]).to(weights.dtype)  # (L, L, P)
+            output = sum(torch.matmul(weights[:, 0] * parts[..., p], values[:, :, p]) for p in range(self.num_parts))
+            return output, weights
+
+        # Relative partitioning, expanded: p_k(j-i) = Σ_a f_a(i) g_ka(j), so
+        # o_i = Σ_a f_a(i) [A · W_a]_i with W_a[j] = Σ_k g_ka(j) V_k x_j: one attention call, (m+1)·d-wide values
+        f, g = self.partition.factors(L, hidden_states.device, values.dtype)  # (L, m+1), (L, P, m+1)
+        wide = torch.einsum("blpd,lpa->blad", values, g).reshape(B, 1, L, -1)  # (B, 1, L, (m+1)·d)
+        if self.config.attention_normalizer == "softmax":
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+            mixed, weights = attention_interface(
+                self, q, k, wide, attention_mask,
+                dropout=self.dropout.p if self.training else 0.0, scaling=self.scaling, **kwargs,
+            )  # (B, L, 1, (m+1)·d)
+        else:
+            weights = self.probabilities(q, k, attention_mask)
+            mixed = torch.matmul(weights, wide).transpose(1, 2)  # (B, L, 1, (m+1)·d)
+        output = torch.einsum("blad,la->bld", mixed.reshape(B, L, -1, d), f)  # (B, L, d)
+        return output, weights
+
+    def probabilities(self, q: torch.Tensor, k: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention matrix A (B, 1, L, L), explicitly: softmax, or sigmoid(s - log n) with n valid keys."""
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling  # (B, 1, L, L)
+        valid = torch.ones_like(scores, dtype=torch.bool) if attention_mask is None else (
+            attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+        ).expand_as(scores)
+        if self.config.attention_normalizer == "softmax":
+            weights = scores.masked_fill(~valid, torch.finfo(scores.dtype).min).softmax(dim=-1)
+        else:
+            count = valid.sum(dim=-1, keepdim=True).clamp(min=1)
+            weights = torch.sigmoid(scores - count.to(scores.dtype).log()) * valid
+        return self.dropout(weights)
+
+
+class ShatterPreTrainedModel(LeanPreTrainedModel):
+    config: ShatterConfig
+    base_model_prefix = "shatter"
+    attention_class = ShatterSelfAttention
+    _supports_flash_attn = False  # values are (P)·d wide, wider than queries
+    _supports_flex_attn = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, LearnedPartition):
+            init.copy_(module.logits, module.initial_logits())
+
+
+class ShatterModel(LeanModel, ShatterPreTrainedModel):
+    """The bare Shatter encoder, returning hidden states and BERT's pooled [CLS] output."""
+
+
+class ShatterForMaskedLM(LeanForMaskedLM, ShatterPreTrainedModel):
+    base_model_class = ShatterModel
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "shatter.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+
+class ShatterForSequenceClassification(LeanForSequenceClassification, ShatterPreTrainedModel):
+    base_model_class = ShatterModel
+
+
+class ShatterForTokenClassification(LeanForTokenClassification, ShatterPreTrainedModel):
+    base_model_class = ShatterModel
+
+
+class ShatterForQuestionAnswering(LeanForQuestionAnswering, ShatterPreTrainedModel):
+    base_model_class = ShatterModel
+
+
+class ShatterForMultipleChoice(LeanForMultipleChoice, ShatterPreTrainedModel):
+    base_model_class = ShatterModel
+
+
+__all__ = [
+    "ShatterForMaskedLM",
+    "ShatterForMultipleChoice",
+    "ShatterForQuestionAnswering",
+    "ShatterForSequenceClassification",
+    "ShatterForTokenClassification",
+    "ShatterModel",
+    "ShatterPreTrainedModel",
+]

@@ -1,0 +1,85 @@
+"""Shatter's relative partitions: partition of unity, the exact one-call expansion, and no leak from padding."""
+
+import pytest
+import torch
+from transformers.masking_utils import create_bidirectional_mask
+
+import leanbert
+from conftest import tiny_config
+from leanbert.modeling_shatter import BernsteinPartition, LearnedPartition, bernstein_parts
+
+
+@pytest.mark.parametrize("num_parts", [1, 2, 3, 5])
+def test_bernstein_parts_are_a_partition_of_unity(num_parts):
+    scale = 511
+    parts = bernstein_parts(torch.arange(-scale, scale + 1), num_parts, scale)  # every relative distance
+    assert parts.min() >= 0
+    torch.testing.assert_close(parts.sum(-1), torch.ones(2 * scale + 1, dtype=torch.float64))
+
+
+def test_learned_parts_are_a_partition_of_unity_starting_from_bernstein():
+    partition = LearnedPartition(3, 16)
+    with torch.no_grad():
+        partition.logits.copy_(partition.initial_logits())
+    relative = torch.arange(-40, 41)
+    parts = partition(relative)
+    torch.testing.assert_close(parts.sum(-1), torch.ones(81))
+    torch.testing.assert_close(parts[24:57], bernstein_parts(relative[24:57], 3, 16).float(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(parts[0], parts[1])  # beyond the clipping distance all distances share a part
+
+
+@pytest.mark.parametrize("num_parts", [2, 3, 4])
+def test_factorisation_reproduces_the_parts(num_parts):
+    partition = BernsteinPartition(num_parts, 64)
+    f, g = partition.factors(50, "cpu", torch.float64)
+    positions = torch.arange(50)
+    expected = partition(positions[None, :] - positions[:, None])  # (L, L, P): p_k(j - i)
+    torch.testing.assert_close(torch.einsum("ia,jka->ijk", f, g), expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("normalizer", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_one_call_expansion_equals_explicit_sum_over_parts(normalizer, implementation):
+    """o = Σ_k (A ⊙ P_k)(X V_k), computed the slow way, equals the fused path."""
+    torch.manual_seed(0)
+    config = tiny_config("shatter", attention_normalizer=normalizer, attn_implementation=implementation)
+    attention = leanbert.ShatterModel(config).eval().encoder.layer[0].attention.self
+    x = torch.randn(2, 11, config.hidden_size)
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, 7:] = 0
+    output, _ = attention(x, create_bidirectional_mask(config=config, inputs_embeds=x, attention_mask=mask))
+    q, k = attention.query(x).unsqueeze(1), x.unsqueeze(1)
+    weights = attention.probabilities(q, k, mask[:, None, None, :].bool())  # (B, 1, L, L), explicit
+    positions = torch.arange(11)
+    parts = bernstein_parts(positions[None, :] - positions[:, None], 3, config.relative_scale).float()
+    values = attention.value(x).view(2, 11, 3, -1)
+    explicit = sum((weights[:, 0] * parts[..., p]) @ values[:, :, p] for p in range(3))
+    torch.testing.assert_close(output, explicit, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["shatter", "shatter_learned", "shatter_sigmoid", "sym_pairwise", "shared"])
+def test_no_information_flows_from_padding(arch):
+    torch.manual_seed(0)
+    model = getattr(leanbert, "ShatterModel" if arch.startswith("shatter") else
+                    {"sym_pairwise": "SymBertModel", "shared": "SharedBertModel"}[arch])(tiny_config(arch)).eval()
+    input_ids = torch.randint(1, 99, (1, 12))
+    mask = torch.ones_like(input_ids)
+    mask[:, 8:] = 0
+    reference = model(input_ids, attention_mask=mask).last_hidden_state[:, :8]
+    for _ in range(3):
+        noisy = input_ids.clone()
+        noisy[:, 8:] = torch.randint(1, 99, (1, 4))  # anything at padded positions
+        torch.testing.assert_close(model(noisy, attention_mask=mask).last_hidden_state[:, :8], reference)
+
+
+def test_invalid_shatter_fields():
+    for field, value, message in [
+        ("partition", "cubic", "partition='cubic' is invalid; allowed: bernstein, learned"),
+        ("attention_normalizer", "relu", "attention_normalizer='relu' is invalid; allowed: softmax, sigmoid"),
+        ("num_parts", 0, "num_parts=0 is invalid; must be a positive integer"),
+        ("distance_scale", 10, "distance_scale=10 is invalid; must be >= max_position_embeddings - 1 = 511"),
+        ("distance_scale", -1, "distance_scale=-1 is invalid; must be a positive integer or None"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            leanbert.ShatterConfig(**{field: value})
+    assert leanbert.ShatterConfig(partition="learned", distance_scale=10).relative_scale == 10
