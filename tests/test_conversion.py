@@ -1,0 +1,204 @@
+"""BERT → SymBert / SharedBert conversion: what copies exactly, what is approximated, and refusing bad input."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+import leanbert
+from conftest import real_minilm_path
+from leanbert.conversion import ConversionError, convert
+from leanbert.conversion.calibration import read_passages
+from leanbert.conversion.convert import write_atomically
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A small random BertForSequenceClassification with the real MiniLM tokenizer, saved as safetensors."""
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, num_labels=3, initializer_range=0.2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def calibration_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "calibration.txt"
+    path.write_text("\n".join(read_passages()[:48]))
+    return path
+
+
+def save_pickle_checkpoint(source: Path, folder: Path) -> None:
+    """The legacy layout: config.json and pytorch_model.bin (a pickle), as transformers 4.x and older wrote."""
+    model = BertForSequenceClassification.from_pretrained(source)
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "leanbert.conversion", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+
+
+@pytest.mark.parametrize("to", ["sym", "shatter"])
+def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
+    before = digest(tiny_bert)
+    output = tmp_path / "converted"
+    report = convert(str(tiny_bert), to, output, calibration_text=calibration_file, refine_steps=30)
+    assert digest(tiny_bert) == before, "the source was modified"
+
+    assert {"model.safetensors", "config.json", "tokenizer.json", "conversion_report.json"} <= set(
+        p.name for p in output.iterdir())
+    config = json.loads((output / "config.json").read_text())
+    assert len(config["auto_map"]) == 7 and len(config["id2label"]) == 3
+    assert json.loads((output / "conversion_report.json").read_text()) == report
+
+    teacher = BertForSequenceClassification.from_pretrained(tiny_bert).eval()
+    student = AutoModelForSequenceClassification.from_pretrained(output).eval()
+    prefix = {"sym": "SymBert", "shared": "SharedBert", "shatter": "Shatter"}[to]
+    assert type(student) is getattr(leanbert, f"{prefix}ForSequenceClassification")
+
+    exact = {"classifier.weight", "bert.pooler.dense.weight", "bert.embeddings.word_embeddings.weight",
+             "bert.encoder.layer.1.intermediate.dense.weight", "bert.encoder.layer.1.output.LayerNorm.weight"}
+    if to == "sym":  # the value path copies exactly; only scores are approximated
+        exact |= {"bert.encoder.layer.0.attention.self.value.weight",
+                  "bert.encoder.layer.0.attention.output.dense.weight"}
+    student_state = student.state_dict()
+    for name in exact:
+        student_name = name.replace("bert.", f"{student.base_model_prefix}.", 1)
+        torch.testing.assert_close(student_state[student_name], teacher.state_dict()[name], atol=0, rtol=0)
+
+    assert report["parameters"]["source"] == teacher.num_parameters()
+    assert report["parameters"]["converted"] == student.num_parameters() < teacher.num_parameters()
+    assert [layer["layer"] for layer in report["layers"]] == [0, 1]
+    assert all(0 <= layer["heldout_logit_rel_error"] < 1 for layer in report["layers"])
+
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    batch = tokenizer(read_passages(bundled="heldout.txt")[:8], padding=True, truncation=True, max_length=64,
+                      return_tensors="pt")
+    with torch.no_grad():
+        source_logits, converted_logits = teacher(**batch).logits, student(**batch).logits
+    cosine = torch.nn.functional.cosine_similarity(source_logits, converted_logits, dim=-1)
+    if to != "shatter":  # a warm start, not an equivalent model: its classifier is not expected to agree yet
+        assert cosine.min() > {"sym": 0.98, "shared": 0.9}[to], cosine
+    assert report["fidelity"]["mean_cosine"] > {"sym": 0.99, "shared": 0.9, "shatter": 0.8}[to]
+
+
+def test_symbert_conversion_of_an_exactly_representable_bert_is_lossless(calibration_file, tmp_path):
+    """A BERT whose key projection equals its query projection up to a per-head invertible map is exactly a SymBert."""
+    tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=40, initializer_range=0.3)
+    bert = BertForSequenceClassification(config)
+    for layer in bert.bert.encoder.layer:
+        attention = layer.attention.self
+        mix = torch.block_diag(*[torch.randn(16, 16) * 0.5 + torch.eye(16) for _ in range(2)])
+        attention.key.weight.data = mix @ attention.query.weight.data  # k_h = q_h A_h (no key bias needed)
+    bert.save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    report = convert(str(tmp_path / "bert"), "sym", tmp_path / "out", calibration_text=calibration_file,
+                     refine_steps=0)
+    assert report["layers"][0]["heldout_logit_rel_error"] < 1e-3
+    assert report["fidelity"]["min_cosine"] > 0.9999
+
+
+def test_refuses_non_empty_output_without_force(tiny_bert, calibration_file, tmp_path):
+    output = tmp_path / "taken"
+    output.mkdir()
+    (output / "keep.txt").write_text("precious")
+    result = run_cli("--source", tiny_bert, "--to", "sym", "--output", output, "--refine-steps", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"leanbert-convert: error: output folder {str(output)!r} exists and is not empty; pass --force to replace it"]
+    assert (output / "keep.txt").read_text() == "precious"
+
+    result = run_cli("--source", tiny_bert, "--to", "sym", "--output", output, "--refine-steps", "0", "--force",
+                     "--calibration-text", calibration_file)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (output / "keep.txt").exists() and (output / "model.safetensors").exists()
+    assert json.loads(result.stdout)["parameters"]["converted"] > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+
+
+@pytest.mark.parametrize("case", ["missing", "not_bert", "pickle_only", "inside_source", "bad_to"])
+def test_bad_input_fails_with_one_clear_line(case, tiny_bert, tmp_path):
+    source, to, output = tiny_bert, "sym", tmp_path / "out"
+    expected = {
+        "missing": "no such folder or Hub model",
+        "not_bert": "is a 'sym_bert' checkpoint; leanbert converts BERT checkpoints (model_type 'bert')",
+        "pickle_only": "only safetensors weights are read; pass --allow-pickle to trust a .bin",
+        "inside_source": "is inside the source folder",
+        "bad_to": "invalid choice: 'shatterz'",
+    }[case]
+    if case == "missing":
+        source = tmp_path / "nowhere"
+    elif case == "not_bert":
+        source = tmp_path / "sym"
+        leanbert.SymBertModel(leanbert.SymBertConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1,
+                                                     intermediate_size=37)).save_pretrained(source)
+    elif case == "pickle_only":
+        source = tmp_path / "bin"
+        save_pickle_checkpoint(tiny_bert, source)
+        assert (source / "pytorch_model.bin").exists() and not (source / "model.safetensors").exists()
+    elif case == "inside_source":
+        output = tiny_bert / "converted"
+    elif case == "bad_to":
+        to = "shatterz"
+    result = run_cli("--source", source, "--to", to, "--output", output)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("leanbert-convert: error: ") and expected in lines[-1], result.stderr[-2000:]
+    if case != "bad_to":  # argparse's own errors come after its usage lines, as for any argparse program
+        assert len(lines) == 1, result.stderr[-2000:]
+    assert not output.exists()
+
+
+def test_pickle_source_converts_with_explicit_opt_in(tiny_bert, calibration_file, tmp_path):
+    source = tmp_path / "bin"
+    save_pickle_checkpoint(tiny_bert, source)
+    report = convert(str(source), "sym", tmp_path / "out", calibration_text=calibration_file, refine_steps=0,
+                     allow_pickle=True)
+    assert report["source_architecture"] == "BertForSequenceClassification"
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_interrupted_write_leaves_nothing_behind(tmp_path):
+    output = tmp_path / "model"
+
+    def crash(folder):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(output, crash)
+    assert list(tmp_path.iterdir()) == []
+
+    output.mkdir()
+    (output / "config.json").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(output, crash)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (output / "config.json").read_text() == "old"
+
+    write_atomically(output, lambda folder: (folder / "config.json").write_text("new"))
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (output / "config.json").read_text() == "new"
+
+
+def test_conversion_error_for_missing_calibration_text(tiny_bert, tmp_path):
+    with pytest.raises(ConversionError, match="is not a file"):
+        convert(str(tiny_bert), "sym", tmp_path / "out", calibration_text=tmp_path / "none.txt")

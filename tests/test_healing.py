@@ -1,0 +1,106 @@
+"""Healing by distillation: it improves fidelity, resumes exactly, and refuses mismatched teacher and student."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+import leanbert
+from conftest import real_minilm_path
+from leanbert.conversion import convert
+from leanbert.conversion.calibration import read_passages
+from leanbert.healing import HealingError, heal
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A small random BERT (the teacher), its Shatter warm start (lossy, so healing has work to do) and text."""
+    root = tmp_path_factory.mktemp("healing")
+    tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=48, initializer_range=0.2)).save_pretrained(root / "teacher")
+    tokenizer.save_pretrained(root / "teacher")
+    text = root / "text.txt"
+    text.write_text("\n".join(read_passages()[:96]))
+    convert(str(root / "teacher"), "shatter", root / "student", calibration_text=text, refine_steps=0)
+    return root
+
+
+def run_heal(root, output, **kwargs):
+    settings = dict(steps=8, batch_size=8, max_length=64, learning_rate=3e-3, checkpoint_every=4)
+    return heal(str(root / "teacher"), root / "student", root / "text.txt", output, **{**settings, **kwargs})
+
+
+def test_healing_improves_fidelity_and_updates_the_report(converted, tmp_path):
+    report = run_heal(converted, tmp_path / "healed", train="all", steps=12)
+    healing = report["healing"]
+    assert healing["fidelity_after"]["mean_cosine"] > healing["fidelity_before"]["mean_cosine"]
+    saved = json.loads((tmp_path / "healed" / "conversion_report.json").read_text())
+    assert saved["healing"] == healing and saved["fidelity"] == report["fidelity"]  # the pre-healing fidelity stays
+    curve = json.loads((tmp_path / "healed" / "healing_curve.json").read_text())
+    assert [point["step"] for point in curve] == list(range(1, 13)) and curve[-1]["loss"] < curve[0]["loss"]
+    assert (tmp_path / "healed" / "healing_curve.png").stat().st_size > 1000
+    assert not (tmp_path / "healed.heal-checkpoints").exists(), "checkpoints are removed once healing finishes"
+    assert type(leanbert.ShatterModel.from_pretrained(tmp_path / "healed")) is leanbert.ShatterModel
+
+
+def test_only_converted_parameters_train_by_default(converted, tmp_path):
+    run_heal(converted, tmp_path / "healed", steps=4)
+    before = load_file(converted / "student" / "model.safetensors")
+    after = load_file(tmp_path / "healed" / "model.safetensors")
+    fitted = set(json.loads((converted / "student" / "conversion_report.json").read_text())["fitted_parameters"])
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and changed <= fitted
+
+
+def test_interrupted_healing_resumes_to_the_same_result(converted, tmp_path):
+    reference = run_heal(converted, tmp_path / "straight")
+
+    def interrupt(step, loss):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_heal(converted, tmp_path / "resumed", callback=interrupt)
+    assert not (tmp_path / "resumed").exists(), "the output appears only when healing finishes"
+    assert sorted(p.name for p in (tmp_path / "resumed.heal-checkpoints").iterdir()) == ["step_4"]
+    resumed = run_heal(converted, tmp_path / "resumed", resume=True)
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    for name, tensor in load_file(tmp_path / "resumed" / "model.safetensors").items():
+        torch.testing.assert_close(tensor, straight[name], atol=1e-6, rtol=1e-5)
+    assert resumed["healing"]["final_loss"] == pytest.approx(reference["healing"]["final_loss"], rel=1e-5)
+
+
+def test_mismatched_tokenizer_is_refused_before_training(converted, tmp_path):
+    other = tmp_path / "other_teacher"
+    tokenizer = AutoTokenizer.from_pretrained(converted / "teacher")
+    tokenizer.add_tokens(["leanbertium"])
+    BertModel.from_pretrained(converted / "teacher").save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    with pytest.raises(HealingError, match="tokenizers differ"):
+        heal(str(other), converted / "student", converted / "text.txt", tmp_path / "out", steps=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_student_not_converted_from_bert_is_refused(converted, tmp_path):
+    student = tmp_path / "scratch"
+    leanbert.SymBertModel(leanbert.SymBertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=48)).save_pretrained(student)
+    with pytest.raises(HealingError, match="was not converted from a BERT"):
+        heal(str(converted / "teacher"), student, converted / "text.txt", tmp_path / "out", steps=2)
+
+
+def test_heal_cli_reports_errors_in_one_line(converted, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "leanbert.healing", "--teacher", converted / "teacher",
+                             "--student", converted / "teacher", "--text", converted / "text.txt", "--output",
+                             tmp_path / "out"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("leanbert-heal: error: student")
+    assert "'bert' model; healing takes a leanbert model" in result.stderr

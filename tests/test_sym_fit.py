@@ -1,0 +1,112 @@
+"""The BERT → SymBert attention fit (`leanbert.conversion.sym_fit`) on tiny random layers and activations."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+import leanbert
+from leanbert.conversion.sym_fit import attention_logit_rel_error, fit_sym_attention
+
+D, HEADS, HEAD_SIZE = 32, 4, 8
+
+
+def layer_pair(mode: str = "pairwise", seed: int = 0):
+    """A random BERT attention block (teacher) and a SymBert one (student) with the teacher's value and output."""
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=50, hidden_size=D, num_hidden_layers=1, num_attention_heads=HEADS, intermediate_size=48,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    teacher = BertModel(BertConfig(**fields, initializer_range=0.2)).eval().encoder.layer[0].attention
+    student = leanbert.SymBertModel(leanbert.SymBertConfig(**fields, attention_mode=mode)).encoder.layer[0].attention
+    with torch.no_grad():
+        student.self.value.load_state_dict(teacher.self.value.state_dict())
+        student.output.load_state_dict(teacher.output.state_dict())
+    return teacher, student
+
+
+def activations(n: int = 32, length: int = 12, seed: int = 1):
+    """LayerNorm'd anisotropic random inputs with a non-zero mean, as a BERT layer sees; ragged padding."""
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(D, D, generator=generator) * torch.linspace(0.2, 2.0, D)
+    hidden = torch.randn(n, length, D, generator=generator) @ mixing + torch.randn(D, generator=generator)
+    hidden = torch.nn.functional.layer_norm(hidden, (D,)) * 0.8 + 0.1 * torch.randn(D, generator=generator)
+    lengths = torch.randint(length // 2, length + 1, (n,), generator=generator)
+    return hidden, torch.arange(length) < lengths[:, None]  # (n, L, d), (n, L)
+
+
+def representable(teacher: torch.nn.Module, symmetric: bool) -> None:
+    """Make every head's W_k = W_q A_h with A_h invertible (A_h = I when symmetric), and zero the query bias, so
+    that a SymBert layer can reproduce its logits exactly."""
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        w_q = teacher.self.query.weight.view(HEADS, HEAD_SIZE, D)  # (H, r, d), rows of the Linear
+        mixing = torch.eye(HEAD_SIZE) + (0 if symmetric else 0.5 * torch.randn(HEADS, HEAD_SIZE, HEAD_SIZE,
+                                                                                generator=generator))
+        teacher.self.key.weight.copy_((mixing.mT @ w_q).reshape(D, D))  # W_k^h = W_q^h A_h in x W convention
+        teacher.self.query.bias.zero_()
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "symmetric"])
+def test_closed_form_is_exact_when_representable(mode):
+    teacher, student = layer_pair(mode)
+    representable(teacher, symmetric=mode == "symmetric")
+    hidden, mask = activations()
+    stats = fit_sym_attention(teacher, student, hidden, mask, refine_steps=0)
+    assert stats["logit_rel_error_closed_form"] < 1e-6
+    assert attention_logit_rel_error(teacher, student, hidden, mask) < 1e-6
+    assert stats["output_mse_before"] < 1e-12
+    assert stats["output_mse_after"] == stats["output_mse_before"]
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "symmetric"])
+def test_refinement_lowers_heldout_output_error(mode):
+    teacher, student = layer_pair(mode)
+    hidden, mask = activations(n=256)  # enough tokens that the ~1300 fitted parameters do not just overfit
+    stats = fit_sym_attention(teacher, student, hidden, mask, refine_steps=200)
+    assert stats["output_mse_after"] < stats["output_mse_before"]
+    assert 0 < stats["logit_rel_error_closed_form"] < 1
+    assert all(isinstance(value, float) and value == value for value in stats.values())
+
+
+def test_only_the_score_path_changes():
+    teacher, student = layer_pair()
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    kept = {k: v.clone() for k, v in student.state_dict().items() if "query_key" not in k and "pairwise" not in k}
+    hidden, mask = activations()
+    fit_sym_attention(teacher, student, hidden, mask, refine_steps=20)
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_state.items())
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in kept.items())
+    assert not teacher.training and student.training
+    for tensor in (student.self.query_key.weight, student.self.query_key.bias, student.self.pairwise):
+        assert tensor.dtype == torch.float32 and tensor.requires_grad and torch.isfinite(tensor).all()
+
+
+def test_fit_is_deterministic():
+    results = []
+    for _ in range(2):
+        teacher, student = layer_pair()
+        hidden, mask = activations()
+        fit_sym_attention(teacher, student, hidden, mask, refine_steps=30, generator=torch.Generator().manual_seed(5))
+        results.append(torch.cat([student.self.query_key.weight.flatten(), student.self.pairwise.flatten()]))
+    assert torch.equal(*results)
+
+
+def test_logit_error_ignores_row_constants_only():
+    """Zero for identical logits and for any key bias; positive for any other change."""
+    teacher, student = layer_pair()
+    representable(teacher, symmetric=False)
+    hidden, mask = activations()
+    with torch.no_grad():
+        teacher.self.query.bias.normal_()
+        w_q = teacher.self.query.weight.view(HEADS, HEAD_SIZE, D)
+        w_k = teacher.self.key.weight.view(HEADS, HEAD_SIZE, D)
+        mixing = torch.linalg.lstsq(w_q.mT, w_k.mT).solution  # (H, r, r): W_k^h = W_q^h A_h
+        student.self.query_key.load_state_dict(teacher.self.query.state_dict())
+        student.self.pairwise.copy_(mixing.mT)  # q_i A^T q_j^T = (x_i W_q + b_q)(x_j W_k + b_q A)^T
+    assert attention_logit_rel_error(teacher, student, hidden, mask) < 1e-6
+    with torch.no_grad():
+        teacher.self.key.bias.normal_(std=10.0)
+    assert attention_logit_rel_error(teacher, student, hidden, mask) < 1e-6
+    assert attention_logit_rel_error(teacher.self, student.self, hidden, mask) < 1e-6
+    with torch.no_grad():
+        student.self.query_key.bias.add_(0.1)
+    assert attention_logit_rel_error(teacher, student, hidden, mask) > 1e-3
