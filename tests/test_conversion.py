@@ -55,7 +55,7 @@ def run_cli(*args):
                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
 
 
-@pytest.mark.parametrize("to", ["sym", "shatter"])
+@pytest.mark.parametrize("to", ["sym", "shared", "shatter"])
 def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
     before = digest(tiny_bert)
     output = tmp_path / "converted"
@@ -95,7 +95,7 @@ def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
         source_logits, converted_logits = teacher(**batch).logits, student(**batch).logits
     cosine = torch.nn.functional.cosine_similarity(source_logits, converted_logits, dim=-1)
     if to != "shatter":  # a warm start, not an equivalent model: its classifier is not expected to agree yet
-        assert cosine.min() > {"sym": 0.98, "shared": 0.9}[to], cosine
+        assert cosine.min() > {"sym": 0.98, "shared": 0.8}[to], cosine
     assert report["fidelity"]["mean_cosine"] > {"sym": 0.99, "shared": 0.9, "shatter": 0.8}[to]
 
 
