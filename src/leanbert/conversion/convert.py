@@ -32,6 +32,8 @@ TARGETS = {
 }
 LOSSY_NOTE = {
     "sym": "SymBert reproduces the source closely after calibration; check mean_cosine before relying on it.",
+    "sym_symmetric": "Symmetric SymBert (B = I) cannot represent BERT's asymmetric scores: expect a cosine near 0.9 "
+                     "on MiniLM and heal it before use.",
     "shared": "A converted SharedBert is a starting point, not an equivalent model: one projection cannot serve "
               "BERT's query, key and value at once. Heal it by distillation before use (leanbert-heal).",
     "shatter": "A Shatter warm start, not an equivalent model: one attention map replaces BERT's heads and absolute "
@@ -157,7 +159,7 @@ def convert(
                      "min_cosine": cosines.min().item(),
                      "measure": "cosine between source and converted mean-pooled last hidden states on the "
                                 "bundled held-out passages (disjoint from calibration)"},
-        "note": LOSSY_NOTE[to],
+        "note": LOSSY_NOTE["sym_symmetric" if extra.get("attention_mode") == "symmetric" else to],
         "settings": {"calibration_text": str(calibration_text) if calibration_text else "bundled",
                      "calibration_passages": len(calibration), "max_length": max_length,
                      "refine_steps": refine_steps, "seed": seed},
