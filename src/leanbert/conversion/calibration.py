@@ -6,8 +6,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-BUNDLED = ("calibration.txt", "heldout.txt")
-
 
 def read_passages(path: str | Path | None = None, bundled: str = "calibration.txt") -> list[str]:
     """Non-empty lines of `path` (one passage per line), or of a text file bundled with leanbert."""
