@@ -13,7 +13,7 @@ from .source import ConversionError
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="leanbert-convert",
-        description="Convert a BERT checkpoint (BertModel or BertFor*) into SymBert or SharedBert, calibrated on "
+        description="Convert a BERT checkpoint (BertModel or BertFor*) into SymBert, SharedBert or Shatter, calibrated on "
                     "real text, and report how close the result is to the source.",
     )
     parser.add_argument("--source", required=True, help="BERT checkpoint: a local folder or a Hub model id")

@@ -92,7 +92,7 @@ def convert(
     allow_pickle: bool = False,
     seed: int = 0,
 ) -> dict:
-    """Convert the BERT checkpoint `source` (folder or Hub id) to architecture `to` ("sym" or "shared") in `output`.
+    """Convert the BERT checkpoint `source` (folder or Hub id) to `to` ("sym", "shared" or "shatter") in `output`.
 
     Returns the conversion report, also written to `output/conversion_report.json`.
     """
