@@ -253,6 +253,23 @@ def test_shared_bert_attention_block_shrinks_by_two_thirds():
     assert math.floor(saving * 10_000) / 100 == 66.53
 
 
+def test_shared_bert_attention_follows_the_paper_equations():
+    """q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v with s = x W_s + b_s, written out per head, against the module."""
+    torch.manual_seed(0)
+    config = tiny_config("shared", attn_implementation="eager")
+    attention = leanbert.SharedBertModel(config).encoder.layer[0].attention.self
+    with torch.no_grad():
+        for scale in (attention.query_scale, attention.key_scale, attention.value_scale):
+            scale.copy_(torch.randn_like(scale))  # mixed signs, away from the ones they start at
+    x = torch.randn(2, 7, config.hidden_size)
+    s = attention.shared(x)
+    heads = config.num_attention_heads
+    q, k, v = ((s * scale).view(2, 7, heads, -1).transpose(1, 2)
+               for scale in (attention.query_scale, attention.key_scale, attention.value_scale))
+    expected = (torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v).transpose(1, 2).flatten(2)
+    torch.testing.assert_close(attention(x)[0], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_heads_must_divide_hidden_size(arch):
     if ARCHITECTURES[arch][2] == "Shatter":
         assert not hasattr(tiny_config(arch, hidden_size=30), "num_attention_heads")  # one head of any width

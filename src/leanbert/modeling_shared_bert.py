@@ -51,9 +51,10 @@ class SharedBertSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         heads_shape = (*hidden_states.shape[:-1], -1, self.head_size)
         s = self.shared(hidden_states)  # (B, L, d)
-        # Shared query, key and value: q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v
-        q = (s * self.query_scale).view(heads_shape).transpose(1, 2)  # (B, H, L, d_h)
-        k = (s * self.key_scale).view(heads_shape).transpose(1, 2)
+        # Shared query, key and value: q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v. The logits (s ⊙ d_q)(s ⊙ d_k)^T
+        # equal (s ⊙ d_q ⊙ d_k) s^T, so the key is s itself: one elementwise product fewer, one tensor fewer kept.
+        q = (s * (self.query_scale * self.key_scale)).view(heads_shape).transpose(1, 2)  # (B, H, L, d_h)
+        k = s.view(heads_shape).transpose(1, 2)
         v = (s * self.value_scale).view(heads_shape).transpose(1, 2)
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
