@@ -15,6 +15,7 @@ from conftest import real_minilm_path
 from leanbert.conversion import convert
 from leanbert.conversion.calibration import read_passages
 from leanbert.healing import HealingError, heal
+from leanbert.healing.distill import attention_kl
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,33 @@ def test_healing_improves_fidelity_and_updates_the_report(converted, tmp_path):
     assert (tmp_path / "healed" / "healing_curve.png").stat().st_size > 1000
     assert not (tmp_path / "healed.heal-checkpoints").exists(), "checkpoints are removed once healing finishes"
     assert type(leanbert.ShatterModel.from_pretrained(tmp_path / "healed")) is leanbert.ShatterModel
+
+
+def test_attention_kl_is_zero_on_the_teacher_and_matches_a_direct_sum():
+    generator = torch.Generator().manual_seed(0)
+    teacher = [torch.randn(2, 4, 5, 5, generator=generator).softmax(-1) for _ in range(2)]
+    student = [torch.randn(2, 4, 5, 5, generator=generator).softmax(-1) for _ in range(2)]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    assert attention_kl(teacher, teacher, mask).abs() < 1e-6
+    expected = sum(
+        sum((p[b, h, i] * (p[b, h, i] / q[b, h, i]).log()).sum() for h in range(4)) / 4
+        for p, q in zip(teacher, student) for b in range(2) for i in range(5) if mask[b, i]
+    ) / (mask.sum() * 2)
+    torch.testing.assert_close(attention_kl(teacher, student, mask), expected)
+    one_head = [q.mean(1, keepdim=True) for q in teacher]  # a Shatter student is matched to the head mean
+    assert attention_kl(teacher, one_head, mask).abs() < 1e-6
+
+
+def test_attention_objective_heals(converted, tmp_path):
+    report = run_heal(converted, tmp_path / "healed", train="all", steps=12, attention_weight=1.0)
+    healing = report["healing"]
+    assert healing["attention_weight"] == 1.0
+    assert healing["fidelity_after"]["mean_cosine"] > healing["fidelity_before"]["mean_cosine"]
+    run_heal(converted, tmp_path / "plain", train="all", steps=1)
+    first = [json.loads((tmp_path / name / "healing_curve.json").read_text())[0]["loss"] for name in ("healed", "plain")]
+    assert first[0] > first[1]  # the same first batch, plus the KL term of the attention distributions
+    with pytest.raises(HealingError, match="attention_weight=-1 is invalid"):
+        run_heal(converted, tmp_path / "other", attention_weight=-1)
 
 
 def test_only_converted_parameters_train_by_default(converted, tmp_path):

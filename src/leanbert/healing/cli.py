@@ -17,12 +17,15 @@ def add_healing_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> 
                         help="train only the parameters the conversion approximated (default) or all")
     parser.add_argument(f"--{prefix}objective", choices=("all-layers", "last"), default="all-layers",
                         help="match the teacher's hidden states at every layer (default) or the last only")
+    parser.add_argument(f"--{prefix}attention-weight", type=float, default=0.0,
+                        help="weight of the KL term that matches the teacher's attention distributions (default 0: "
+                             "hidden states and sentence embedding only)")
     parser.add_argument(f"--{prefix}mixed-precision", choices=("no", "fp16", "bf16"), default="no")
 
 
 def healing_kwargs(args: argparse.Namespace, prefix: str = "") -> dict:
     prefix = prefix.replace("-", "_")
-    names = ("steps", "batch_size", "learning_rate", "train", "objective", "mixed_precision")
+    names = ("steps", "batch_size", "learning_rate", "train", "objective", "attention_weight", "mixed_precision")
     return {name: getattr(args, prefix + name) for name in names}
 
 

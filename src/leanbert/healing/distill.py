@@ -1,7 +1,7 @@
 """Healing: distil a converted leanbert model from the BERT it was converted from, on unlabelled text.
 
 The student learns to reproduce the teacher's hidden states at every layer (or the last) and its mean-pooled
-sentence embedding. Training runs through `accelerate`, so the same code uses the CPU, one GPU or several
+sentence embedding, and optionally its attention distributions (a KL term on the softmax of the attention logits). Training runs through `accelerate`, so the same code uses the CPU, one GPU or several
 (`accelerate launch`), with mixed precision where the hardware has it. Checkpoints (accelerate state) are written
 beside the output and a run resumes from the latest one; the output folder is written atomically at the end.
 """
@@ -85,9 +85,11 @@ def check_pair(teacher, teacher_tokenizer, student, student_tokenizer) -> None:
                                f"{getattr(student.config, field)}")
 
 
-def distillation_loss(teacher_out, student_out, mask: torch.Tensor, objective: str, pooled_weight: float):
+def distillation_loss(teacher_out, student_out, mask: torch.Tensor, objective: str, pooled_weight: float,
+                      attention_weight: float = 0.0):
     """Mean over layers of the masked MSE between hidden states, plus `pooled_weight` · (1 - cos) of the
-    mean-pooled last hidden states (the sentence embedding)."""
+    mean-pooled last hidden states (the sentence embedding), plus `attention_weight` · `attention_kl` (which needs
+    both outputs to carry `attentions`)."""
     layers = range(1, len(teacher_out.hidden_states)) if objective == "all-layers" else [-1]
     weights = mask.unsqueeze(-1).to(student_out.last_hidden_state.dtype)  # (B, L, 1)
     count = weights.sum() * student_out.last_hidden_state.shape[-1]
@@ -95,7 +97,23 @@ def distillation_loss(teacher_out, student_out, mask: torch.Tensor, objective: s
               for i in layers) / len(layers)
     pooled = torch.nn.functional.cosine_similarity(mean_pool(student_out.last_hidden_state, mask),
                                                    mean_pool(teacher_out.last_hidden_state, mask), dim=-1)
-    return mse + pooled_weight * (1 - pooled).mean()
+    loss = mse + pooled_weight * (1 - pooled).mean()
+    if attention_weight > 0:
+        loss = loss + attention_weight * attention_kl(teacher_out.attentions, student_out.attentions, mask)
+    return loss
+
+
+def attention_kl(teacher: tuple[torch.Tensor, ...], student: tuple[torch.Tensor, ...], mask: torch.Tensor):
+    """KL(teacher ‖ student) of the attention distributions (B, H, L, L) per layer, head and real query, averaged.
+    Both are softmaxes of the attention logits, so this matches the logits up to what the softmax ignores. A
+    single-headed student (Shatter) is matched to the teacher's mean over heads."""
+    total = 0.0
+    for p, q in zip(teacher, student):
+        if q.shape[1] != p.shape[1]:
+            p = p.mean(1, keepdim=True)
+        kl = (p * (p.clamp_min(1e-12).log() - q.float().clamp_min(1e-12).log())).sum(-1)  # (B, H, L)
+        total = total + kl.mean(1)[mask.bool()].mean()
+    return total / len(teacher)
 
 
 def heal(
@@ -111,6 +129,7 @@ def heal(
     train: str = "converted",
     objective: str = "all-layers",
     pooled_weight: float = 1.0,
+    attention_weight: float = 0.0,
     mixed_precision: str = "no",
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 100,
@@ -124,7 +143,9 @@ def heal(
     model, its tokenizer, the updated conversion report and the loss curve (JSON and PNG) to `output`.
 
     `train="converted"` trains only the parameters the conversion approximated (listed in the report), `"all"`
-    everything. `callback(step, loss)` runs after every optimizer step. Returns the updated report.
+    everything. `attention_weight > 0` adds the teacher's attention distributions to the objective (both models
+    then run the eager attention path, which returns them). `callback(step, loss)` runs after every optimizer
+    step. Returns the updated report.
     """
     if train not in ("converted", "all"):
         raise HealingError(f"train={train!r} is invalid; allowed: converted, all")
@@ -132,6 +153,8 @@ def heal(
         raise HealingError(f"objective={objective!r} is invalid; allowed: all-layers, last")
     if steps < 1 or batch_size < 1:
         raise HealingError("steps and batch size must be positive")
+    if attention_weight < 0:
+        raise HealingError(f"attention_weight={attention_weight} is invalid; must be >= 0")
     output = Path(output)
     if output.resolve() != Path(student).resolve():
         check_output(teacher, output, force)
@@ -145,6 +168,9 @@ def heal(
     student_model, report = load_student(student)
     tokenizer = AutoTokenizer.from_pretrained(student)
     check_pair(teacher_model, teacher_tokenizer, student_model, tokenizer)
+    if attention_weight > 0:
+        teacher_model.set_attn_implementation("eager")
+        student_model.set_attn_implementation("eager")
     trainable = set(report["fitted_parameters"]) if train == "converted" else None
     for name, parameter in student_model.named_parameters():
         parameter.requires_grad_(trainable is None or name in trainable)
@@ -175,10 +201,11 @@ def heal(
     bar = tqdm(total=steps, initial=progress.step, desc="healing", disable=not accelerator.is_local_main_process)
     for batch in accelerator.skip_first_batches(loader, progress.step):
         with torch.no_grad():
-            teacher_out = teacher_base(**batch, output_hidden_states=True)
+            teacher_out = teacher_base(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
         with accelerator.autocast():
-            student_out = student_base(**batch, output_hidden_states=True)
-            loss = distillation_loss(teacher_out, student_out, batch["attention_mask"], objective, pooled_weight)
+            student_out = student_base(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
+            loss = distillation_loss(teacher_out, student_out, batch["attention_mask"], objective, pooled_weight,
+                                     attention_weight)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -200,7 +227,7 @@ def heal(
         "teacher": str(teacher), "student": str(student), "text": str(text), "passages_available": len(passages),
         "steps": steps, "batch_size": batch_size, "max_length": max_length, "learning_rate": learning_rate,
         "train": train, "trained_parameters": sum(p.numel() for p in parameters), "objective": objective,
-        "pooled_weight": pooled_weight, "mixed_precision": mixed_precision, "seed": seed,
+        "pooled_weight": pooled_weight, "attention_weight": attention_weight, "mixed_precision": mixed_precision, "seed": seed,
         "seconds": round(time.perf_counter() - started, 1), "final_loss": progress.curve[-1]["loss"],
         "fidelity_before": {"mean_cosine": before.mean().item(), "min_cosine": before.min().item()},
         "fidelity_after": {"mean_cosine": after.mean().item(), "min_cosine": after.min().item()},
