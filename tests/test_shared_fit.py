@@ -1,0 +1,88 @@
+"""The BERT → SharedBert attention fit (`leanbert.conversion.shared_fit`) on tiny random layers and activations."""
+
+import math
+
+import torch
+from transformers import BertConfig, BertModel
+
+import leanbert
+from leanbert.conversion import shared_fit
+from leanbert.conversion.shared_fit import fit_shared_attention
+
+D, HEADS = 32, 4
+KEYS = {"logit_rel_error", "logit_rel_error_closed_form", "value_rel_error", "output_mse_before", "output_mse_after"}
+
+
+def layer_pair(seed: int = 0, layer: int = 0):
+    """One attention block of a random 2-layer BERT (teacher) and of a fresh SharedBert (student)."""
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=50, hidden_size=D, num_hidden_layers=2, num_attention_heads=HEADS, intermediate_size=48,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    teacher = BertModel(BertConfig(**fields, initializer_range=0.2)).eval().encoder.layer[layer].attention
+    student = leanbert.SharedBertModel(leanbert.SharedBertConfig(**fields)).encoder.layer[layer].attention
+    return teacher, student
+
+
+def activations(n: int = 32, length: int = 12, seed: int = 1):
+    """LayerNorm'd anisotropic random inputs with a non-zero mean, as a BERT layer sees; ragged padding."""
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(D, D, generator=generator) * torch.linspace(0.2, 2.0, D)
+    hidden = torch.randn(n, length, D, generator=generator) @ mixing + torch.randn(D, generator=generator)
+    hidden = torch.nn.functional.layer_norm(hidden, (D,)) * 0.8 + 0.1 * torch.randn(D, generator=generator)
+    lengths = torch.randint(length // 2, length + 1, (n,), generator=generator)
+    return hidden, torch.arange(length) < lengths[:, None]  # (n, L, d), (n, L)
+
+
+def make_shared(teacher: torch.nn.Module) -> None:
+    """Make the teacher a SharedBert in disguise: W_q, W_k, W_v (and their biases) are one projection with
+    per-channel scalings d_q, d_k, d_v (mixed signs)."""
+    generator = torch.Generator().manual_seed(2)
+    weight, bias = torch.randn(D, D, generator=generator) * 0.3, torch.randn(D, generator=generator) * 0.3
+    with torch.no_grad():
+        for linear in (teacher.self.query, teacher.self.key, teacher.self.value):
+            scale = torch.randn(D, generator=generator)
+            linear.weight.copy_(scale[:, None] * weight)
+            linear.bias.copy_(scale * bias)
+
+
+def test_closed_form_reproduces_a_representable_teacher(monkeypatch):
+    hidden, mask = activations()
+    teacher, student = layer_pair()
+    make_shared(teacher)
+    stats = fit_shared_attention(teacher, student, hidden, mask, refine_steps=0)
+    assert stats["output_mse_before"] < 1e-4  # the teacher's block output has unit variance
+    assert stats["output_mse_after"] == stats["output_mse_before"]
+    monkeypatch.setattr(shared_fit, "BIAS_RIDGE", 1e-12)  # the ridge on the score bias is all that keeps it inexact
+    teacher, student = layer_pair()
+    make_shared(teacher)
+    stats = fit_shared_attention(teacher, student, hidden, mask, refine_steps=0)
+    assert stats["logit_rel_error"] < 1e-5 and stats["value_rel_error"] < 1e-5
+    assert stats["output_mse_before"] < 1e-10
+
+
+def test_refinement_does_not_raise_the_heldout_error():
+    teacher, student = layer_pair(layer=1)
+    hidden, mask = activations(n=128)
+    stats = fit_shared_attention(teacher, student, hidden, mask, refine_steps=100)
+    assert 0 < stats["output_mse_after"] < stats["output_mse_before"]
+    assert 0 < stats["logit_rel_error"] < 1 and 0 < stats["value_rel_error"] < 1
+
+
+def test_teacher_unchanged_finite_floats_and_deterministic():
+    hidden, mask = activations()
+    students, results = [], []
+    for _ in range(2):
+        teacher, student = layer_pair()
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
+        results.append(fit_shared_attention(teacher, student, hidden, mask, refine_steps=30,
+                                            generator=torch.Generator().manual_seed(5)))
+        assert all(torch.equal(teacher.state_dict()[k], v) for k, v in before.items())
+        assert not teacher.training
+        students.append(student)
+    assert set(results[0]) >= KEYS
+    assert all(isinstance(value, float) and math.isfinite(value) for value in results[0].values())
+    assert results[0] == results[1]
+    for a, b in zip(*(s.state_dict().values() for s in students)):
+        assert torch.equal(a, b)
+    for p in students[0].parameters():
+        assert p.dtype == torch.float32 and p.requires_grad and p.grad is None and torch.isfinite(p).all()
