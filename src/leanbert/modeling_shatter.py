@@ -129,7 +129,8 @@ class ShatterSelfAttention(nn.Module):
         # Relative partitioning, expanded: p_k(j-i) = Σ_a f_a(i) g_ka(j), so
         # o_i = Σ_a f_a(i) [A · W_a]_i with W_a[j] = Σ_k g_ka(j) V_k x_j: one attention call, (m+1)·d-wide values
         f, g = self.partition.factors(L, hidden_states.device, values.dtype)  # (L, m+1), (L, P, m+1)
-        wide = torch.einsum("blpd,lpa->blad", values, g).reshape(B, 1, L, -1)  # (B, 1, L, (m+1)·d)
+        # batched matmuls rather than einsum: several times faster on the CPU, forward and backward
+        wide = torch.matmul(g.transpose(1, 2), values).reshape(B, 1, L, -1)  # (B, 1, L, (m+1)·d)
         if self.config.attention_normalizer == "softmax":
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
@@ -141,7 +142,7 @@ class ShatterSelfAttention(nn.Module):
         else:
             weights = self.probabilities(q, k, attention_mask)
             mixed = torch.matmul(weights, wide).transpose(1, 2)  # (B, L, 1, (m+1)·d)
-        output = torch.einsum("blad,la->bld", mixed.reshape(B, L, -1, d), f)  # (B, L, d)
+        output = torch.matmul(f.unsqueeze(1), mixed.reshape(B, L, -1, d)).squeeze(2)  # (B, L, d)
         return output, weights
 
     def probabilities(self, q: torch.Tensor, k: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
