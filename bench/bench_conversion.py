@@ -23,20 +23,10 @@ from transformers import AutoModel, AutoTokenizer
 
 import leanbert  # noqa: F401  (registers the architectures)
 from leanbert.conversion import convert
-from sts import read_sts_pairs, sts_spearman
+from sts import earlier_rows, read_sts_pairs, sts_spearman
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_ORDER = ["all-MiniLM-L6-v2", "sym", "shared", "shatter"]  # table order
-
-
-def kept_rows(path: Path, pairs: int, measured: set[str]) -> list[dict]:
-    """Rows of an earlier run on the same pairs for the targets this run did not measure."""
-    if not path.is_file():
-        return []
-    earlier = json.loads(path.read_text())
-    if earlier.get("sts_pairs") != pairs:
-        return []
-    return [row for row in earlier["rows"] if row["model"] not in measured]
 
 
 def main():
@@ -69,7 +59,9 @@ def main():
                      "refine_steps": args.refine_steps, "measured": datetime.date.today().isoformat()})
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    rows += kept_rows(args.output_dir / "conversion.json", len(pairs[0]), {row["model"] for row in rows})
+    measured = {row["model"] for row in rows}
+    rows += earlier_rows(args.output_dir / "conversion.json", len(pairs[0]),
+                         lambda row: row["model"] not in measured)
     rows.sort(key=lambda row: TARGET_ORDER.index(row["model"].split(" ")[0]))
     result = {"source": "all-MiniLM-L6-v2", "sts_pairs": len(pairs[0]), "rows": rows}
     (args.output_dir / "conversion.json").write_text(json.dumps(result, indent=2) + "\n")

