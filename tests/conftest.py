@@ -28,7 +28,7 @@ ARCHITECTURES = {
     "shatter": (leanbert.ShatterConfig, {}, "Shatter"),
     "shatter_learned": (leanbert.ShatterConfig, {"partition": "learned", "distance_scale": 8}, "Shatter"),
     "shatter_sigmoid": (leanbert.ShatterConfig, {"attention_normalizer": "sigmoid", "key_projection": True,
-                                                 "absolute_position_embeddings": True}, "Shatter"),
+                                                 "absolute_position_embeddings": True, "num_parts": 3}, "Shatter"),
 }
 HEADS = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
          "ForMultipleChoice")

@@ -230,7 +230,7 @@ BERT_BASE_PARAMETERS = {  # DESIGN.md section 1, BertModel-equivalent with poole
     "sym_pairwise": 102_984_960,
     "sym_symmetric": 102_395_136,
     "shared": 95_335_680,
-    "shatter": 109_089_024,  # BERT's 4d² + 4d attention weights, no absolute position embeddings
+    "shatter": 102_001_920,  # query + 2 value matrices: 3d² + 3d attention weights, no absolute positions
 }
 
 

@@ -37,12 +37,14 @@ def test_factorisation_reproduces_the_parts(num_parts):
     torch.testing.assert_close(torch.einsum("ia,jka->ijk", f, g), expected, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("num_parts", [2, 3, 4])
 @pytest.mark.parametrize("normalizer", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_one_call_expansion_equals_explicit_sum_over_parts(normalizer, implementation):
+def test_one_call_expansion_equals_explicit_sum_over_parts(num_parts, normalizer, implementation):
     """o = Σ_k (A ⊙ P_k)(X V_k), computed the slow way, equals the fused path."""
     torch.manual_seed(0)
-    config = tiny_config("shatter", attention_normalizer=normalizer, attn_implementation=implementation)
+    config = tiny_config("shatter", num_parts=num_parts, attention_normalizer=normalizer,
+                         attn_implementation=implementation)
     attention = leanbert.ShatterModel(config).eval().encoder.layer[0].attention.self
     x = torch.randn(2, 11, config.hidden_size)
     mask = torch.ones(2, 11, dtype=torch.long)
@@ -51,9 +53,9 @@ def test_one_call_expansion_equals_explicit_sum_over_parts(normalizer, implement
     q, k = attention.query(x).unsqueeze(1), x.unsqueeze(1)
     weights = attention.probabilities(q, k, mask[:, None, None, :].bool())  # (B, 1, L, L), explicit
     positions = torch.arange(11)
-    parts = bernstein_parts(positions[None, :] - positions[:, None], 3, config.relative_scale).float()
-    values = attention.value(x).view(2, 11, 3, -1)
-    explicit = sum((weights[:, 0] * parts[..., p]) @ values[:, :, p] for p in range(3))
+    parts = bernstein_parts(positions[None, :] - positions[:, None], num_parts, config.relative_scale).float()
+    values = attention.value(x).view(2, 11, num_parts, -1)
+    explicit = sum((weights[:, 0] * parts[..., p]) @ values[:, :, p] for p in range(num_parts))
     torch.testing.assert_close(output, explicit, atol=1e-5, rtol=1e-5)
 
 
