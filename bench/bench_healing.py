@@ -35,7 +35,9 @@ TARGETS = ["sym", "shared", "shatter"]
 
 
 def settings(healing: dict) -> str:
-    return f"{healing['steps']} steps × {healing['batch_size']}, train={healing['train']}, lr={healing['learning_rate']}"
+    """The healing settings of a row, for the table."""
+    return (f"{healing['steps']} steps × {healing['batch_size']}, train={healing['train']}, "
+            f"lr={healing['learning_rate']}")
 
 
 def main():

@@ -72,7 +72,8 @@ def test_attention_objective_heals(converted, tmp_path):
     assert healing["attention_weight"] == 1.0
     assert healing["fidelity_after"]["mean_cosine"] > healing["fidelity_before"]["mean_cosine"]
     run_heal(converted, tmp_path / "plain", train="all", steps=1)
-    first = [json.loads((tmp_path / name / "healing_curve.json").read_text())[0]["loss"] for name in ("healed", "plain")]
+    first = [json.loads((tmp_path / name / "healing_curve.json").read_text())[0]["loss"]
+             for name in ("healed", "plain")]
     assert first[0] > first[1]  # the same first batch, plus the KL term of the attention distributions
     with pytest.raises(HealingError, match="attention_weight=-1 is invalid"):
         run_heal(converted, tmp_path / "other", attention_weight=-1)

@@ -1,9 +1,10 @@
 """Healing: distil a converted leanbert model from the BERT it was converted from, on unlabelled text.
 
 The student learns to reproduce the teacher's hidden states at every layer (or the last) and its mean-pooled
-sentence embedding, and optionally its attention distributions (a KL term on the softmax of the attention logits). Training runs through `accelerate`, so the same code uses the CPU, one GPU or several
-(`accelerate launch`), with mixed precision where the hardware has it. Checkpoints (accelerate state) are written
-beside the output and a run resumes from the latest one; the output folder is written atomically at the end.
+sentence embedding, and optionally its attention distributions (a KL term on the softmax of the attention logits).
+Training runs through `accelerate`, so the same code uses the CPU, one GPU or several (`accelerate launch`), with
+mixed precision where the hardware has it. Checkpoints (accelerate state) are written beside the output and a run
+resumes from the latest one; the output folder is written atomically at the end.
 """
 
 import json
@@ -227,7 +228,8 @@ def heal(
         "teacher": str(teacher), "student": str(student), "text": str(text), "passages_available": len(passages),
         "steps": steps, "batch_size": batch_size, "max_length": max_length, "learning_rate": learning_rate,
         "train": train, "trained_parameters": sum(p.numel() for p in parameters), "objective": objective,
-        "pooled_weight": pooled_weight, "attention_weight": attention_weight, "mixed_precision": mixed_precision, "seed": seed,
+        "pooled_weight": pooled_weight, "attention_weight": attention_weight, "mixed_precision": mixed_precision,
+        "seed": seed,
         "seconds": round(time.perf_counter() - started, 1), "final_loss": progress.curve[-1]["loss"],
         "fidelity_before": {"mean_cosine": before.mean().item(), "min_cosine": before.min().item()},
         "fidelity_after": {"mean_cosine": after.mean().item(), "min_cosine": after.min().item()},
