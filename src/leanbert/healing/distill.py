@@ -263,15 +263,22 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int) -> None:
                 shutil.rmtree(old)
 
 
-def plot_curve(curve: list[dict], path: Path) -> None:
+def plot_curve(curve: list[dict], path: Path, window: int = 20) -> None:
+    """Loss per step, and its running mean over `window` steps (one batch is a noisy estimate)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    steps, losses = [p["step"] for p in curve], torch.tensor([p["loss"] for p in curve])
+    running = losses.cumsum(0)
+    running[window:] = running[window:] - running[:-window].clone()
+    running = running / torch.arange(1, len(losses) + 1).clamp(max=window)
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot([p["step"] for p in curve], [p["loss"] for p in curve])
+    axis.plot(steps, losses, color="tab:blue", alpha=0.3, label="per step")
+    axis.plot(steps, running, color="tab:blue", label=f"mean of {min(window, len(losses))} steps")
     axis.set(xlabel="step", ylabel="distillation loss", yscale="log", title="healing")
+    axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
