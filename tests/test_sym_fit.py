@@ -5,6 +5,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 import leanbert
+from conftest import layer_activations
 from leanbert.conversion.sym_fit import attention_logit_rel_error, fit_sym_attention
 
 D, HEADS, HEAD_SIZE = 32, 4, 8
@@ -23,16 +24,6 @@ def layer_pair(mode: str = "pairwise", seed: int = 0):
     return teacher, student
 
 
-def activations(n: int = 32, length: int = 12, seed: int = 1):
-    """LayerNorm'd anisotropic random inputs with a non-zero mean, as a BERT layer sees; ragged padding."""
-    generator = torch.Generator().manual_seed(seed)
-    mixing = torch.randn(D, D, generator=generator) * torch.linspace(0.2, 2.0, D)
-    hidden = torch.randn(n, length, D, generator=generator) @ mixing + torch.randn(D, generator=generator)
-    hidden = torch.nn.functional.layer_norm(hidden, (D,)) * 0.8 + 0.1 * torch.randn(D, generator=generator)
-    lengths = torch.randint(length // 2, length + 1, (n,), generator=generator)
-    return hidden, torch.arange(length) < lengths[:, None]  # (n, L, d), (n, L)
-
-
 def representable(teacher: torch.nn.Module, symmetric: bool) -> None:
     """Make every head's W_k = W_q A_h with A_h invertible (A_h = I when symmetric), and zero the query bias, so
     that a SymBert layer can reproduce its logits exactly."""
@@ -49,7 +40,7 @@ def representable(teacher: torch.nn.Module, symmetric: bool) -> None:
 def test_closed_form_is_exact_when_representable(mode):
     teacher, student = layer_pair(mode)
     representable(teacher, symmetric=mode == "symmetric")
-    hidden, mask = activations()
+    hidden, mask = layer_activations(D)
     stats = fit_sym_attention(teacher, student, hidden, mask, refine_steps=0)
     assert stats["logit_rel_error_closed_form"] < 1e-6
     assert attention_logit_rel_error(teacher, student, hidden, mask) < 1e-6
@@ -60,7 +51,7 @@ def test_closed_form_is_exact_when_representable(mode):
 @pytest.mark.parametrize("mode", ["pairwise", "symmetric"])
 def test_refinement_lowers_heldout_output_error(mode):
     teacher, student = layer_pair(mode)
-    hidden, mask = activations(n=256)  # enough tokens that the ~1300 fitted parameters do not just overfit
+    hidden, mask = layer_activations(D, n=256)  # enough tokens that the ~1300 fitted parameters do not just overfit
     stats = fit_sym_attention(teacher, student, hidden, mask, refine_steps=200)
     assert stats["output_mse_after"] < stats["output_mse_before"]
     assert 0 < stats["logit_rel_error_closed_form"] < 1
@@ -71,7 +62,7 @@ def test_only_the_score_path_changes():
     teacher, student = layer_pair()
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     kept = {k: v.clone() for k, v in student.state_dict().items() if "query_key" not in k and "pairwise" not in k}
-    hidden, mask = activations()
+    hidden, mask = layer_activations(D)
     fit_sym_attention(teacher, student, hidden, mask, refine_steps=20)
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_state.items())
     assert all(torch.equal(student.state_dict()[k], v) for k, v in kept.items())
@@ -84,7 +75,7 @@ def test_fit_is_deterministic():
     results = []
     for _ in range(2):
         teacher, student = layer_pair()
-        hidden, mask = activations()
+        hidden, mask = layer_activations(D)
         fit_sym_attention(teacher, student, hidden, mask, refine_steps=30, generator=torch.Generator().manual_seed(5))
         results.append(torch.cat([student.self.query_key.weight.flatten(), student.self.pairwise.flatten()]))
     assert torch.equal(*results)
@@ -94,7 +85,7 @@ def test_logit_error_ignores_row_constants_only():
     """Zero for identical logits and for any key bias; positive for any other change."""
     teacher, student = layer_pair()
     representable(teacher, symmetric=False)
-    hidden, mask = activations()
+    hidden, mask = layer_activations(D)
     with torch.no_grad():
         teacher.self.query.bias.normal_()
         w_q = teacher.self.query.weight.view(HEADS, HEAD_SIZE, D)
