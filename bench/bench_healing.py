@@ -32,6 +32,7 @@ from sts import earlier_rows, read_sts_pairs, sts_spearman
 TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = ["sym", "shared", "shatter"]
+MACHINE_PATHS = ("teacher", "student", "text")  # report["healing"] keys left out of the results
 
 
 def settings(healing: dict) -> str:
@@ -74,7 +75,8 @@ def main():
                              "seconds": round(convert_seconds if stage == "converted"
                                               else report["healing"]["seconds"], 1),
                              "measured": datetime.date.today().isoformat()})
-            rows[-1]["healing"] = report["healing"]
+            # the settings and fidelity; the paths (this machine's, a temporary folder) are named at the top level
+            rows[-1]["healing"] = {k: v for k, v in report["healing"].items() if k not in MACHINE_PATHS}
             shutil.copy(healed / "healing_curve.png", args.output_dir / f"healing_{target}.png")
             shutil.copy(healed / "healing_curve.json", args.output_dir / f"healing_{target}.json")
 

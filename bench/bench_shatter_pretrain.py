@@ -128,8 +128,8 @@ def main():
                       "final_valid_loss": curve[-1]["valid_loss"], "curve": curve, "config": SETTINGS[name]}
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    result = {"settings": vars(args) | {"output_dir": str(args.output_dir), "steps": steps,
-                                        "tokens_per_step": args.batch_size * args.seq_len},
+    settings = {key: value for key, value in vars(args).items() if key != "output_dir"}  # a path of this machine
+    result = {"settings": settings | {"steps": steps, "tokens_per_step": args.batch_size * args.seq_len},
               "runs": runs, "best_shatter": min((n for n in runs if n != "bert"),
                                                 key=lambda n: runs[n]["final_valid_loss"], default=None)}
     (args.output_dir / "shatter_pretrain.json").write_text(json.dumps(result, indent=2) + "\n")
