@@ -26,6 +26,13 @@ Method:
   architectures the default run needs roughly 10-15 minutes on 2 idle cores. When other processes compete for
   the cores, two torch threads stall on each other (a step can take 5x longer): `--threads 1` is then faster and
   steadier (40 minutes on 2 cores shared with two other busy processes).
+- Allocator (CPU): by default the run first tells glibc's malloc to keep freed memory (`mallopt`: no mmap'd
+  chunks, no trimming), as jemalloc or tcmalloc would (PyTorch's CPU performance tuning guide). Otherwise glibc
+  returns each step's large activation buffers to the kernel and the next step page-faults them in afresh: measured
+  here, 30,000 to 290,000 minor faults and up to 3 s of system time per BERT-base step, varying with the allocation
+  history of whichever model ran before, which swamped the differences between models. With it a step faults no
+  pages after warm-up; every row records its median minor page faults per timed training step
+  (`train_page_faults`) as the check. `--system-malloc` measures without it.
 - Memory (training step, measured once per model and setting after warmup): "activation" is the largest increase
   of allocated memory over the resident state during one step; "peak" = resident + activation, where resident is
   the bytes of weights + gradients + optimizer state (all kept allocated between steps). On CUDA from
@@ -37,12 +44,15 @@ Method:
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import datetime
 import gc
 import itertools
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from contextlib import nullcontext
@@ -92,7 +102,7 @@ ARCHITECTURES = {
 
 # Defaults of the shape and run arguments: the full benchmark (BERT-base) and --quick.
 FULL = dict(hidden=768, layers=12, heads=12, vocab=30522, seq_lens=[128, 512], batch_sizes=[8, 2], steps=5,
-            warmup=1, threads=None)
+            warmup=2, threads=None)
 QUICK = dict(hidden=32, layers=2, heads=4, vocab=512, seq_lens=[16, 32], batch_sizes=[2], steps=2, warmup=1,
              threads=1)  # one thread: tiny ops on two threads stall on a busy machine
 
@@ -112,12 +122,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, nargs="+", dest="dropouts", default=[0.1, 0.0],
                         help="dropout settings, each for hidden states and attention probabilities (default 0.1 0.0)")
     parser.add_argument("--steps", type=int, help="timed rounds (default 5)")
-    parser.add_argument("--warmup", type=int, help="untimed rounds before timing (default 1)")
+    parser.add_argument("--warmup", type=int, help="untimed rounds before timing (default 2)")
     parser.add_argument("--models", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES),
                         help="subset of the architectures (default all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: under torch.autocast")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 with --quick)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (default on the CPU: keep freed memory, see Method)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -178,18 +190,34 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def round_robin(steps: dict, input_ids: torch.Tensor, rounds: int, device: torch.device, desc: str) -> dict:
-    """Seconds per call of each `steps[name](input_ids)`, one call of every model per round; the order of the models
-    flips every round, so that no model always runs right after the same one."""
-    times = {name: [] for name in steps}
+def keep_freed_memory() -> str:
+    """Make glibc's malloc keep freed memory in the process, so that steps stop page-faulting their activations in
+    afresh (see Method). Returns what the allocator does, for the results."""
+    libc_name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
+    if mallopt is None or not (mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1)):
+        return "system malloc (no glibc mallopt)"
+    return "glibc malloc keeping freed memory (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def round_robin(steps: dict, input_ids: torch.Tensor, rounds: int, device: torch.device, desc: str) -> tuple:
+    """Seconds and minor page faults per call of each `steps[name](input_ids)`, one call of every model per round;
+    the order of the models flips every round, so that no model always runs right after the same one."""
+    times, faults = {name: [] for name in steps}, {name: [] for name in steps}
     for round_index in tqdm(range(rounds), desc=desc, leave=False):
         for name in list(steps)[:: 1 if round_index % 2 == 0 else -1]:
             synchronize(device)
-            start = time.perf_counter()
+            start, start_faults = time.perf_counter(), minor_faults()
             steps[name](input_ids)
             synchronize(device)
             times[name].append(time.perf_counter() - start)
-    return times
+            faults[name].append(minor_faults() - start_faults)
+    return times, faults
 
 
 def activation_bytes(step, input_ids: torch.Tensor, device: torch.device) -> int:
@@ -242,15 +270,16 @@ def bench_setting(args, seq_len: int, batch_size: int, dropout: float, skipped: 
     train_steps = {name: runner.train_step for name, runner in runners.items()}
     round_robin(train_steps, input_ids, args.warmup, device, f"{desc}: warmup")
     activation = {name: activation_bytes(step, input_ids, device) for name, step in train_steps.items()}
-    train = round_robin(train_steps, input_ids, args.steps, device, f"{desc}: train")
+    train, train_faults = round_robin(train_steps, input_ids, args.steps, device, f"{desc}: train")
     for runner in runners.values():
         runner.model.eval()
     infer_steps = {name: runner.infer_step for name, runner in runners.items()}
-    infer = round_robin(infer_steps, input_ids, args.warmup + args.steps, device, f"{desc}: inference")
+    infer, _ = round_robin(infer_steps, input_ids, args.warmup + args.steps, device, f"{desc}: inference")
     tokens = batch_size * seq_len
     resident = {name: runner.resident_bytes() for name, runner in runners.items()}
     rows = [dict(model=name, seq_len=seq_len, batch_size=batch_size, dropout=dropout, params=runner.num_params(),
                  train_step_s=train[name], train_tokens_per_s=tokens / statistics.median(train[name]),
+                 train_page_faults=statistics.median(train_faults[name]),
                  infer_step_s=infer[name][args.warmup:],
                  infer_tokens_per_s=tokens / statistics.median(infer[name][args.warmup:]),
                  resident_bytes=resident[name], activation_bytes=activation[name],
@@ -272,7 +301,7 @@ def machine_info(args) -> dict:
     info = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), torch=torch.__version__,
                 transformers=transformers.__version__, leanbert=leanbert.__version__, python=platform.python_version(),
                 platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), device=args.device, dtype=args.dtype)
+                torch_threads=torch.get_num_threads(), device=args.device, dtype=args.dtype, allocator=args.allocator)
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     return info
@@ -291,6 +320,8 @@ def markdown(results: dict) -> str:
              "median step; ratios vs BertModel in the same setting (tok/s: > 1 is faster; memory: < 1 is "
              "smaller). Memory of the training step: act. = allocated on top of weights + grads + AdamW state, "
              "peak = that resident state + act.\n",
+             f"Minor page faults per timed training step (median, largest over the rows): "
+             f"{max((row['train_page_faults'] for row in results['rows']), default=0):.0f}.\n",
              header, "|" + "---|" * (header.count("|") - 1)]
     for row in results["rows"]:
         lines.append(
@@ -338,6 +369,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.allocator = "system malloc" if args.system_malloc else keep_freed_memory()
     skipped, rows = {}, []
     shapes = list(zip(args.seq_lens, args.batch_sizes))
     for (seq_len, batch_size), dropout in tqdm(list(itertools.product(shapes, args.dropouts)), desc="settings"):

@@ -23,8 +23,8 @@ def test_bench_speed_quick(tmp_path):
     for row in rows:
         assert row["train_tokens_per_s"] > 0 and row["infer_tokens_per_s"] > 0
         assert row["params"] > 0 and row["activation_bytes"] > 0 and row["peak_bytes"] > row["activation_bytes"]
-        assert row["train_tokens_per_s_ratio"] > 0
+        assert row["train_tokens_per_s_ratio"] > 0 and row["train_page_faults"] >= 0
     assert set(results["skipped"]).isdisjoint(models)
-    assert {"torch", "transformers", "cpu_count", "device", "date"} <= set(results["machine"])
+    assert {"torch", "transformers", "cpu_count", "device", "date", "allocator"} <= set(results["machine"])
     assert (tmp_path / "speed.md").read_text().count("\n| ") == len(rows) + 1
     assert (tmp_path / "speed.png").stat().st_size > 0
