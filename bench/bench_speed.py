@@ -22,8 +22,9 @@ Method:
   AdamW step, `zero_grad(set_to_none=False)`. Inference: forward under `torch.inference_mode()` in eval mode.
 - Timing: `--warmup` untimed rounds, then `--steps` timed rounds; each round runs one step of every model in turn
   (round-robin, the order reversed every other round), so that machine noise hits all models alike. Reported:
-  tokens/s from the median step time, and its ratio to BertModel's (> 1: faster than BERT). With five
-  architectures the default run needs roughly 10-15 minutes on 2 idle cores. When other processes compete for
+  tokens/s from the median step time, and its ratio to BertModel's (> 1: faster than BERT); as a measure of the
+  noise, the quartiles of the ratio computed round by round. With the six entries of `ARCHITECTURES` and
+  `--steps 7` the run took 25 minutes on 2 idle cores. When other processes compete for
   the cores, two torch threads stall on each other (a step can take 5x longer): `--threads 1` is then faster and
   steadier (40 minutes on 2 cores shared with two other busy processes).
 - Allocator (CPU): by default the run first tells glibc's malloc to keep freed memory (`mallopt`: no mmap'd
@@ -289,11 +290,14 @@ def bench_setting(args, seq_len: int, batch_size: int, dropout: float, skipped: 
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """Each row's throughputs and memory divided by the reference model's in the same setting."""
+    """Each row's throughputs and memory divided by the reference model's in the same setting, and the quartiles
+    of its training speed ratio round by round (the two steps of a round ran back to back), which show the noise."""
     reference = next((row for row in rows if row["model"] == REFERENCE), None)
     for row in rows:
         for key in ("train_tokens_per_s", "infer_tokens_per_s", "activation_bytes", "peak_bytes", "params"):
             row[f"{key}_ratio"] = row[key] / reference[key] if reference and reference[key] else None
+        rounds = [ref / own for ref, own in zip(reference["train_step_s"], row["train_step_s"])] if reference else []
+        row["train_round_ratio_quartiles"] = statistics.quantiles(rounds, n=4) if len(rounds) > 1 else None
     return rows
 
 
@@ -311,14 +315,18 @@ def fmt_ratio(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def fmt_quartiles(quartiles) -> str:
+    return "–" if quartiles is None else f"{quartiles[0]:.2f}–{quartiles[2]:.2f}"
+
+
 def markdown(results: dict) -> str:
-    header = ("| model | seq len | batch | dropout | params (M) | train tok/s | × BERT | infer tok/s | × BERT "
-              "| peak MiB | act. MiB | act. × BERT |")
+    header = ("| model | seq len | batch | dropout | params (M) | train tok/s | × BERT | rounds q1–q3 | infer tok/s "
+              "| × BERT | peak MiB | act. MiB | act. × BERT |")
     lines = ["# leanbert speed vs BertModel (SDPA)\n",
              ", ".join(f"{key} {value}" for key, value in results["machine"].items()) + "\n",
              f"Shape: {results['shape']}; {results['steps']} timed rounds after {results['warmup']} warm-up, "
              "median step; ratios vs BertModel in the same setting (tok/s: > 1 is faster; memory: < 1 is "
-             "smaller). Memory of the training step: act. = allocated on top of weights + grads + AdamW state, "
+             "smaller); rounds q1–q3: quartiles of the training ratio taken round by round. Memory of the training step: act. = allocated on top of weights + grads + AdamW state, "
              "peak = that resident state + act.\n",
              f"Minor page faults per timed training step (median, largest over the rows): "
              f"{max((row['train_page_faults'] for row in results['rows']), default=0):.0f}.\n",
@@ -327,6 +335,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {row['model']} | {row['seq_len']} | {row['batch_size']} | {row['dropout']} | {row['params'] / 1e6:.2f} "
             f"| {row['train_tokens_per_s']:.0f} | {fmt_ratio(row['train_tokens_per_s_ratio'])} "
+            f"| {fmt_quartiles(row['train_round_ratio_quartiles'])} "
             f"| {row['infer_tokens_per_s']:.0f} | {fmt_ratio(row['infer_tokens_per_s_ratio'])} "
             f"| {row['peak_bytes'] / MIB:.1f} | {row['activation_bytes'] / MIB:.1f} "
             f"| {fmt_ratio(row['activation_bytes_ratio'])} |")

@@ -24,6 +24,8 @@ def test_bench_speed_quick(tmp_path):
         assert row["train_tokens_per_s"] > 0 and row["infer_tokens_per_s"] > 0
         assert row["params"] > 0 and row["activation_bytes"] > 0 and row["peak_bytes"] > row["activation_bytes"]
         assert row["train_tokens_per_s_ratio"] > 0 and row["train_page_faults"] >= 0
+        low, middle, high = row["train_round_ratio_quartiles"]
+        assert 0 < low <= middle <= high
     assert set(results["skipped"]).isdisjoint(models)
     assert {"torch", "transformers", "cpu_count", "device", "date", "allocator"} <= set(results["machine"])
     assert (tmp_path / "speed.md").read_text().count("\n| ") == len(rows) + 1
