@@ -19,14 +19,15 @@ Method:
   on the CPU, SDPA runs a fused kernel only without attention dropout). Dropout applies to the hidden states and
   the attention probabilities alike. Inputs are random token ids without padding (no attention mask).
 - Training step: forward of the bare encoder (no pooler), loss = mean of the squared last hidden state, backward,
-  AdamW step, `zero_grad(set_to_none=False)`. Inference: forward under `torch.inference_mode()` in eval mode.
+  AdamW step (`--optimizer`), `zero_grad(set_to_none=False)`. Inference: forward under `torch.inference_mode()`
+  in eval mode.
 - Timing: `--warmup` untimed rounds, then `--steps` timed rounds; each round runs one step of every model in turn
   (round-robin, the order reversed every other round), so that machine noise hits all models alike. Reported:
   tokens/s from the median step time, and its ratio to BertModel's (> 1: faster than BERT); as a measure of the
   noise, the quartiles of the ratio computed round by round. With the six entries of `ARCHITECTURES` and
-  `--steps 7` the run took 25 minutes on 2 idle cores. When other processes compete for
-  the cores, two torch threads stall on each other (a step can take 5x longer): `--threads 1` is then faster and
-  steadier (40 minutes on 2 cores shared with two other busy processes).
+  `--steps 7` the run took 25 minutes on 2 idle cores. When other processes compete for the cores, two torch
+  threads stall on each other (a step can take 5x longer): `--threads 1` is then faster and steadier (40 minutes
+  on 2 cores shared with two other busy processes).
 - Allocator (CPU): by default the run first tells glibc's malloc to keep freed memory (`mallopt`: no mmap'd
   chunks, no trimming), as jemalloc or tcmalloc would (PyTorch's CPU performance tuning guide). Otherwise glibc
   returns each step's large activation buffers to the kernel and the next step page-faults them in afresh: measured
@@ -129,8 +130,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: under torch.autocast")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 with --quick)")
+    parser.add_argument("--optimizer", choices=["adamw_torch", "adamw_torch_fused"], default="adamw_torch",
+                        help="AdamW as torch builds it by default, or its fused kernel (Trainer's default with "
+                             "torch >= 2.8); names as in TrainingArguments.optim (default adamw_torch)")
     parser.add_argument("--system-malloc", action="store_true",
-                        help="leave glibc's malloc as it is (default on the CPU: keep freed memory, see Method)")
+                        help="leave glibc's malloc as it is (default: keep freed memory, see Method)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -156,9 +160,9 @@ def model_fields(args: argparse.Namespace, dropout: float) -> dict:
 class Runner:
     """One model with its AdamW optimizer and the two measured steps."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: str):
+    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: str, optimizer: str):
         self.model = model.to(device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=optimizer == "adamw_torch_fused")
         self.device = device
         self.dtype = dtype
 
@@ -253,7 +257,7 @@ def build_runners(args, dropout: float, skipped: dict) -> dict:
         torch.manual_seed(args.seed)
         try:
             runners[name] = Runner(ARCHITECTURES[name](model_fields(args, dropout)), torch.device(args.device),
-                                   args.dtype)
+                                   args.dtype, args.optimizer)
         except ArchitectureUnavailable as error:
             skipped[name] = str(error)
     return runners
@@ -305,7 +309,8 @@ def machine_info(args) -> dict:
     info = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), torch=torch.__version__,
                 transformers=transformers.__version__, leanbert=leanbert.__version__, python=platform.python_version(),
                 platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), device=args.device, dtype=args.dtype, allocator=args.allocator)
+                torch_threads=torch.get_num_threads(), device=args.device, dtype=args.dtype, allocator=args.allocator,
+                optimizer=args.optimizer)
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     return info
@@ -326,8 +331,9 @@ def markdown(results: dict) -> str:
              ", ".join(f"{key} {value}" for key, value in results["machine"].items()) + "\n",
              f"Shape: {results['shape']}; {results['steps']} timed rounds after {results['warmup']} warm-up, "
              "median step; ratios vs BertModel in the same setting (tok/s: > 1 is faster; memory: < 1 is "
-             "smaller); rounds q1–q3: quartiles of the training ratio taken round by round. Memory of the training step: act. = allocated on top of weights + grads + AdamW state, "
-             "peak = that resident state + act.\n",
+             "smaller); rounds q1–q3: quartiles of the training ratio taken round by round. Memory of the "
+             "training step: act. = allocated on top of weights + grads + AdamW state, peak = that resident state "
+             "+ act.\n",
              f"Minor page faults per timed training step (median, largest over the rows): "
              f"{max((row['train_page_faults'] for row in results['rows']), default=0):.0f}.\n",
              header, "|" + "---|" * (header.count("|") - 1)]
