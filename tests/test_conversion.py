@@ -13,9 +13,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 import leanbert
 from conftest import real_minilm_path
-from leanbert.conversion import ConversionError, convert
-from leanbert.conversion.calibration import read_passages
-from leanbert.conversion.convert import write_atomically
+from leanbert.conversion import convert
+from leanbert.common.errors import LeanbertError
+from leanbert.common.passages import read_passages
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def calibration_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "calibration.txt"
-    path.write_text("\n".join(read_passages()[:48]))
+    path.write_text("\n".join(read_passages()[0][:48]))
     return path
 
 
@@ -89,7 +89,7 @@ def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
     assert all(0 <= layer["heldout_logit_rel_error"] < 1 for layer in report["layers"])
 
     tokenizer = AutoTokenizer.from_pretrained(output)
-    batch = tokenizer(read_passages(bundled="heldout.txt")[:8], padding=True, truncation=True, max_length=64,
+    batch = tokenizer(read_passages(bundled="heldout.txt")[0][:8], padding=True, truncation=True, max_length=64,
                       return_tensors="pt")
     with torch.no_grad():
         source_logits, converted_logits = teacher(**batch).logits, student(**batch).logits
@@ -118,32 +118,41 @@ def test_symbert_conversion_of_an_exactly_representable_bert_is_lossless(calibra
     assert report["fidelity"]["min_cosine"] > 0.9999
 
 
-def test_refuses_non_empty_output_without_force(tiny_bert, calibration_file, tmp_path):
+def test_refuses_non_empty_output_and_force_replaces_only_leanbert_outputs(tiny_bert, calibration_file, tmp_path):
     output = tmp_path / "taken"
     output.mkdir()
     (output / "keep.txt").write_text("precious")
-    result = run_cli("--source", tiny_bert, "--to", "sym", "--output", output, "--refine-steps", "0")
+    args = ("--source", tiny_bert, "--to", "sym", "--output", output, "--refine-steps", "0", "--calibration-text",
+            calibration_file)
+    result = run_cli(*args)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"leanbert-convert: error: output folder {str(output)!r} exists and is not empty; pass --force to replace it"]
-    assert (output / "keep.txt").read_text() == "precious"
+    result = run_cli(*args, "--force")  # --force never deletes a file leanbert did not write
+    assert result.returncode == 2 and "keep.txt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert [p.name for p in output.iterdir()] == ["keep.txt"] and (output / "keep.txt").read_text() == "precious"
 
-    result = run_cli("--source", tiny_bert, "--to", "sym", "--output", output, "--refine-steps", "0", "--force",
-                     "--calibration-text", calibration_file)
+    (output / "keep.txt").unlink()
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    written = digest(output)
+    result = run_cli(*args, "--seed", "1")
+    assert result.returncode == 2 and digest(output) == written
+    result = run_cli(*args, "--seed", "1", "--force")  # leanbert's own, unchanged output: replaced
     assert result.returncode == 0, result.stderr[-2000:]
-    assert not (output / "keep.txt").exists() and (output / "model.safetensors").exists()
-    assert json.loads(result.stdout)["parameters"]["converted"] > 0
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+    assert digest(output)["model.safetensors"] != written["model.safetensors"]
+    assert json.loads((output / "conversion_report.json").read_text())["settings"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"], "temporary folders or locks left behind"
 
 
 @pytest.mark.parametrize("case", ["missing", "not_bert", "pickle_only", "inside_source", "bad_to"])
 def test_bad_input_fails_with_one_clear_line(case, tiny_bert, tmp_path):
     source, to, output = tiny_bert, "sym", tmp_path / "out"
     expected = {
-        "missing": "no such folder or Hub model",
-        "not_bert": "is a 'sym_bert' checkpoint; leanbert converts BERT checkpoints (model_type 'bert')",
-        "pickle_only": "only safetensors weights are read; pass --allow-pickle to trust a .bin",
-        "inside_source": "is inside the source folder",
+        "missing": "not found: no such folder",
+        "not_bert": "is a 'sym_bert' checkpoint; a BERT checkpoint (model_type 'bert') is needed",
+        "pickle_only": "only safetensors weights are read; --allow-pickle trusts a .bin",
+        "inside_source": "is inside the source",
         "bad_to": "invalid choice: 'shatterz'",
     }[case]
     if case == "missing":
@@ -163,9 +172,7 @@ def test_bad_input_fails_with_one_clear_line(case, tiny_bert, tmp_path):
     result = run_cli("--source", source, "--to", to, "--output", output)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("leanbert-convert: error: ") and expected in lines[-1], result.stderr[-2000:]
-    if case != "bad_to":  # argparse's own errors come after its usage lines, as for any argparse program
-        assert len(lines) == 1, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("leanbert-convert: error: ") and expected in lines[0], lines
     assert not output.exists()
 
 
@@ -178,27 +185,7 @@ def test_pickle_source_converts_with_explicit_opt_in(tiny_bert, calibration_file
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_interrupted_write_leaves_nothing_behind(tmp_path):
-    output = tmp_path / "model"
-
-    def crash(folder):
-        (folder / "model.safetensors").write_bytes(b"half")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        write_atomically(output, crash)
-    assert list(tmp_path.iterdir()) == []
-
-    output.mkdir()
-    (output / "config.json").write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        write_atomically(output, crash)
-    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (output / "config.json").read_text() == "old"
-
-    write_atomically(output, lambda folder: (folder / "config.json").write_text("new"))
-    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (output / "config.json").read_text() == "new"
-
-
 def test_conversion_error_for_missing_calibration_text(tiny_bert, tmp_path):
-    with pytest.raises(ConversionError, match="is not a file"):
+    with pytest.raises(LeanbertError, match="not found: no such file or folder"):
         convert(str(tiny_bert), "sym", tmp_path / "out", calibration_text=tmp_path / "none.txt")
+    assert list(tmp_path.iterdir()) == []

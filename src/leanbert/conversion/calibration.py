@@ -1,29 +1,40 @@
-"""Text that a conversion calibrates on and measures with, and the teacher activations it yields."""
+"""The teacher activations a conversion calibrates on, and the rules a calibration text must meet."""
 
-from importlib import resources
-from pathlib import Path
+import os
 
 import torch
 from tqdm.auto import tqdm
 
+from .source import ConversionError
 
-def read_passages(path: str | Path | None = None, bundled: str = "calibration.txt") -> list[str]:
-    """Non-empty lines of `path` (one passage per line), or of a text file bundled with leanbert."""
-    if path is None:
-        text = resources.files("leanbert.conversion").joinpath("data", bundled).read_text(encoding="utf-8")
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"calibration text {str(path)!r} is not a file")
-        text = path.read_text(encoding="utf-8")
-    passages = [line.strip() for line in text.splitlines() if line.strip()]
-    if not passages:
-        raise ValueError(f"calibration text {str(path)!r} holds no passages")
-    return passages
+MIN_PASSAGES = 16
+TOKENS_PER_DIMENSION = 8  # whitening a d-dimensional activation needs well over d tokens
+MEMORY_SHARE = 0.5  # calibration activations may take at most this share of the machine's memory
 
 
-def tokenize(tokenizer, passages: list[str], max_length: int = 128) -> dict[str, torch.Tensor]:
-    return tokenizer(passages, max_length=max_length, truncation=True, padding="max_length", return_tensors="pt")
+def check_calibration_size(passages: int, max_length: int, config) -> None:
+    """Refuse a calibration set whose kept activations would not fit in memory (before anything is computed)."""
+    layers = config.num_hidden_layers + 1
+    needed = passages * max_length * config.hidden_size * layers * 4
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > MEMORY_SHARE * total:
+        raise ConversionError(f"--calibration-passages {passages} at --max-length {max_length} would keep "
+                              f"{needed / 2**30:.1f} GiB of activations, more than half of this machine's "
+                              f"{total / 2**30:.1f} GiB; use fewer passages")
+
+
+def check_calibration_tokens(batch: dict[str, torch.Tensor], hidden_size: int, where: str) -> None:
+    """Refuse calibration text too small for the fit: fewer than MIN_PASSAGES passages or TOKENS_PER_DIMENSION
+    real tokens per hidden dimension (the whitened least-squares fits turn degenerate below that)."""
+    passages, tokens = batch["input_ids"].shape[0], int(batch["attention_mask"].sum())
+    needed = TOKENS_PER_DIMENSION * hidden_size
+    if passages < MIN_PASSAGES or tokens < needed:
+        raise ConversionError(f"calibration text {where} is too small for the fit: {passages} passages and {tokens} "
+                              f"tokens, at least {MIN_PASSAGES} passages and {needed} tokens "
+                              f"({TOKENS_PER_DIMENSION} per hidden dimension) are needed")
 
 
 @torch.no_grad()
@@ -36,9 +47,3 @@ def layer_inputs(bert, batch: dict[str, torch.Tensor], batch_size: int = 32) -> 
         part = {key: value[start : start + batch_size] for key, value in batch.items()}
         chunks.append(bert(**part, output_hidden_states=True).hidden_states)
     return [torch.cat(states) for states in zip(*chunks)]
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the hidden states of real tokens: (N, L, d) -> (N, d), as sentence-transformers pools."""
-    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

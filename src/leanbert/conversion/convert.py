@@ -1,13 +1,12 @@
 """BERT → leanbert conversion: copy what carries over, fit the attention scores on calibration text, measure.
 
 The query/key path of each layer is approximated on the activations the source produces on real text (a closed
-form in the activation-whitened space, then a short per-layer refinement); everything else copies exactly. The
-result is written atomically: a temporary folder beside the output, renamed at the end.
+form in the activation-whitened space, then a short per-layer refinement); everything else copies exactly.
+`Conversion` checks everything first (settings, source, calibration text) and then writes into a folder it is
+given; `convert()` claims the output folder safely (see `leanbert.common.output`) and publishes it atomically.
 """
 
 import json
-import shutil
-import tempfile
 import time
 from importlib import import_module
 from pathlib import Path
@@ -17,9 +16,14 @@ from tqdm.auto import tqdm
 
 import leanbert
 
-from .calibration import layer_inputs, mean_pool, read_passages, tokenize
+from ..common.models import embedding_cosines, load_bert, tokenize, weights_checksum
+from ..common.output import SafeOutput
+from ..common.passages import read_passages
+from .calibration import check_calibration_size, check_calibration_tokens, layer_inputs
 from .metrics import attention_logit_rel_error
-from .source import HEADS, ConversionError, leanbert_config_fields, load_bert, transfer_weights
+from .source import HEADS, ConversionError, leanbert_config_fields, transfer_weights
+
+REPORT = "conversion_report.json"
 
 # --to name -> (config class, class-name prefix, teacher weight fragments that are approximated, fitting module);
 # each fitting module `<to>_fit` has `fit_<to>_attention(teacher_block, student_block, hidden, mask, ...)`.
@@ -41,136 +45,116 @@ LOSSY_NOTE = {
 }
 
 
-def check_output(source: str, output: Path, force: bool) -> None:
-    """Refuse an output that would overwrite something without --force, or write into the source."""
-    source_path = Path(source).resolve()
-    if output.resolve() == source_path or source_path in output.resolve().parents:
-        raise ConversionError(f"output {str(output)!r} is inside the source folder; choose another folder")
-    if output.exists() and not output.is_dir():
-        raise ConversionError(f"output {str(output)!r} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise ConversionError(f"output folder {str(output)!r} exists and is not empty; pass --force to replace it")
+class Conversion:
+    """One conversion, validated on construction (settings, source, calibration text: one `ConversionError` naming
+    the problem, before any computation) and run by `write_to(folder)`."""
+
+    def __init__(self, source: str | Path, to: str, *, calibration_text: str | Path | None = None,
+                 calibration_passages: int = 256, refine_steps: int = 300, max_length: int = 128,
+                 attention_mode: str = "pairwise", allow_pickle: bool = False, seed: int = 0):
+        if to not in TARGETS:
+            raise ConversionError(f"--to {to!r} is not supported; allowed: {', '.join(TARGETS)}")
+        for name, value, low in (("refine-steps", refine_steps, 0), ("max-length", max_length, 2),
+                                 ("calibration-passages", calibration_passages, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConversionError(f"--{name} must be an integer >= {low}, got {value!r}")
+        if to != "sym" and attention_mode != "pairwise":
+            raise ConversionError("--attention-mode applies to --to sym only")
+        self.source, self.to, self.seed = str(source), to, seed
+        self.calibration_text, self.refine_steps, self.max_length = calibration_text, refine_steps, max_length
+        self.calibration, available = read_passages(calibration_text, limit=calibration_passages, seed=seed,
+                                                    what="calibration text")
+        self.teacher, self.tokenizer = load_bert(source, allow_pickle)
+        self.config_class, self.prefix, self.approximated = TARGETS[to]
+        self.extra = {"attention_mode": attention_mode} if to == "sym" else {}
+        fields = leanbert_config_fields(self.teacher.config)
+        if to == "shatter":
+            fields.pop("num_attention_heads")
+        try:
+            self.config = self.config_class(**fields, **self.extra)
+        except ValueError as error:
+            raise ConversionError(f"the source's config does not fit {self.prefix}: {error}") from None
+        limit = self.teacher.config.max_position_embeddings
+        if max_length > limit:
+            raise ConversionError(f"--max-length {max_length} exceeds the source's max_position_embeddings {limit}")
+        check_calibration_size(len(self.calibration), max_length, self.config)
+        self.batch = tokenize(self.tokenizer, self.calibration, max_length)
+        where = repr(str(calibration_text)) if calibration_text else "(bundled)"
+        check_calibration_tokens(self.batch, self.config.hidden_size, where)
+        self.settings = {"calibration_text": str(calibration_text) if calibration_text else "bundled",
+                         "calibration_passages": len(self.calibration), "calibration_passages_available": available,
+                         "max_length": max_length, "refine_steps": refine_steps, "seed": seed}
+
+    def write_to(self, folder: Path) -> dict:
+        """Convert, write the model, its tokenizer and `conversion_report.json` to `folder`; return the report."""
+        started = time.perf_counter()
+        teacher, config, prefix = self.teacher, self.config, self.prefix
+        fit = getattr(import_module(f".{self.to}_fit", __package__), f"fit_{self.to}_attention")
+        torch.manual_seed(self.seed)
+        student = getattr(leanbert, prefix + HEADS[type(teacher).__name__])(config).eval()
+        to_fit = transfer_weights(teacher, student, self.approximated)
+
+        inputs = layer_inputs(teacher.base_model, self.batch)
+        mask = self.batch["attention_mask"].bool()
+        heldout = tokenize(self.tokenizer, read_passages(bundled="heldout.txt")[0], self.max_length)
+        heldout_inputs = layer_inputs(teacher.base_model, heldout)
+        heldout_mask = heldout["attention_mask"].bool()
+
+        generator = torch.Generator().manual_seed(self.seed)
+        layers = []
+        teacher_layers, student_layers = teacher.base_model.encoder.layer, student.base_model.encoder.layer
+        for index in tqdm(range(config.num_hidden_layers), desc=f"converting layers to {prefix}"):
+            teacher_block, student_block = teacher_layers[index].attention, student_layers[index].attention
+            with torch.enable_grad():
+                stats = fit(teacher_block, student_block, inputs[index], mask, refine_steps=self.refine_steps,
+                            generator=generator)
+            stats["heldout_logit_rel_error"] = attention_logit_rel_error(
+                teacher_block, student_block, heldout_inputs[index], heldout_mask)
+            layers.append({"layer": index, **{key: float(value) for key, value in stats.items()}})
+
+        cosines = embedding_cosines(teacher, student, heldout)
+        if not torch.isfinite(cosines).all() or not all(torch.isfinite(p).all() for p in student.parameters()):
+            raise ConversionError("the fit diverged (non-finite weights or outputs); check the calibration text")
+        teacher_params, student_params = teacher.num_parameters(), student.num_parameters()
+        report = {
+            "source": self.source,
+            "source_architecture": type(teacher).__name__,
+            "source_checksum": weights_checksum(teacher),
+            "target": config.model_type,
+            "target_architecture": type(student).__name__,
+            **self.extra,
+            "parameters": {"source": teacher_params, "converted": student_params,
+                           "saved": teacher_params - student_params,
+                           "saved_fraction": round(1 - student_params / teacher_params, 6)},
+            "fitted_parameters": to_fit,
+            "layers": layers,
+            "fidelity": {"heldout_passages": len(cosines), "mean_cosine": cosines.mean().item(),
+                         "min_cosine": cosines.min().item(),
+                         "measure": "cosine between source and converted mean-pooled last hidden states on the "
+                                    "bundled held-out passages (disjoint from calibration)"},
+            "note": LOSSY_NOTE["sym_symmetric" if self.extra.get("attention_mode") == "symmetric" else self.to],
+            "settings": self.settings,
+            "leanbert_version": leanbert.__version__,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        student.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        return report
 
 
-def write_atomically(output: Path, write) -> None:
-    """Call `write(tmp_folder)`, then move the folder to `output` in one rename; on any failure keep nothing."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        write(tmp)
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-            output.rename(old)
-            tmp.rename(output)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-@torch.no_grad()
-def embedding_cosines(teacher, student, batch) -> torch.Tensor:
-    """Cosine between source and converted mean-pooled last hidden states, one value per passage."""
-    mask = batch["attention_mask"]
-    source = mean_pool(teacher.base_model(**batch).last_hidden_state, mask)
-    converted = mean_pool(student.base_model(**batch).last_hidden_state, mask)
-    return torch.nn.functional.cosine_similarity(source, converted, dim=-1)
-
-
-def convert(
-    source: str,
-    to: str,
-    output: str | Path,
-    *,
-    calibration_text: str | Path | None = None,
-    refine_steps: int = 300,
-    max_length: int = 128,
-    attention_mode: str = "pairwise",
-    force: bool = False,
-    allow_pickle: bool = False,
-    seed: int = 0,
-) -> dict:
+def convert(source: str | Path, to: str, output: str | Path, *, force: bool = False, **settings) -> dict:
     """Convert the BERT checkpoint `source` (folder or Hub id) to `to` ("sym", "shared" or "shatter") in `output`.
 
-    Returns the conversion report, also written to `output/conversion_report.json`.
+    `settings` are `Conversion`'s (calibration_text, calibration_passages, refine_steps, max_length,
+    attention_mode, allow_pickle, seed). Everything is checked before any work; the output is replaced only when
+    the new one is complete, and only with `force` (see `leanbert.common.output`). Returns the conversion report,
+    also written to `output/conversion_report.json`.
     """
-    if to not in TARGETS:
-        raise ConversionError(f"--to {to!r} is not supported; allowed: {', '.join(TARGETS)}")
-    if refine_steps < 0:
-        raise ConversionError(f"--refine-steps must be >= 0, got {refine_steps}")
-    output = Path(output)
-    check_output(source, output, force)
-    try:
-        calibration = read_passages(calibration_text)
-    except (OSError, ValueError) as error:
-        raise ConversionError(str(error))
-    started = time.perf_counter()
-    config_class, prefix, approximated = TARGETS[to]
-    fit = getattr(import_module(f".{to}_fit", __package__), f"fit_{to}_attention")
-    teacher, tokenizer = load_bert(source, allow_pickle)
-    extra = {"attention_mode": attention_mode} if to == "sym" else {}
-    fields = leanbert_config_fields(teacher.config)
-    if to == "shatter":
-        fields.pop("num_attention_heads")
-    try:
-        config = config_class(**fields, **extra)
-    except ValueError as error:
-        raise ConversionError(str(error))
-    head = HEADS[type(teacher).__name__]
-    torch.manual_seed(seed)
-    student = getattr(leanbert, prefix + head)(config).eval()
-    to_fit = transfer_weights(teacher, student, approximated)
-
-    batch = tokenize(tokenizer, calibration, max_length)
-    inputs = layer_inputs(teacher.base_model, batch)
-    mask = batch["attention_mask"].bool()
-    heldout = tokenize(tokenizer, read_passages(bundled="heldout.txt"), max_length)
-    heldout_inputs = layer_inputs(teacher.base_model, heldout)
-    heldout_mask = heldout["attention_mask"].bool()
-
-    generator = torch.Generator().manual_seed(seed)
-    layers = []
-    teacher_layers, student_layers = teacher.base_model.encoder.layer, student.base_model.encoder.layer
-    for index in tqdm(range(config.num_hidden_layers), desc=f"converting layers to {prefix}"):
-        teacher_block, student_block = teacher_layers[index].attention, student_layers[index].attention
-        with torch.enable_grad():
-            stats = fit(teacher_block, student_block, inputs[index], mask, refine_steps=refine_steps,
-                        generator=generator)
-        stats["heldout_logit_rel_error"] = attention_logit_rel_error(
-            teacher_block, student_block, heldout_inputs[index], heldout_mask)
-        layers.append({"layer": index, **{key: float(value) for key, value in stats.items()}})
-
-    cosines = embedding_cosines(teacher, student, heldout)
-    teacher_params, student_params = teacher.num_parameters(), student.num_parameters()
-    report = {
-        "source": str(source),
-        "source_architecture": type(teacher).__name__,
-        "target": config.model_type,
-        "target_architecture": type(student).__name__,
-        **extra,
-        "parameters": {"source": teacher_params, "converted": student_params,
-                       "saved": teacher_params - student_params,
-                       "saved_fraction": round(1 - student_params / teacher_params, 6)},
-        "fitted_parameters": to_fit,
-        "layers": layers,
-        "fidelity": {"heldout_passages": len(cosines), "mean_cosine": cosines.mean().item(),
-                     "min_cosine": cosines.min().item(),
-                     "measure": "cosine between source and converted mean-pooled last hidden states on the "
-                                "bundled held-out passages (disjoint from calibration)"},
-        "note": LOSSY_NOTE["sym_symmetric" if extra.get("attention_mode") == "symmetric" else to],
-        "settings": {"calibration_text": str(calibration_text) if calibration_text else "bundled",
-                     "calibration_passages": len(calibration), "max_length": max_length,
-                     "refine_steps": refine_steps, "seed": seed},
-        "leanbert_version": leanbert.__version__,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-
-    def write(folder: Path) -> None:
-        student.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "conversion_report.json").write_text(json.dumps(report, indent=2) + "\n")
-
-    write_atomically(output, write)
+    inputs = [("source", source), ("calibration text", settings.get("calibration_text"))]
+    target = SafeOutput(output, inputs=inputs, force=force, command="leanbert-convert")
+    conversion = Conversion(source, to, **settings)
+    with target as staging:
+        report = conversion.write_to(staging)
+        target.publish()
     return report

@@ -1,7 +1,7 @@
-"""`python -m leanbert.healing ...` is `leanbert-heal ...`."""
+"""`python -m leanbert.healing ...` (also under `accelerate launch -m`) is `leanbert-heal ...`."""
 
 import sys
 
-from .cli import main
+from ..commands.heal import main
 
 sys.exit(main())

@@ -3,77 +3,67 @@
 The student learns to reproduce the teacher's hidden states at every layer (or the last) and its mean-pooled
 sentence embedding, and optionally its attention distributions (a KL term on the softmax of the attention logits).
 Training runs through `accelerate`, so the same code uses the CPU, one GPU or several (`accelerate launch`), with
-mixed precision where the hardware has it. Checkpoints (accelerate state) are written beside the output and a run
-resumes from the latest one; the output folder is written atomically at the end.
+mixed precision where the hardware has it. Everything is checked before training starts: the settings, the text,
+the teacher (its weights must be the ones the student's conversion report names, by checksum), the student and the
+output and checkpoint folders. Checkpoints are leanbert's own (`leanbert.common.checkpoints`: safetensors and JSON,
+written atomically), and `resume=True` continues from the newest complete one only if every setting matches. The
+output folder is written atomically at the end (`leanbert.common.output`).
 """
 
+import contextlib
 import json
-import shutil
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer
 
 import leanbert
 
-from ..conversion.calibration import mean_pool, read_passages, tokenize
-from ..conversion.convert import check_output, embedding_cosines, write_atomically
-from ..conversion.source import ConversionError, load_bert
+from ..common.checkpoints import CheckpointFolder
+from ..common.errors import LeanbertError
+from ..common.models import (embedding_cosines, load_bert, load_config, load_tokenizer, load_weights, mean_pool,
+                             read_json, tokenize, weights_checksum)
+from ..common.output import SafeOutput
+from ..common.passages import read_passages
 
 LEANBERT_TYPES = {config.model_type: config for config in leanbert.ARCHITECTURES}
 REPORT = "conversion_report.json"
+MIN_PASSAGE_CHARS = 40
 
 
-class HealingError(ConversionError):
+class HealingError(LeanbertError):
     """Healing cannot start; the message is meant for the user as is."""
 
 
-class Progress:
-    """Step counter and loss curve, saved with every accelerate checkpoint so that a resumed run continues."""
-
-    def __init__(self):
-        self.step, self.curve = 0, []
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "curve": self.curve}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.curve = state["step"], state["curve"]
-
-
-def read_text(path: str | Path) -> list[str]:
-    """Passages (one per line, at least 40 characters) from a text file or every `*.txt` file under a folder."""
-    path = Path(path)
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    if not files or not all(f.is_file() for f in files):
-        raise HealingError(f"healing text {str(path)!r} is not a text file or a folder of .txt files")
-    passages = [p for f in files for p in read_passages(f) if len(p) >= 40]
-    if not passages:
-        raise HealingError(f"healing text {str(path)!r} holds no passages of 40 characters or more")
-    return passages
-
-
-def load_student(student: str | Path):
-    """The converted model (any leanbert head) and its conversion report; refuses anything else."""
-    folder = Path(student)
-    if not (folder / "config.json").is_file():
-        raise HealingError(f"student {str(student)!r} is not a model folder")
-    config = AutoConfig.from_pretrained(folder)
+def load_student(student: str | Path, teacher_checksum: str):
+    """The converted model (any leanbert head), its tokenizer and its conversion report; refuses anything else,
+    including a student whose report names other teacher weights than `teacher_checksum`."""
+    config = load_config(student, "student")
     if config.model_type not in LEANBERT_TYPES:
         raise HealingError(f"student {str(student)!r} is a {config.model_type!r} model; healing takes a leanbert "
                            f"model converted from BERT ({', '.join(LEANBERT_TYPES)})")
+    folder = Path(student)
     if not (folder / REPORT).is_file():
         raise HealingError(f"student {str(student)!r} has no {REPORT}: it was not converted from a BERT "
                            "checkpoint by leanbert-convert, so there is no teacher to heal it towards")
+    report = read_json(folder / REPORT, "conversion report")
+    if not isinstance(report.get("fitted_parameters"), list) or not isinstance(report.get("source_checksum"), str):
+        raise HealingError(f"the conversion report of student {str(student)!r} lacks fitted_parameters or "
+                           "source_checksum (written by an older leanbert?); convert the source again")
+    if report["source_checksum"] != teacher_checksum:
+        raise HealingError(f"the teacher's weights are not those the student was converted from (checksum "
+                           f"{teacher_checksum[:12]} vs {report['source_checksum'][:12]} in its report, whose source "
+                           f"was {report.get('source')!r})")
     model_class = getattr(leanbert, (config.architectures or [""])[0], None)
     if model_class is None:
         raise HealingError(f"student {str(student)!r} names an unknown architecture {config.architectures}")
-    return model_class.from_pretrained(folder).eval(), json.loads((folder / REPORT).read_text())
+    model = load_weights(model_class, folder, "student")
+    return model, load_tokenizer(folder, "student", config.vocab_size), report
 
 
 def check_pair(teacher, teacher_tokenizer, student, student_tokenizer) -> None:
@@ -117,150 +107,204 @@ def attention_kl(teacher: tuple[torch.Tensor, ...], student: tuple[torch.Tensor,
     return total / len(teacher)
 
 
-def heal(
-    teacher: str,
-    student: str | Path,
-    text: str | Path,
-    output: str | Path,
-    *,
-    steps: int = 400,
-    batch_size: int = 16,
-    max_length: int = 128,
-    learning_rate: float = 2e-4,
-    train: str = "converted",
-    objective: str = "all-layers",
-    pooled_weight: float = 1.0,
-    attention_weight: float = 0.0,
-    mixed_precision: str = "no",
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 100,
-    resume: bool = False,
-    force: bool = False,
-    allow_pickle: bool = False,
-    seed: int = 0,
-    callback: Callable[[int, float], None] | None = None,
-) -> dict:
-    """Distil `student` (a leanbert-converted folder) from `teacher` (its BERT source) on `text`; write the healed
-    model, its tokenizer, the updated conversion report and the loss curve (JSON and PNG) to `output`.
+def check_settings(steps, batch_size, max_length, learning_rate, train, objective, pooled_weight,
+                   attention_weight, mixed_precision, checkpoint_every, seed) -> None:
+    """Every healing setting, checked before anything is loaded; one `HealingError` naming the first bad one."""
+    def integer(name, value, low):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise HealingError(f"{name} must be an integer >= {low}, got {value!r}")
 
-    `train="converted"` trains only the parameters the conversion approximated (listed in the report), `"all"`
-    everything. `attention_weight > 0` adds the teacher's attention distributions to the objective (both models
-    then run the eager attention path, which returns them). `callback(step, loss)` runs after every optimizer
-    step. Returns the updated report.
-    """
-    if train not in ("converted", "all"):
-        raise HealingError(f"train={train!r} is invalid; allowed: converted, all")
-    if objective not in ("all-layers", "last"):
-        raise HealingError(f"objective={objective!r} is invalid; allowed: all-layers, last")
-    if steps < 1 or batch_size < 1:
-        raise HealingError("steps and batch size must be positive")
-    if attention_weight < 0:
-        raise HealingError(f"attention_weight={attention_weight} is invalid; must be >= 0")
+    def number(name, value, positive):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                value <= 0 if positive else value < 0):
+            raise HealingError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 2),
+                             ("checkpoint_every", checkpoint_every, 1), ("seed", seed, 0)):
+        integer(name, value, low)
+    number("learning_rate", learning_rate, positive=True)
+    number("pooled_weight", pooled_weight, positive=False)
+    number("attention_weight", attention_weight, positive=False)
+    for name, value, allowed in (("train", train, ("converted", "all")), ("objective", objective, ("all-layers", "last")),
+                                 ("mixed_precision", mixed_precision, ("no", "fp16", "bf16"))):
+        if value not in allowed:
+            raise HealingError(f"{name}={value!r} is invalid; allowed: {', '.join(allowed)}")
+
+
+class Healing:
+    """One healing run, validated on construction (settings, text, teacher and student) and run by
+    `write_to(folder)` on every process of an `accelerate launch`. `student=None` defers the student to
+    `set_student` (for `leanbert-convert --heal`, whose student exists only once the conversion has run)."""
+
+    def __init__(self, teacher: str, student: str | Path | None, text: str | Path, *, steps: int = 400,
+                 batch_size: int = 16, max_length: int = 128, learning_rate: float = 2e-4, train: str = "converted",
+                 objective: str = "all-layers", pooled_weight: float = 1.0, attention_weight: float = 0.0,
+                 mixed_precision: str = "no", checkpoint_every: int = 100, allow_pickle: bool = False,
+                 seed: int = 0):
+        check_settings(steps, batch_size, max_length, learning_rate, train, objective, pooled_weight,
+                       attention_weight, mixed_precision, checkpoint_every, seed)
+        self.teacher_path, self.text = str(teacher), text
+        self.checkpoint_every = checkpoint_every
+        self.passages, self.available = read_passages(text, limit=steps * batch_size, seed=seed,
+                                                      min_chars=MIN_PASSAGE_CHARS, what="healing text")
+        self.teacher, self.teacher_tokenizer = load_bert(teacher, allow_pickle, what="teacher")
+        self.teacher_checksum = weights_checksum(self.teacher)
+        self.settings = {"teacher": str(teacher), "teacher_checksum": self.teacher_checksum,
+                         "text": str(Path(text).resolve()), "steps": steps, "batch_size": batch_size,
+                         "max_length": max_length, "learning_rate": learning_rate, "train": train,
+                         "objective": objective, "pooled_weight": pooled_weight, "attention_weight": attention_weight,
+                         "mixed_precision": mixed_precision, "seed": seed}
+        if student is not None:
+            self.set_student(student)
+
+    def set_student(self, student: str | Path) -> None:
+        self.student_path = Path(student)
+        self.student, self.tokenizer, self.report = load_student(student, self.teacher_checksum)
+        check_pair(self.teacher, self.teacher_tokenizer, self.student, self.tokenizer)
+        self.settings["student_checksum"] = weights_checksum(self.student)
+
+    def resume_point(self, checkpoints: CheckpointFolder, resume: bool):
+        """The checkpoint to continue from (None for a fresh start), refusing a resume that cannot be faithful."""
+        latest = checkpoints.latest()
+        if not resume:
+            if latest is not None:
+                raise HealingError(f"checkpoint folder {str(checkpoints.path)!r} holds a checkpoint (step "
+                                   f"{latest[1]['step']}) of an earlier run; pass --resume to continue it or "
+                                   "delete that folder to start afresh")
+            return None
+        if latest is None:
+            raise HealingError(f"--resume: no complete checkpoint in {str(checkpoints.path)!r}")
+        saved = latest[1].get("settings", {})
+        for name, value in self.settings.items():
+            if saved.get(name) != value:
+                raise HealingError(f"--resume: setting {name} is {value!r} but the checkpoint was made with "
+                                   f"{saved.get(name)!r}; resume with the same settings")
+        return latest
+
+    def write_to(self, folder: Path | None, checkpoints: CheckpointFolder, resume: bool = False,
+                 callback: Callable[[int, float], None] | None = None) -> dict:
+        """Heal; the main process writes the healed model, tokenizer, updated report and loss curve (JSON and PNG)
+        to `folder`. `callback(step, loss)` runs after every optimizer step. Returns the updated report."""
+        settings = self.settings
+        steps, batch_size, max_length = settings["steps"], settings["batch_size"], settings["max_length"]
+        started = time.perf_counter()
+        teacher_model, student_model, tokenizer = self.teacher, self.student, self.tokenizer
+        attention_weight = settings["attention_weight"]
+        if attention_weight > 0:
+            teacher_model.set_attn_implementation("eager")
+            student_model.set_attn_implementation("eager")
+        trainable = set(self.report["fitted_parameters"]) if settings["train"] == "converted" else None
+        for name, parameter in student_model.named_parameters():
+            parameter.requires_grad_(trainable is None or name in trainable)
+
+        heldout = tokenize(tokenizer, read_passages(bundled="heldout.txt")[0], max_length)
+        before = embedding_cosines(teacher_model, student_model, heldout)
+
+        set_seed(settings["seed"])
+        accelerator = Accelerator(mixed_precision=settings["mixed_precision"])
+        resume_from = self.resume_point(checkpoints, resume)
+        passages = self.passages
+        order = torch.randperm(len(passages), generator=torch.Generator().manual_seed(settings["seed"]))
+        chosen = [passages[i] for i in order.tolist()]
+        chosen = (chosen * (steps * batch_size // len(chosen) + 1))[: steps * batch_size]  # small texts repeat
+        loader = torch.utils.data.DataLoader(chosen, batch_size=batch_size, shuffle=False,
+                                             collate_fn=lambda texts: tokenize(tokenizer, texts, max_length))
+        parameters = [p for p in student_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=settings["learning_rate"], weight_decay=0.0)
+        warmup = max(1, steps // 10)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / max(1, steps - warmup)) ** 0.5)
+        teacher_base = teacher_model.base_model.to(accelerator.device)
+        student_model, optimizer, loader, schedule = accelerator.prepare(student_model, optimizer, loader, schedule)
+        step, curve = 0, []
+        if accelerator.is_main_process:
+            checkpoints.open("leanbert-heal")
+        if resume_from is not None:
+            try:
+                accelerator.load_state(str(resume_from[0]))
+            except Exception as error:  # a damaged or tampered file: torch's weights-only loader refuses code
+                raise HealingError(f"cannot resume from {str(resume_from[0])!r}: {str(error).splitlines()[0]}") from None
+            step, curve = resume_from[1]["step"], resume_from[1]["curve"]
+        student_base = accelerator.unwrap_model(student_model).base_model
+
+        bar = tqdm(total=steps, initial=step, desc="healing", disable=not accelerator.is_local_main_process)
+        for batch in accelerator.skip_first_batches(loader, step):
+            with torch.no_grad():
+                teacher_out = teacher_base(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
+            with accelerator.autocast():
+                student_out = student_base(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
+                loss = distillation_loss(teacher_out, student_out, batch["attention_mask"], settings["objective"],
+                                         settings["pooled_weight"], attention_weight)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            curve.append({"step": step, "loss": loss.item()})
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % self.checkpoint_every == 0 and step < steps:
+                checkpoints.save(accelerator, step, {"curve": curve, "settings": settings})
+            if callback is not None:
+                callback(step, loss.item())
+        bar.close()
+        if not math.isfinite(curve[-1]["loss"]):
+            raise HealingError("healing diverged (the loss is not finite); try a lower --learning-rate")
+
+        healed = accelerator.unwrap_model(student_model).float().eval()
+        after = embedding_cosines(teacher_model, healed, heldout)
+        report = {**self.report, "healing": {
+            "teacher": self.teacher_path, "teacher_checksum": self.teacher_checksum, "student": str(self.student_path),
+            "text": str(self.text), "passages_available": self.available, "passages_used": len(passages),
+            **{key: settings[key] for key in ("steps", "batch_size", "max_length", "learning_rate", "train",
+                                               "objective", "pooled_weight", "attention_weight", "mixed_precision",
+                                               "seed")},
+            "trained_parameters": sum(p.numel() for p in parameters),
+            "resumed_from_step": resume_from[1]["step"] if resume_from else None,
+            "seconds": round(time.perf_counter() - started, 1), "final_loss": curve[-1]["loss"],
+            "fidelity_before": {"mean_cosine": before.mean().item(), "min_cosine": before.min().item()},
+            "fidelity_after": {"mean_cosine": after.mean().item(), "min_cosine": after.min().item()},
+        }}
+        if accelerator.is_main_process and folder is not None:
+            healed.cpu().save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+            (folder / "healing_curve.json").write_text(json.dumps(curve) + "\n")
+            plot_curve(curve, folder / "healing_curve.png")
+        accelerator.wait_for_everyone()
+        return report
+
+
+def default_checkpoint_dir(output: str | Path) -> Path:
     output = Path(output)
-    if output.resolve() != Path(student).resolve():
-        check_output(teacher, output, force)
-    elif not force:
-        raise HealingError("output is the student folder; pass --force to replace it with the healed model")
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else output.with_name(f"{output.name}.heal-checkpoints")
-    passages = read_text(text)
-    started = time.perf_counter()
+    return output.with_name(f"{output.name}.heal-checkpoints")
 
-    teacher_model, teacher_tokenizer = load_bert(teacher, allow_pickle)
-    student_model, report = load_student(student)
-    tokenizer = AutoTokenizer.from_pretrained(student)
-    check_pair(teacher_model, teacher_tokenizer, student_model, tokenizer)
-    if attention_weight > 0:
-        teacher_model.set_attn_implementation("eager")
-        student_model.set_attn_implementation("eager")
-    trainable = set(report["fitted_parameters"]) if train == "converted" else None
-    for name, parameter in student_model.named_parameters():
-        parameter.requires_grad_(trainable is None or name in trainable)
 
-    heldout = tokenize(tokenizer, read_passages(bundled="heldout.txt"), max_length)
-    before = embedding_cosines(teacher_model, student_model, heldout)
+def heal(teacher: str, student: str | Path, text: str | Path, output: str | Path, *,
+         checkpoint_dir: str | Path | None = None, resume: bool = False, force: bool = False,
+         callback: Callable[[int, float], None] | None = None, **settings) -> dict:
+    """Distil `student` (a leanbert-converted folder) from `teacher` (its BERT source) on `text` (a text file, one
+    passage per line, or a folder of `.txt` files); write the healed model, its tokenizer, the updated conversion
+    report and the loss curve (JSON and PNG) to `output`.
 
-    set_seed(seed)
-    accelerator = Accelerator(mixed_precision=mixed_precision)
-    order = torch.randperm(len(passages), generator=torch.Generator().manual_seed(seed))
-    chosen = [passages[i] for i in order[: steps * batch_size].tolist()]
-    chosen = (chosen * (steps * batch_size // len(chosen) + 1))[: steps * batch_size]  # small texts repeat
-    loader = torch.utils.data.DataLoader(chosen, batch_size=batch_size, shuffle=False,
-                                         collate_fn=lambda texts: tokenize(tokenizer, texts, max_length))
-    parameters = [p for p in student_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / max(1, steps - warmup)) ** 0.5)
-    teacher_base = teacher_model.base_model.to(accelerator.device)
-    student_model, optimizer, loader, schedule = accelerator.prepare(student_model, optimizer, loader, schedule)
-    progress = Progress()
-    accelerator.register_for_checkpointing(progress)
-    if resume and (latest := latest_checkpoint(checkpoint_dir)) is not None:
-        accelerator.load_state(str(latest))
-    student_base = accelerator.unwrap_model(student_model).base_model
-
-    bar = tqdm(total=steps, initial=progress.step, desc="healing", disable=not accelerator.is_local_main_process)
-    for batch in accelerator.skip_first_batches(loader, progress.step):
-        with torch.no_grad():
-            teacher_out = teacher_base(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
-        with accelerator.autocast():
-            student_out = student_base(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
-            loss = distillation_loss(teacher_out, student_out, batch["attention_mask"], objective, pooled_weight,
-                                     attention_weight)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.step += 1
-        progress.curve.append({"step": progress.step, "loss": loss.item()})
-        bar.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if progress.step % checkpoint_every == 0 and progress.step < steps:
-            save_checkpoint(accelerator, checkpoint_dir, progress.step)
-        if callback is not None:
-            callback(progress.step, loss.item())
-    bar.close()
-
-    healed = accelerator.unwrap_model(student_model).float().eval().cpu()
-    after = embedding_cosines(teacher_model, healed, heldout)
-    report = {**report, "healing": {
-        "teacher": str(teacher), "student": str(student), "text": str(text), "passages_available": len(passages),
-        "steps": steps, "batch_size": batch_size, "max_length": max_length, "learning_rate": learning_rate,
-        "train": train, "trained_parameters": sum(p.numel() for p in parameters), "objective": objective,
-        "pooled_weight": pooled_weight, "attention_weight": attention_weight, "mixed_precision": mixed_precision,
-        "seed": seed,
-        "seconds": round(time.perf_counter() - started, 1), "final_loss": progress.curve[-1]["loss"],
-        "fidelity_before": {"mean_cosine": before.mean().item(), "min_cosine": before.min().item()},
-        "fidelity_after": {"mean_cosine": after.mean().item(), "min_cosine": after.min().item()},
-    }}
-
-    def write(folder: Path) -> None:
-        healed.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        (folder / "healing_curve.json").write_text(json.dumps(progress.curve) + "\n")
-        plot_curve(progress.curve, folder / "healing_curve.png")
-
-    if accelerator.is_main_process:
-        write_atomically(output, write)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    `settings` are `Healing`'s: `train="converted"` trains only the parameters the conversion approximated (listed
+    in the report), `"all"` everything; `attention_weight > 0` adds the teacher's attention distributions to the
+    objective (both models then run the eager attention path, which returns them). Checkpoints go to
+    `checkpoint_dir` (default `<output>.heal-checkpoints`, removed when healing finishes). Returns the report.
+    """
+    inputs = [("teacher", teacher), ("student", student), ("healing text", text)]
+    target = SafeOutput(output, inputs=inputs, force=force, command="leanbert-heal")
+    checkpoints = CheckpointFolder(checkpoint_dir or default_checkpoint_dir(output),
+                                   inputs=[*inputs, ("output", output)])
+    healing = Healing(teacher, student, text, **settings)
+    main = PartialState().is_main_process
+    with target if main else contextlib.nullcontext() as staging:
+        report = healing.write_to(staging, checkpoints, resume, callback)
+        if main:
+            target.publish()
+            checkpoints.remove()
     return report
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    steps = sorted(folder.glob("step_*"), key=lambda p: int(p.name.removeprefix("step_"))) if folder.is_dir() else []
-    return steps[-1] if steps else None
-
-
-def save_checkpoint(accelerator: Accelerator, folder: Path, step: int) -> None:
-    """Save accelerate state as `step_<n>` and drop older checkpoints once the new one is complete."""
-    accelerator.save_state(str(folder / f"step_{step}"))
-    if accelerator.is_main_process:
-        for old in folder.glob("step_*"):
-            if old.name != f"step_{step}":
-                shutil.rmtree(old)
 
 
 def plot_curve(curve: list[dict], path: Path, window: int = 20) -> None:

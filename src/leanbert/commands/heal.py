@@ -4,20 +4,20 @@ import argparse
 import json
 import sys
 
-from ..conversion.source import ConversionError
-from .distill import heal
+from ..common.cli import ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int, run
+from ..healing.distill import heal
 
 
 def add_healing_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """The healing settings, shared by `leanbert-heal` and `leanbert-convert --heal` (there with `heal-` names)."""
-    parser.add_argument(f"--{prefix}steps", type=int, default=400, help="optimizer steps (default 400)")
-    parser.add_argument(f"--{prefix}batch-size", type=int, default=16)
-    parser.add_argument(f"--{prefix}learning-rate", type=float, default=2e-4)
+    parser.add_argument(f"--{prefix}steps", type=positive_int, default=400, help="optimizer steps (default 400)")
+    parser.add_argument(f"--{prefix}batch-size", type=positive_int, default=16)
+    parser.add_argument(f"--{prefix}learning-rate", type=positive_float, default=2e-4)
     parser.add_argument(f"--{prefix}train", choices=("converted", "all"), default="converted",
                         help="train only the parameters the conversion approximated (default) or all")
     parser.add_argument(f"--{prefix}objective", choices=("all-layers", "last"), default="all-layers",
                         help="match the teacher's hidden states at every layer (default) or the last only")
-    parser.add_argument(f"--{prefix}attention-weight", type=float, default=0.0,
+    parser.add_argument(f"--{prefix}attention-weight", type=non_negative_float, default=0.0,
                         help="weight of the KL term that matches the teacher's attention distributions (default 0: "
                              "hidden states and sentence embedding only)")
     parser.add_argument(f"--{prefix}mixed-precision", choices=("no", "fp16", "bf16"), default="no")
@@ -29,8 +29,8 @@ def healing_kwargs(args: argparse.Namespace, prefix: str = "") -> dict:
     return {name: getattr(args, prefix + name) for name in names}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = ArgumentParser(
         prog="leanbert-heal",
         description="Distil a model converted by leanbert-convert from its BERT source on unlabelled text. Runs "
                     "unchanged on CPU, one GPU or several (accelerate launch -m leanbert.healing ...).")
@@ -39,23 +39,29 @@ def main(argv=None) -> int:
     parser.add_argument("--text", required=True, help="text file (one passage per line) or folder of .txt files")
     parser.add_argument("--output", required=True, help="folder for the healed model")
     add_healing_arguments(parser)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--checkpoint-dir", help="default: <output>.heal-checkpoints")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        report = heal(args.teacher, args.student, args.text, args.output, checkpoint_every=args.checkpoint_every,
-                      checkpoint_dir=args.checkpoint_dir, resume=args.resume, force=args.force, seed=args.seed,
-                      **healing_kwargs(args))
-    except ConversionError as error:
-        print(f"leanbert-heal: error: {error}", file=sys.stderr)
-        return 2
+    parser.add_argument("--checkpoint-every", type=positive_int, default=100)
+    parser.add_argument("--checkpoint-dir", help="folder of its own for checkpoints (default: <output>.heal-checkpoints)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--force", action="store_true", help="replace an output folder that leanbert wrote before")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also read a teacher's pytorch_model.bin (pickle can run code: only for files you trust)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    return parser.parse_args(argv)
+
+
+def heal_command(argv=None) -> int:
+    args = parse_args(argv)
+    report = heal(args.teacher, args.student, args.text, args.output, checkpoint_every=args.checkpoint_every,
+                  checkpoint_dir=args.checkpoint_dir, resume=args.resume, force=args.force,
+                  allow_pickle=args.allow_pickle, seed=args.seed, **healing_kwargs(args))
     healing = report["healing"]
     print(json.dumps({key: healing[key] for key in ("fidelity_before", "fidelity_after", "seconds", "final_loss")},
                      indent=2))
     return 0
+
+
+def main(argv=None) -> int:
+    return run("leanbert-heal", heal_command, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""Training checkpoints that are leanbert's own: in a marked folder, written atomically, resumed without pickle.
+
+A checkpoint folder holds a marker (`.leanbert-checkpoints.json`) and one `step_<n>` folder per checkpoint: the
+`accelerate` state (model weights as safetensors; optimizer, scheduler and random states read back with torch's
+weights-only loader, which cannot run code; no custom pickled objects) and `progress.json` (step, loss curve and
+the run's settings). Each is written as `step_<n>.partial` and renamed once complete, so a run killed while
+saving leaves an incomplete folder that `latest()` skips and the next save removes. A folder that holds anything
+else is refused, and only these entries are ever deleted.
+"""
+
+import json
+import re
+from pathlib import Path
+
+from .errors import LeanbertError
+from .output import check_disjoint, remove_tree, write_text_atomically
+
+MARK = ".leanbert-checkpoints.json"
+PROGRESS = "progress.json"
+STEP = re.compile(r"step_(\d+)(\.partial)?")
+
+
+class CheckpointFolder:
+    """The checkpoints of one run; checked on construction (before any work), created by `open()`."""
+
+    def __init__(self, path: str | Path, *, inputs=()):
+        self.path = Path(path)
+        check_disjoint(self.path, "checkpoint folder", inputs)
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
+            raise LeanbertError(f"checkpoint folder {str(self.path)!r} exists and is not a folder")
+        if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / MARK).is_file():
+            raise LeanbertError(f"checkpoint folder {str(self.path)!r} exists and holds files leanbert did not "
+                                "write; give checkpoints a folder of their own")
+
+    def open(self, command: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / MARK).is_file():
+            write_text_atomically(self.path / MARK, json.dumps({"written_by": command}) + "\n")
+
+    def entries(self) -> list[tuple[int, bool, Path]]:
+        """(step, complete, path) of every checkpoint folder, oldest first."""
+        if not (self.path / MARK).is_file():
+            return []
+        found = [(int(m[1]), not m[2], p) for p in self.path.iterdir() if (m := STEP.fullmatch(p.name)) and p.is_dir()]
+        return sorted(found)
+
+    def latest(self) -> tuple[Path, dict] | None:
+        """The newest complete checkpoint and its progress, or None; incomplete ones are skipped."""
+        for step, complete, path in reversed(self.entries()):
+            if not complete:
+                continue
+            try:
+                progress = json.loads((path / PROGRESS).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(progress, dict) and progress.get("step") == step:
+                return path, progress
+        return None
+
+    def save(self, accelerator, step: int, progress: dict) -> None:
+        """`accelerator.save_state` into `step_<step>.partial`, then progress.json, then the rename that makes it
+        complete; older checkpoints are dropped after. Every process calls this (accelerate saves per process)."""
+        partial = self.path / f"step_{step}.partial"
+        if accelerator.is_main_process:
+            for _, complete, path in self.entries():
+                if not complete:
+                    remove_tree(path)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_text_atomically(partial / PROGRESS, json.dumps({"step": step, **progress}) + "\n")
+            partial.rename(self.path / f"step_{step}")
+            for old_step, _, path in self.entries():
+                if old_step != step:
+                    remove_tree(path)
+        accelerator.wait_for_everyone()
+
+    def remove(self) -> None:
+        """Delete every checkpoint and the marker; the folder itself only if nothing else is left in it."""
+        for _, _, path in self.entries():
+            remove_tree(path)
+        (self.path / MARK).unlink(missing_ok=True)
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()

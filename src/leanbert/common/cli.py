@@ -1,0 +1,81 @@
+"""The command-line runner every leanbert command shares: one line per failure, and exit codes a script can use.
+
+- bad input (a `LeanbertError`, or a malformed option): one line naming the problem, exit code 2;
+- Ctrl-C or SIGTERM: one line, exit code 130, nothing half-written (outputs are published atomically);
+- anything else is a bug: one line with the exception, exit code 1 (`LEANBERT_TRACEBACK=1` shows the traceback).
+"""
+
+import argparse
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from .errors import LeanbertError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line (exit code 2, as argparse's own)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+for _check in (positive_int, non_negative_int, positive_float, non_negative_float):
+    _check.__name__ = "integer" if "int" in _check.__name__ else "number"  # argparse's "invalid <name> value"
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run `main(argv)` as the command `prog`, mapping failures to one line and an exit code."""
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return main(argv)
+    except LeanbertError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output was written or replaced", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if os.environ.get("LEANBERT_TRACEBACK"):
+            raise
+        detail = str(error).strip().splitlines()
+        print(f"{prog}: internal error: {type(error).__name__}: {detail[0] if detail else ''} (a bug: please report "
+              "it; LEANBERT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,144 @@
+"""Loading the checkpoints leanbert starts from (a BERT source, a leanbert model) and facts about their weights.
+
+Loading refuses what cannot be right rather than repairing it silently: weights missing from the files (which
+transformers would fill with random values), a folder without a tokenizer (transformers would build a stand-in),
+a tokenizer that produces ids the model does not have, and pickle files unless explicitly allowed.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+
+from .errors import LeanbertError
+
+# BERT classes a source may hold; their weights load into these transformers classes.
+BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
+                      "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
+                      "BertForMultipleChoice")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def is_local(source: str | Path) -> bool:
+    return Path(source).exists() or str(source).startswith((".", "/", "~"))
+
+
+def load_config(source: str | Path, what: str):
+    """The config of a folder or Hub id, or one line saying why it cannot be read."""
+    if is_local(source):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise LeanbertError(f"{what} {str(source)!r} not found: no such folder")
+        if not (folder / "config.json").is_file():
+            raise LeanbertError(f"{what} {str(source)!r} is not a model folder: it has no config.json")
+    try:
+        return AutoConfig.from_pretrained(source)
+    except Exception as error:  # a corrupt, empty or foreign config.json, or an unknown Hub id
+        raise LeanbertError(f"cannot read the config of {what} {str(source)!r}: {first_line(error)}") from None
+
+
+def load_tokenizer(source: str | Path, what: str, vocab_size: int):
+    """The tokenizer saved with a model; refused when absent or when it can produce ids beyond `vocab_size`."""
+    if is_local(source) and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        raise LeanbertError(f"{what} {str(source)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                            "save the model's tokenizer next to it")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as error:
+        raise LeanbertError(f"{what} {str(source)!r} has no usable tokenizer: {first_line(error)}") from None
+    if len(tokenizer) > vocab_size:
+        raise LeanbertError(f"the tokenizer of {what} {str(source)!r} has {len(tokenizer)} tokens but the model's "
+                            f"vocab_size is {vocab_size}: its ids would fall outside the embeddings")
+    return tokenizer
+
+
+def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool = False) -> PreTrainedModel:
+    """`model_class.from_pretrained(source)` in float32 eval mode, refusing missing, mis-shaped or unreadable
+    weights. Only safetensors files are read unless `allow_pickle` (a `pytorch_model.bin` can run code)."""
+    try:
+        model, info = model_class.from_pretrained(source, use_safetensors=None if allow_pickle else True,
+                                                  dtype=torch.float32, output_loading_info=True)
+    except Exception as error:
+        hint = "" if allow_pickle else " (only safetensors weights are read; --allow-pickle trusts a .bin)"
+        raise LeanbertError(f"cannot load the weights of {what} {str(source)!r}{hint}: {first_line(error)}") from None
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = sorted(set(info.get("missing_keys", ())) - tied)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise LeanbertError(f"the weights of {what} {str(source)!r} are incomplete: {len(missing)} tensors missing "
+                            f"({shown})")
+    if info.get("mismatched_keys"):
+        raise LeanbertError(f"the weights of {what} {str(source)!r} do not fit its config: "
+                            f"{info['mismatched_keys'][0]}")
+    return model.eval()
+
+
+def load_bert(source: str | Path, allow_pickle: bool = False, what: str = "source"):
+    """The BERT checkpoint `source` (a folder or Hub id) with its task head, float32, eval mode, and its tokenizer."""
+    config = load_config(source, what)
+    if config.model_type != "bert":
+        raise LeanbertError(f"{what} {str(source)!r} is a {config.model_type!r} checkpoint; a BERT checkpoint "
+                            "(model_type 'bert') is needed")
+    if getattr(config, "is_decoder", False):
+        raise LeanbertError(f"{what} {str(source)!r} is a causal BERT decoder (is_decoder=True); leanbert works "
+                            "with encoders")
+    architecture = (config.architectures or ["BertModel"])[0]
+    if architecture not in BERT_ARCHITECTURES:
+        raise LeanbertError(f"{what} {str(source)!r} holds a {architecture}; supported: {', '.join(BERT_ARCHITECTURES)}")
+    tokenizer = load_tokenizer(source, what, config.vocab_size)
+    model = load_weights(getattr(transformers, architecture), source, what, allow_pickle)
+    return model, tokenizer
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise LeanbertError(f"cannot read {what} {str(path)!r}: {first_line(error)}") from None
+    if not isinstance(value, dict):
+        raise LeanbertError(f"{what} {str(path)!r} is not a JSON object")
+    return value
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """SHA-256 over every tensor of the state dict (names, dtypes, shapes and float32 values, sorted by name), so
+    that the same weights give the same checksum whatever file layout they were loaded from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+        digest.update(data.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenize(tokenizer, passages: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    return tokenizer(passages, max_length=max_length, truncation=True, padding="max_length", return_tensors="pt")
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the hidden states of real tokens: (N, L, d) -> (N, d), as sentence-transformers pools."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def pooled_embeddings(model, batch) -> torch.Tensor:
+    """Mean-pooled last hidden states of `model` (N, d) in float32 on the CPU, computed on the model's device."""
+    device = next(model.parameters()).device
+    batch = {key: value.to(device) for key, value in batch.items()}
+    hidden = model.base_model(**batch).last_hidden_state
+    return mean_pool(hidden, batch["attention_mask"]).float().cpu()
+
+
+@torch.no_grad()
+def embedding_cosines(teacher, student, batch) -> torch.Tensor:
+    """Cosine between two models' sentence embeddings (mean-pooled last hidden states), one value per passage."""
+    return torch.nn.functional.cosine_similarity(pooled_embeddings(teacher, batch), pooled_embeddings(student, batch),
+                                                 dim=-1)

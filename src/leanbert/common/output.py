@@ -1,0 +1,340 @@
+"""Output folders that are safe by construction, treating a user's files as `git` and `rsync` do.
+
+Every leanbert command that writes a folder goes through `SafeOutput`:
+
+- **Check** (before any work): the output must not overlap an input in either direction (symlinks resolved), must
+  not be a file or a symlink, and must be empty or absent, or, with `force`, hold only files that leanbert wrote
+  there and nobody changed since (listed with their SHA-256 in the folder's manifest, `.leanbert-output.json`).
+  Nothing else is ever deleted or overwritten, with or without `force`.
+- **Claim** (in the first second): a lock file beside the output, so a concurrent run on the same output fails
+  clearly, and a private staging folder beside it, which also proves the parent is writable.
+- **Publish** (after the result is complete): the manifest is written, files are flushed to disk, and the staging
+  folder replaces the output in one atomic exchange (Linux `renameat2(RENAME_EXCHANGE)`; elsewhere two renames,
+  undone on failure). At every instant either the old or the new output is in place. The old copy is then removed
+  file by file, only files the manifest lists, unchanged.
+- **Recovery**: a run killed at any point leaves its lock behind; the next run on that output sees that the lock's
+  process is gone, puts back an old output that the kill left aside, removes the dead run's staging folder and
+  says what it did.
+"""
+
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import LeanbertError
+
+MANIFEST = ".leanbert-output.json"
+STAGING_MARK = ".leanbert-staging"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """Whether two resolved paths are the same or one contains the other."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_disjoint(path: Path, what: str, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+    """Refuse `path` (an output or checkpoint folder) when it overlaps any local input, in either direction."""
+    target = path.resolve()
+    for name, value in inputs:
+        if value is None or not Path(value).exists():
+            continue  # a Hub id or the bundled text: nothing local to overlap
+        source = Path(value).resolve()
+        if target == source:
+            raise LeanbertError(f"{what} {str(path)!r} is the {name} itself; choose another folder")
+        if source in target.parents:
+            raise LeanbertError(f"{what} {str(path)!r} is inside the {name} {str(value)!r}; choose another folder")
+        if target in source.parents:
+            raise LeanbertError(f"{what} {str(path)!r} contains the {name} {str(value)!r}; choose another folder")
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Entries of `folder` that leanbert did not write there or that changed since: everything but the files its
+    manifest lists with the same size and SHA-256. Empty for an empty folder."""
+    try:
+        listed = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = {}
+    foreign = []
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if name == MANIFEST or (path.is_dir() and not path.is_symlink()):
+            continue
+        entry = listed.get(name) if isinstance(listed, dict) else None
+        if (path.is_symlink() or not isinstance(entry, dict) or path.stat().st_size != entry.get("size")
+                or sha256_file(path) != entry.get("sha256")):
+            foreign.append(name)
+    if (folder / MANIFEST).exists() and not listed and not foreign:
+        foreign.append(MANIFEST)  # an unreadable manifest is not ours to delete
+    return foreign
+
+
+def write_manifest(folder: Path, command: str) -> None:
+    """List every file under `folder` with its size and SHA-256, so a later `--force` knows what is leanbert's."""
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (MANIFEST, STAGING_MARK)}
+    from .. import __version__
+
+    text = json.dumps({"written_by": f"leanbert {__version__}", "command": command, "files": files}, indent=1)
+    write_text_atomically(folder / MANIFEST, text + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a small file through a temporary sibling and one rename: readers see the old or the new text."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_tree(folder: Path, recursive: bool = True) -> None:
+    """Flush every file and folder under `folder` (or the folder alone) to disk, so a power loss cannot publish a
+    half-written output."""
+    for path in [*(folder.rglob("*") if recursive else ()), folder]:
+        if path.is_symlink():
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 with RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def remove_listed(folder: Path) -> list[str]:
+    """Delete what `foreign_entries` does not name (leanbert's unchanged files), then empty folders; return what
+    was kept."""
+    kept = foreign_entries(folder)
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        name = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif name not in kept:
+            path.unlink()
+    if (folder / MANIFEST).exists() and MANIFEST not in kept:
+        (folder / MANIFEST).unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return kept
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a process (Linux), to tell a live process from a later one that reused its pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def holder_alive(lock: dict) -> bool:
+    if lock.get("host") != socket.gethostname():
+        return True  # another machine's run: we cannot tell, so it is taken as running
+    pid = lock.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return lock.get("start") is None or process_start(pid) == lock["start"]
+
+
+class SafeOutput:
+    """One run's output folder: checked on construction, claimed by `with`, replaced only by `publish()`.
+
+    ```python
+    output = SafeOutput("out/model", inputs=[("source", source)], force=args.force)  # raises LeanbertError
+    with output as staging:      # lock taken, leftovers of killed runs recovered, staging folder created
+        model.save_pretrained(staging)
+        output.publish()         # atomic; without it (an error, Ctrl-C) the old output stays untouched
+    ```
+    """
+
+    def __init__(self, path: str | Path, *, inputs: Iterable[tuple[str, str | Path | None]] = (),
+                 force: bool = False, command: str = "leanbert"):
+        self.path, self.force, self.command = Path(path), force, command
+        self.lock = self.path.with_name(f".{self.path.name}.leanbert-lock")
+        self.staging = self.path.with_name(f".{self.path.name}.leanbert-new-{os.getpid()}")
+        self.aside = self.path.with_name(f".{self.path.name}.leanbert-old-{os.getpid()}")
+        self.published = False
+        if not self.path.name or self.path.name in (".", ".."):
+            raise LeanbertError(f"output {str(path)!r} does not name a folder; give a folder name")
+        check_disjoint(self.path, "output", inputs)
+        self.check_replaceable()
+
+    def check_replaceable(self) -> None:
+        """Refuse an output that this run may not replace (see the module docstring)."""
+        path = self.path
+        if path.is_symlink():
+            raise LeanbertError(f"output {str(path)!r} is a symbolic link; give the folder it points to")
+        if path.exists() and not path.is_dir():
+            raise LeanbertError(f"output {str(path)!r} exists and is not a folder")
+        if not path.is_dir() or not any(path.iterdir()):
+            return
+        if not self.force:
+            raise LeanbertError(f"output folder {str(path)!r} exists and is not empty; pass --force to replace it")
+        foreign = foreign_entries(path)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise LeanbertError(f"output folder {str(path)!r} holds files leanbert did not write or that changed "
+                                f"since ({shown}); --force only replaces leanbert's own outputs, so move them away "
+                                "or choose another folder")
+
+    def __enter__(self) -> Path:
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.take_lock()
+        except PermissionError:
+            raise LeanbertError(f"cannot write the output {str(self.path)!r}: folder {str(parent)!r} is not "
+                                "writable") from None
+        try:
+            self.check_replaceable()  # again: the output may have changed while we waited for nothing
+            self.staging.mkdir()
+            (self.staging / STAGING_MARK).write_text(f"{self.command}\n")
+        except BaseException:
+            self.release()
+            raise
+        return self.staging
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def take_lock(self) -> None:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
+                "command": self.command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self.recover_stale_lock()
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(info, handle)
+            return
+        raise LeanbertError(f"cannot take the lock {str(self.lock)!r} on output {str(self.path)!r}")
+
+    def recover_stale_lock(self) -> None:
+        """Clean up after a run on this output that died (its lock remains), or refuse if it is still running."""
+        try:
+            lock = json.loads(self.lock.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            lock = {}
+            if time.time() - self.lock.stat().st_mtime < 10:  # being written by a run starting right now
+                lock = {"host": None}
+        if holder_alive(lock):
+            raise LeanbertError(f"output {str(self.path)!r} is being written by another leanbert run (pid "
+                                f"{lock.get('pid')}, {lock.get('command')}, since {lock.get('since')}); wait for it,"
+                                f" or delete {str(self.lock)!r} if that run is gone")
+        taken = self.lock.with_name(f"{self.lock.name}.stale-{os.getpid()}")
+        try:
+            os.rename(self.lock, taken)  # only one recovering run wins this rename
+        except FileNotFoundError:
+            return
+        messages = []
+        pid = lock.get("pid")
+        aside = self.path.with_name(f".{self.path.name}.leanbert-old-{pid}")
+        if aside.is_dir():
+            if not self.path.exists():
+                os.rename(aside, self.path)
+                messages.append(f"put back the previous output from {aside.name}")
+            else:
+                kept = remove_listed(aside)
+                if kept:
+                    messages.append(f"kept {aside.name}: it holds files leanbert did not write ({', '.join(kept)})")
+        for staging in self.path.parent.glob(f".{self.path.name}.leanbert-new-*"):
+            if (staging / STAGING_MARK).is_file():
+                remove_tree(staging)
+                messages.append(f"removed the unfinished {staging.name}")
+        taken.unlink()
+        print(f"leanbert: an earlier run on {str(self.path)!r} (pid {pid}) was interrupted; "
+              + ("; ".join(messages) or "nothing was left to clean up"), file=sys.stderr)
+
+    def publish(self) -> None:
+        """Replace the output with the staging folder in one atomic step (see the module docstring)."""
+        (self.staging / STAGING_MARK).unlink()
+        write_manifest(self.staging, self.command)
+        fsync_tree(self.staging)
+        try:
+            self.check_replaceable()
+        except LeanbertError as error:  # the output changed during the run: keep both, tell the user
+            kept = self.path.with_name(f"{self.path.name}.leanbert-unpublished-{os.getpid()}")
+            os.rename(self.staging, kept)
+            raise LeanbertError(f"{error}; the new result is kept in {str(kept)!r}") from None
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()  # an empty folder holds nothing to keep
+        if not self.path.exists():
+            os.rename(self.staging, self.path)
+            old = None
+        elif exchange(self.staging, self.path):
+            old = self.staging  # the old output now stands at the staging name
+        else:
+            os.rename(self.path, self.aside)
+            try:
+                os.rename(self.staging, self.path)
+            except BaseException:
+                os.rename(self.aside, self.path)
+                raise
+            old = self.aside
+        fsync_tree(self.path.parent, recursive=False)
+        self.published = True
+        if old is not None and remove_listed(old):
+            kept = self.path.with_name(f"{self.path.name}.leanbert-previous-{os.getpid()}")
+            os.rename(old, kept)
+            print(f"leanbert: files changed in {str(self.path)!r} while this run wrote it; the previous output "
+                  f"with those files is kept in {str(kept)!r}", file=sys.stderr)
+
+    def release(self) -> None:
+        """Remove the staging folder unless it was published, and the lock."""
+        if self.staging.is_dir() and (self.staging / STAGING_MARK).is_file():
+            remove_tree(self.staging)
+        try:
+            lock = json.loads(self.lock.read_text())
+        except (OSError, ValueError):
+            return
+        if lock.get("pid") == os.getpid() and lock.get("host") == socket.gethostname():
+            self.lock.unlink()
+
+
+def remove_tree(folder: Path) -> None:
+    """Delete a folder that leanbert created in this run or a dead one (a staging folder or checkpoint)."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    folder.rmdir()

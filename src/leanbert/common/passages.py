@@ -1,0 +1,68 @@
+"""Reading text passages (one per line) from a user's file or folder, or from text bundled with leanbert.
+
+Files are streamed, never read whole: with `limit`, a reservoir sample of that many passages is kept (seeded, so
+the same file and seed give the same passages), so memory stays bounded whatever the size of the corpus.
+"""
+
+import random
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+from .errors import LeanbertError
+
+
+def text_files(path: str | Path, what: str) -> list[Path]:
+    """`path` itself if it is a file, or every `*.txt` file under it if it is a folder (sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if files:
+            return files
+        raise LeanbertError(f"{what} {str(path)!r} is a folder with no .txt files")
+    raise LeanbertError(f"{what} {str(path)!r} not found: no such file or folder")
+
+
+def lines(files: list[Path], what: str) -> Iterator[str]:
+    """Stripped non-empty lines of `files`, streamed; undecodable or unreadable files fail with one clear line."""
+    for file in files:
+        number = 0
+        try:
+            with open(file, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if line := line.strip():
+                        yield line
+        except UnicodeDecodeError as error:
+            raise LeanbertError(f"{what} {str(file)!r} is not UTF-8 text (line {number + 1}: {error.reason})") from None
+        except OSError as error:
+            raise LeanbertError(f"cannot read {what} {str(file)!r}: {error.strerror or error}") from None
+
+
+def read_passages(path: str | Path | None = None, *, bundled: str = "calibration.txt", limit: int | None = None,
+                  seed: int = 0, min_chars: int = 1, what: str = "text") -> tuple[list[str], int]:
+    """Passages of at least `min_chars` characters from `path` (a file, or a folder of `.txt` files), or from the
+    bundled file `bundled` when `path` is None. With `limit`, a seeded uniform sample of at most `limit` of them, in
+    file order. Returns the passages and how many the text holds in all."""
+    if path is None:
+        stream = resources.files("leanbert.conversion").joinpath("data", bundled).read_text(encoding="utf-8")
+        source = (line.strip() for line in stream.splitlines() if line.strip())
+        path = f"bundled {bundled}"
+    else:
+        source = lines(text_files(path, what), what)
+    rng = random.Random(seed)
+    sample: list[tuple[int, str]] = []
+    total = 0
+    for passage in source:
+        if len(passage) < min_chars:
+            continue
+        if limit is None or total < limit:
+            sample.append((total, passage))
+        elif (slot := rng.randrange(total + 1)) < limit:
+            sample[slot] = (total, passage)
+        total += 1
+    if not sample:
+        longer = f" of {min_chars} characters or more" if min_chars > 1 else ""
+        raise LeanbertError(f"{what} {str(path)!r} holds no passages{longer}")
+    return [passage for _, passage in sorted(sample)], total
