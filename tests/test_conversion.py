@@ -18,26 +18,6 @@ from leanbert.common.errors import LeanbertError
 from leanbert.common.passages import read_passages
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A small random BertForSequenceClassification with the real MiniLM tokenizer, saved as safetensors."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, num_labels=3, initializer_range=0.2)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def calibration_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "calibration.txt"
-    path.write_text("\n".join(read_passages()[0][:48]))
-    return path
-
-
 def save_pickle_checkpoint(source: Path, folder: Path) -> None:
     """The legacy layout: config.json and pytorch_model.bin (a pickle), as transformers 4.x and older wrote."""
     model = BertForSequenceClassification.from_pretrained(source)

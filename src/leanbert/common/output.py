@@ -283,36 +283,32 @@ class SafeOutput:
             if (staging / STAGING_MARK).is_file():
                 remove_tree(staging)
                 messages.append(f"removed the unfinished {staging.name}")
+            elif staging.name.endswith(f"-{pid}") and (kept := remove_listed(staging)):
+                messages.append(f"kept {staging.name}: it holds files leanbert did not write ({', '.join(kept)})")
         taken.unlink()
         print(f"leanbert: an earlier run on {str(self.path)!r} (pid {pid}) was interrupted; "
               + ("; ".join(messages) or "nothing was left to clean up"), file=sys.stderr)
 
     def publish(self) -> None:
         """Replace the output with the staging folder in one atomic step (see the module docstring)."""
-        (self.staging / STAGING_MARK).unlink()
         write_manifest(self.staging, self.command)
         fsync_tree(self.staging)
         try:
             self.check_replaceable()
         except LeanbertError as error:  # the output changed during the run: keep both, tell the user
             kept = self.path.with_name(f"{self.path.name}.leanbert-unpublished-{os.getpid()}")
+            (self.staging / STAGING_MARK).unlink()
             os.rename(self.staging, kept)
             raise LeanbertError(f"{error}; the new result is kept in {str(kept)!r}") from None
         if self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()  # an empty folder holds nothing to keep
-        if not self.path.exists():
-            os.rename(self.staging, self.path)
-            old = None
-        elif exchange(self.staging, self.path):
-            old = self.staging  # the old output now stands at the staging name
-        else:
-            os.rename(self.path, self.aside)
-            try:
-                os.rename(self.staging, self.path)
-            except BaseException:
-                os.rename(self.aside, self.path)
-                raise
-            old = self.aside
+        (self.staging / STAGING_MARK).unlink()
+        try:
+            old = self.swap_in()
+        except BaseException:
+            if self.staging.is_dir():  # not swapped in: still ours to remove
+                (self.staging / STAGING_MARK).write_text(f"{self.command}\n")
+            raise
         fsync_tree(self.path.parent, recursive=False)
         self.published = True
         if old is not None and remove_listed(old):
@@ -320,6 +316,21 @@ class SafeOutput:
             os.rename(old, kept)
             print(f"leanbert: files changed in {str(self.path)!r} while this run wrote it; the previous output "
                   f"with those files is kept in {str(kept)!r}", file=sys.stderr)
+
+    def swap_in(self) -> Path | None:
+        """Put the staging folder in the output's place; return where the old output now stands (None if none)."""
+        if not self.path.exists():
+            os.rename(self.staging, self.path)
+            return None
+        if exchange(self.staging, self.path):
+            return self.staging
+        os.rename(self.path, self.aside)
+        try:
+            os.rename(self.staging, self.path)
+        except BaseException:
+            os.rename(self.aside, self.path)
+            raise
+        return self.aside
 
     def release(self) -> None:
         """Remove the staging folder unless it was published, and the lock."""

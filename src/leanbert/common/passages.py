@@ -28,14 +28,16 @@ def text_files(path: str | Path, what: str) -> list[Path]:
 def lines(files: list[Path], what: str) -> Iterator[str]:
     """Stripped non-empty lines of `files`, streamed; undecodable or unreadable files fail with one clear line."""
     for file in files:
-        number = 0
         try:
-            with open(file, encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if line := line.strip():
+            with open(file, "rb") as handle:
+                for number, raw in enumerate(handle, 1):
+                    try:
+                        line = raw.decode("utf-8").removeprefix("\ufeff").strip()
+                    except UnicodeDecodeError as error:
+                        raise LeanbertError(f"{what} {str(file)!r} is not UTF-8 text (line {number}: "
+                                            f"{error.reason})") from None
+                    if line:
                         yield line
-        except UnicodeDecodeError as error:
-            raise LeanbertError(f"{what} {str(file)!r} is not UTF-8 text (line {number + 1}: {error.reason})") from None
         except OSError as error:
             raise LeanbertError(f"cannot read {what} {str(file)!r}: {error.strerror or error}") from None
 
