@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from .errors import LeanbertError
@@ -60,8 +61,15 @@ def interrupt(signum, frame):
 
 
 def run(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run `main(argv)` as the command `prog`, mapping failures to one line and an exit code."""
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    """Run `main(argv)` as the command `prog`, mapping failures to one line and an exit code. transformers' own
+    warnings and loading bars are silenced: what leanbert would let them say (missing weights, say) it checks and
+    reports itself."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if in_main_thread else None
     try:
         return main(argv)
     except LeanbertError as error:
@@ -78,4 +86,5 @@ def run(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | No
               "it; LEANBERT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -191,7 +191,6 @@ class SafeOutput:
         self.lock = self.path.with_name(f".{self.path.name}.leanbert-lock")
         self.staging = self.path.with_name(f".{self.path.name}.leanbert-new-{os.getpid()}")
         self.aside = self.path.with_name(f".{self.path.name}.leanbert-old-{os.getpid()}")
-        self.published = False
         if not self.path.name or self.path.name in (".", ".."):
             raise LeanbertError(f"output {str(path)!r} does not name a folder; give a folder name")
         check_disjoint(self.path, "output", inputs)
@@ -208,6 +207,8 @@ class SafeOutput:
             return
         if not self.force:
             raise LeanbertError(f"output folder {str(path)!r} exists and is not empty; pass --force to replace it")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise LeanbertError(f"output folder {str(path)!r} is not writable, so its old files cannot be removed")
         foreign = foreign_entries(path)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -220,11 +221,11 @@ class SafeOutput:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self.take_lock()
-        except PermissionError:
-            raise LeanbertError(f"cannot write the output {str(self.path)!r}: folder {str(parent)!r} is not "
-                                "writable") from None
+        except OSError as error:
+            raise LeanbertError(f"cannot write the output {str(self.path)!r} in {str(parent)!r}: "
+                                f"{error.strerror or error}") from None
         try:
-            self.check_replaceable()  # again: the output may have changed while we waited for nothing
+            self.check_replaceable()  # again, now that the output is ours: it may have changed since the check
             self.staging.mkdir()
             (self.staging / STAGING_MARK).write_text(f"{self.command}\n")
         except BaseException:
@@ -310,12 +311,17 @@ class SafeOutput:
                 (self.staging / STAGING_MARK).write_text(f"{self.command}\n")
             raise
         fsync_tree(self.path.parent, recursive=False)
-        self.published = True
-        if old is not None and remove_listed(old):
+        if old is None:
+            return
+        try:
+            reason = "files changed in it while this run wrote" if remove_listed(old) else None
+        except OSError as error:
+            reason = f"it could not be removed ({error.strerror or error})"
+        if reason:
             kept = self.path.with_name(f"{self.path.name}.leanbert-previous-{os.getpid()}")
             os.rename(old, kept)
-            print(f"leanbert: files changed in {str(self.path)!r} while this run wrote it; the previous output "
-                  f"with those files is kept in {str(kept)!r}", file=sys.stderr)
+            print(f"leanbert: the previous output {str(self.path)!r} is kept in {str(kept)!r}: {reason}",
+                  file=sys.stderr)
 
     def swap_in(self) -> Path | None:
         """Put the staging folder in the output's place; return where the old output now stands (None if none)."""

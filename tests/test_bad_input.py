@@ -1,0 +1,268 @@
+"""Bad input to `leanbert-convert` and `leanbert-heal`: one line naming the problem, exit code 2, and nothing lost.
+
+Each case runs the real command in-process (`main(argv)`) on real files and checks, besides the message, that
+every file under the test's folder is byte for byte what it was before (the user's data, the source, outputs).
+"""
+
+import hashlib
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from leanbert.commands.convert import main as convert_main
+from leanbert.commands.heal import main as heal_main
+from leanbert.conversion import convert
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def fails_cleanly(main, args, expected: str, root: Path, capsys) -> None:
+    """`main(args)` exits 2 with exactly one stderr line containing `expected`, and nothing under `root` changed."""
+    before = snapshot(root)
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2, lines
+    assert len(lines) == 1 and ": error: " in lines[0] and expected in lines[0], lines
+    assert snapshot(root) == before
+    assert not [p for p in root.rglob(".*.leanbert-*")], "leftovers of the failed run"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_bert, calibration_file):
+    """A copy of the tiny BERT (the source), its SymBert conversion (the student), healing text and a good output."""
+    root = tmp_path_factory.mktemp("bad_input")
+    shutil.copytree(tiny_bert, root / "bert")
+    shutil.copy(calibration_file, root / "text.txt")
+    convert(str(root / "bert"), "sym", root / "student", calibration_text=root / "text.txt", refine_steps=0)
+    shutil.copytree(root / "student", root / "good_output")
+    return root
+
+
+def broken_source(root: Path, case: str) -> Path:
+    """A copy of the source BERT with one defect."""
+    folder = root / f"bert_{case}"
+    shutil.copytree(root / "bert", folder)
+    weights = folder / "model.safetensors"
+    if case == "truncated":
+        weights.write_bytes(weights.read_bytes()[:5000])
+    elif case == "empty_weights":
+        weights.write_bytes(b"")
+    elif case == "missing_tensors":
+        state = load_file(weights)
+        save_file({k: v for k, v in state.items() if "layer.1.output.dense" not in k}, weights,
+                  metadata={"format": "pt"})
+    elif case == "empty_config":
+        (folder / "config.json").write_text("{}")
+    elif case == "no_tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            (folder / name).unlink(missing_ok=True)
+    elif case == "big_tokenizer":
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.add_tokens(["leanbertium"])
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+SOURCE_CASES = {
+    "truncated": "cannot load the weights of source",
+    "empty_weights": "cannot load the weights of source",
+    "missing_tensors": "are incomplete: 2 tensors missing (bert.encoder.layer.1.output.dense.bias",
+    "empty_config": "cannot read the config of source",
+    "no_tokenizer": "has no tokenizer",
+    "big_tokenizer": "its ids would fall outside the embeddings",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SOURCE_CASES))
+def test_a_broken_source_is_refused_before_any_work(work, case, capsys):
+    source = broken_source(work, case)
+    try:
+        fails_cleanly(convert_main, ["--source", source, "--to", "sym", "--output", work / "out"],
+                      SOURCE_CASES[case], work, capsys)
+    finally:
+        shutil.rmtree(source)
+
+
+CONVERT_CASES = {
+    "max_length_zero": (["--max-length", "0"], "argument --max-length: must be a positive integer"),
+    "max_length_beyond_positions": (["--max-length", "600"], "exceeds the source's max_position_embeddings 512"),
+    "negative_refine": (["--refine-steps", "-1"], "argument --refine-steps: must be >= 0"),
+    "no_passages": (["--calibration-passages", "0"], "argument --calibration-passages"),
+    "one_line_calibration": (["--calibration-text", "{root}/one_line.txt"], "too small for the fit: 1 passages"),
+    "undecodable_calibration": (["--calibration-text", "{root}/latin1.txt"], "is not UTF-8 text (line 2"),
+    "missing_calibration": (["--calibration-text", "{root}/nowhere.txt"], "not found: no such file"),
+    "heal_without_text": (["--heal"], "--heal needs --heal-text"),
+    "missing_heal_text": (["--heal", "--heal-text", "{root}/nowhere.txt", "--force", "--output", "{root}/good_output"],
+                          "healing text"),
+    "heal_nan_rate": (["--heal", "--heal-text", "{root}/text.txt", "--heal-learning-rate", "nan"],
+                      "argument --heal-learning-rate: must be a finite number > 0"),
+    "output_is_a_parent_of_the_source": (["--output", "{root}", "--force"], "contains the source"),
+    "output_is_a_file": (["--output", "{root}/text.txt", "--force"], "exists and is not a folder"),
+    "force_over_user_files": (["--output", "{root}/user_folder", "--force"], "leanbert did not write"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVERT_CASES))
+def test_convert_refuses_bad_settings_with_one_line(work, case, capsys):
+    (work / "one_line.txt").write_text("A single passage of calibration text is far too little for any fit.\n")
+    (work / "latin1.txt").write_bytes("first line\nsecond line, caf\u00e9\n".encode("latin-1"))
+    (work / "user_folder").mkdir(exist_ok=True)
+    (work / "user_folder" / "thesis.tex").write_text("precious")
+    extra, expected = CONVERT_CASES[case]
+    args = ["--source", work / "bert", "--to", "sym", "--output", work / "out",
+            *[a.replace("{root}", str(work)) for a in extra]]
+    fails_cleanly(convert_main, args, expected, work, capsys)
+
+
+@pytest.fixture
+def heal_args(work):
+    return ["--teacher", work / "bert", "--student", work / "student", "--text", work / "text.txt", "--steps", "2",
+            "--batch-size", "4"]
+
+
+HEAL_CASES = {
+    "nan_rate": (["--learning-rate", "nan"], "argument --learning-rate: must be a finite number > 0"),
+    "negative_rate": (["--learning-rate", "-1e-3"], "argument --learning-rate: must be a finite number > 0"),
+    "zero_steps": (["--steps", "0"], "argument --steps: must be a positive integer"),
+    "checkpoint_dir_of_the_user": (["--checkpoint-dir", "{root}/user_folder"], "holds files leanbert did not write"),
+    "checkpoint_dir_parent_of_inputs": (["--checkpoint-dir", "{root}"], "contains the teacher"),
+    "output_parent_of_student": (["--output", "{root}", "--force"], "contains the teacher"),
+    "output_is_the_student": (["--output", "{root}/student", "--force"], "is the student itself"),
+    "resume_without_checkpoint": (["--resume"], "--resume: no complete checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEAL_CASES))
+def test_heal_refuses_bad_settings_with_one_line(work, heal_args, case, capsys):
+    (work / "user_folder").mkdir(exist_ok=True)
+    (work / "user_folder" / "thesis.tex").write_text("precious")
+    extra, expected = HEAL_CASES[case]
+    args = [*heal_args, "--output", work / "healed", *[a.replace("{root}", str(work)) for a in extra]]
+    fails_cleanly(heal_main, args, expected, work, capsys)
+
+
+def test_heal_refuses_a_teacher_other_than_the_reports_source(work, heal_args, capsys):
+    other = work / "other_bert"
+    shutil.copytree(work / "bert", other)
+    state = load_file(other / "model.safetensors")
+    state["bert.encoder.layer.0.output.dense.weight"] += 0.01
+    save_file(state, other / "model.safetensors", metadata={"format": "pt"})
+    args = [*heal_args, "--output", work / "healed"]
+    args[1] = other
+    try:
+        fails_cleanly(heal_main, args, "the teacher's weights are not those the student was converted from", work,
+                      capsys)
+    finally:
+        shutil.rmtree(other)
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file named by `flag`."""
+
+    def __init__(self, flag: str):
+        self.flag = flag
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.flag),))
+
+
+def test_resume_refuses_changed_settings_and_never_unpickles_code(work, heal_args, tmp_path, capsys):
+    output = tmp_path / "healed"
+    args = [*heal_args, "--output", output, "--checkpoint-every", "1"]
+    interrupted = args[:]
+    interrupted[interrupted.index("--steps") + 1] = "4"
+
+    def stop_after_checkpoint(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    from leanbert.healing import distill
+
+    original = distill.Healing.write_to
+
+    def write_to(self, folder, checkpoints, resume=False, callback=None):
+        return original(self, folder, checkpoints, resume, stop_after_checkpoint)
+
+    distill.Healing.write_to = write_to
+    try:
+        assert heal_main([str(a) for a in interrupted]) == 130
+    finally:
+        distill.Healing.write_to = original
+    capsys.readouterr()
+    checkpoints = tmp_path / "healed.heal-checkpoints"
+    assert (checkpoints / "step_2" / "progress.json").is_file() and not output.exists()
+
+    resumed = [str(a) for a in interrupted] + ["--resume"]
+    changed = resumed[:]
+    changed[changed.index("--batch-size") + 1] = "2"
+    fails_cleanly(heal_main, changed, "setting batch_size is 2 but the checkpoint was made with 4", tmp_path, capsys)
+    fails_cleanly(heal_main, [*resumed, "--learning-rate", "1e-3"], "setting learning_rate is 0.001", tmp_path, capsys)
+    fails_cleanly(heal_main, [str(a) for a in interrupted], "pass --resume to continue it", tmp_path, capsys)
+
+    flag = tmp_path / "code_ran"
+    rng = checkpoints / "step_2" / "random_states_0.pkl"
+    original_rng = rng.read_bytes()
+    rng.write_bytes(pickle.dumps(Payload(str(flag))))
+    fails_cleanly(heal_main, resumed, "cannot resume from", tmp_path, capsys)
+    assert not flag.exists(), "a tampered checkpoint ran code"
+
+    rng.write_bytes(original_rng)
+    (checkpoints / "step_3.partial").mkdir()  # a save killed half-way is skipped
+    assert heal_main(resumed) == 0
+    report = json.loads((output / "conversion_report.json").read_text())
+    assert report["healing"]["resumed_from_step"] == 2 and report["healing"]["steps"] == 4
+    assert not checkpoints.exists()
+
+
+def test_keyboard_interrupt_exits_130_and_leaves_the_old_output(work, capsys):
+    """Ctrl-C during a conversion: exit code 130, one line, the previous output untouched, no leftovers."""
+    from leanbert.conversion import convert as convert_module
+
+    original = convert_module.layer_inputs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    convert_module.layer_inputs = interrupted
+    before = snapshot(work)
+    try:
+        code = convert_main([str(a) for a in ("--source", work / "bert", "--to", "sym", "--output",
+                                              work / "good_output", "--force", "--calibration-text",
+                                              work / "text.txt")])
+    finally:
+        convert_module.layer_inputs = original
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 130 and lines == ["leanbert-convert: interrupted; no output was written or replaced"]
+    assert snapshot(work) == before and not [p for p in work.rglob(".*.leanbert-*")]
+
+
+def test_next_sentence_and_pretraining_sources_convert(work, tmp_path):
+    from transformers import BertForNextSentencePrediction, BertForPreTraining
+
+    import leanbert
+
+    bert = torch.nn.Module()
+    for bert_class, student_class in ((BertForPreTraining, leanbert.SymBertForMaskedLM),
+                                      (BertForNextSentencePrediction, leanbert.SymBertModel)):
+        source = tmp_path / bert_class.__name__
+        bert = bert_class.from_pretrained(work / "bert")
+        bert.save_pretrained(source)
+        AutoTokenizer.from_pretrained(work / "bert").save_pretrained(source)
+        report = convert(str(source), "sym", tmp_path / f"{bert_class.__name__}-out",
+                         calibration_text=work / "text.txt", refine_steps=0)
+        assert report["target_architecture"] == student_class.__name__
+        student = student_class.from_pretrained(tmp_path / f"{bert_class.__name__}-out")
+        torch.testing.assert_close(student.base_model.embeddings.word_embeddings.weight,
+                                   bert.bert.embeddings.word_embeddings.weight, atol=0, rtol=0)
