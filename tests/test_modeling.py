@@ -271,32 +271,53 @@ def test_shared_bert_attention_follows_the_paper_equations():
 
 
 def test_heads_must_divide_hidden_size(arch):
+    """The config takes any pair (as BertConfig does); building the model refuses one that does not divide."""
+    config = tiny_config(arch, hidden_size=30)
     if ARCHITECTURES[arch][2] == "Shatter":
-        assert not hasattr(tiny_config(arch, hidden_size=30), "num_attention_heads")  # one head of any width
+        assert not hasattr(config, "num_attention_heads")  # one head of any width
         return
-    with pytest.raises(ValueError, match="num_attention_heads=4 is invalid; must divide hidden_size=30"):
-        tiny_config(arch, hidden_size=30)
+    with pytest.raises(ValueError, match="hidden_size=30 must be a multiple of num_attention_heads=4"):
+        model_class(arch, "Model")(config)
 
 
-@pytest.mark.parametrize("arch_name", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("field,value,message", [
-    ("num_hidden_layers", 0, "num_hidden_layers=0 is invalid; must be a positive integer"),
-    ("intermediate_size", -5, "intermediate_size=-5 is invalid"),
-    ("hidden_dropout_prob", 1.0, r"hidden_dropout_prob=1.0 is invalid; must be in \[0, 1\)"),
-    ("attention_probs_dropout_prob", -0.1, "attention_probs_dropout_prob=-0.1 is invalid"),
-    ("classifier_dropout", 1.5, "classifier_dropout=1.5 is invalid"),
-    ("hidden_act", "swishy", "hidden_act='swishy' is invalid; allowed:"),
-])
-def test_invalid_config_raises_value_error_naming_the_field(arch_name, field, value, message):
+def test_pad_token_id_must_be_in_the_vocabulary(arch):
+    config = tiny_config(arch, pad_token_id=99)  # the config takes it, as BertConfig does
+    with pytest.raises(ValueError, match="pad_token_id=99 must be below vocab_size=99"):
+        model_class(arch, "Model")(config)
+
+
+def test_sequences_stop_at_max_position_embeddings(arch):
+    """Every architecture, also Shatter without absolute positions, accepts L = max_position_embeddings and
+    refuses one token more with an error naming both (BERT fails later with a shape mismatch)."""
+    model = build(arch)
+    limit = model.config.max_position_embeddings
+    input_ids = torch.randint(1, 99, (1, limit + 1))
+    assert model(input_ids[:, :limit]).last_hidden_state.shape == (1, limit, model.config.hidden_size)
+    message = f"sequence length {limit + 1} exceeds max_position_embeddings={limit}"
     with pytest.raises(ValueError, match=message):
-        tiny_config(arch_name, **{field: value})
+        model(input_ids)
+    with pytest.raises(ValueError, match=message):
+        model(inputs_embeds=model.get_input_embeddings()(input_ids))
 
 
-def test_invalid_sym_bert_fields():
-    with pytest.raises(ValueError, match="attention_mode='full' is invalid; allowed: pairwise, symmetric"):
-        leanbert.SymBertConfig(attention_mode="full")
-    with pytest.raises(ValueError, match="pairwise_init_std=0 is invalid; must be positive"):
-        leanbert.SymBertConfig(pairwise_init_std=0)
+@pytest.mark.parametrize("arch", ["sym_pairwise", "shared", "shatter"])
+def test_torch_export_with_dynamic_sequence_length(arch):
+    """The length check is a shape guard: export keeps the sequence dimension dynamic up to the limit, the exported
+    program refuses longer inputs, and a range beyond the limit is refused at export."""
+    model = build(arch)
+    limit = model.config.max_position_embeddings
+    input_ids = torch.randint(1, 99, (2, limit + 1))
+    length = torch.export.Dim("length", min=2, max=limit)
+    exported = torch.export.export(model, (), {"input_ids": input_ids[:, :9]},
+                                   dynamic_shapes={"input_ids": {1: length}}).module()
+    for n in (5, limit):
+        torch.testing.assert_close(exported(input_ids=input_ids[:, :n]).last_hidden_state,
+                                   model(input_ids[:, :n]).last_hidden_state, atol=1e-5, rtol=1e-5)
+    with pytest.raises(Exception, match=f"size\\(\\)\\[1\\] <= {limit}"):  # the exported program's guard
+        exported(input_ids=input_ids)
+    with pytest.raises(Exception, match=f"(?s)Constraints violated.* <= {limit}"):
+        torch.export.export(model, (), {"input_ids": input_ids[:, :9]},
+                            dynamic_shapes={"input_ids": {1: torch.export.Dim("length", max=limit + 1)}})
 
 
 def test_pairwise_init_follows_config(batch):

@@ -6,6 +6,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 import leanbert
 from conftest import tiny_config
+from leanbert.configuration_shatter import MAX_NUM_PARTS
 from leanbert.modeling_shatter import BernsteinPartition, LearnedPartition, bernstein_parts
 
 
@@ -74,14 +75,28 @@ def test_no_information_flows_from_padding(arch):
         torch.testing.assert_close(model(noisy, attention_mask=mask).last_hidden_state[:, :8], reference)
 
 
-def test_invalid_shatter_fields():
-    for field, value, message in [
-        ("partition", "cubic", "partition='cubic' is invalid; allowed: bernstein, learned"),
-        ("attention_normalizer", "relu", "attention_normalizer='relu' is invalid; allowed: softmax, sigmoid"),
-        ("num_parts", 0, "num_parts=0 is invalid; must be a positive integer"),
-        ("distance_scale", 10, "distance_scale=10 is invalid; must be >= max_position_embeddings - 1 = 511"),
-        ("distance_scale", -1, "distance_scale=-1 is invalid; must be a positive integer or None"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            leanbert.ShatterConfig(**{field: value})
-    assert leanbert.ShatterConfig(partition="learned", distance_scale=10).relative_scale == 10
+def test_bernstein_distance_scale_is_checked_when_the_model_is_built():
+    """The config takes any distance_scale; Bernstein parts turn negative for |j - i| > R, so the model refuses
+    R < max_position_embeddings - 1 and takes R = max_position_embeddings - 1. Clipping needs no such bound."""
+    config = tiny_config("shatter", distance_scale=10)
+    with pytest.raises(ValueError, match="distance_scale=10 must be >= max_position_embeddings - 1 = 63"):
+        leanbert.ShatterModel(config)
+    model = leanbert.ShatterModel(tiny_config("shatter", distance_scale=63)).eval()
+    model(torch.randint(1, 99, (1, 64)))
+    learned = leanbert.ShatterModel(tiny_config("shatter", partition="learned", distance_scale=10))
+    assert learned.config.relative_scale == 10
+
+
+@pytest.mark.parametrize("length", [512, 4096])
+def test_factored_parts_keep_float32_precision_up_to_the_largest_num_parts(length):
+    """At the largest num_parts the config allows, the factored Bernstein parts computed in float32 match the parts
+    computed directly in float64 within 1e-4, for every relative distance at L = R = 512 and 4096. One part more
+    exceeds it at 4096 (1.0e-4), two at 512 (1.1e-4): the bound is the float32 precision, not a margin."""
+    partition = BernsteinPartition(MAX_NUM_PARTS, length)
+    f, g = partition.factors(length, "cpu", torch.float32)  # (L, P), (L, P, P)
+    exact = bernstein_parts(torch.arange(-(length - 1), length), MAX_NUM_PARTS, length)  # (2L - 1, P)
+    positions = torch.arange(length)
+    for rows in positions.split(512):  # 512 query positions at a time: (512, L, P)
+        factored = torch.einsum("ia,jka->ijk", f[rows], g).double()
+        direct = exact[positions[None, :] - rows[:, None] + length - 1]  # p_k(j - i)
+        assert (factored - direct).abs().max() < 1e-4

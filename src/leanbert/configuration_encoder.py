@@ -1,18 +1,59 @@
 """Configuration fields shared by every leanbert encoder: BERT's, minus what each attention variant changes.
 
 Each architecture's config subclasses `LeanEncoderConfig`, adds its attention fields and a `model_type`, and
-extends `check_fields` with its own rules. Invalid values raise `ValueError` naming the field and what is allowed,
-at construction time and again when a config is loaded from a checkpoint.
+extends `field_rules` with a rule for each of them. A field is checked whenever it is set: at construction, when a
+config is loaded from a checkpoint, and on later assignment. A bad value raises `ValueError` naming the field, the
+value and what is allowed (transformers' `@strict` raises an error that is not a `ValueError`, so it is not used).
+
+Only single fields are checked here, as transformers' own configs do: rules that relate fields (heads dividing
+`hidden_size`, `pad_token_id < vocab_size`, Shatter's `distance_scale`) are checked where the model is built, so
+that a config can be built and edited one field at a time (transformers' `ConfigTester` builds
+`hidden_size=37` with 12 heads).
 """
+
+import math
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 
-def require(condition: bool, field: str, value, allowed: str) -> None:
-    """Raise `ValueError("<field>=<value> is invalid; <allowed>")` unless `condition` holds."""
-    if not condition:
-        raise ValueError(f"{field}={value!r} is invalid; {allowed}")
+class Rule:
+    """A check of one field's value, with the description of what it allows for the error message."""
+
+    def __init__(self, check, allowed: str):
+        self.check, self.allowed = check, allowed
+
+    def __call__(self, field: str, value) -> None:
+        """Raise `ValueError("<field>=<value> is invalid; <allowed>")` unless the value passes."""
+        if not self.check(value):
+            raise ValueError(f"{field}={value!r} is invalid; {self.allowed}")
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """An int or a finite float; bools, strings, nan and infinities are not."""
+    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def integer(low: int = 1, high: int | None = None) -> Rule:
+    allowed = f"must be an integer >= {low}" if high is None else f"must be an integer in [{low}, {high}]"
+    return Rule(lambda v: is_int(v) and low <= v and (high is None or v <= high), allowed)
+
+
+def choice(*allowed: str) -> Rule:
+    return Rule(lambda v: isinstance(v, str) and v in allowed, f"allowed: {', '.join(allowed)}")
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.check(v), f"{rule.allowed}, or None")
+
+
+PROBABILITY = Rule(lambda v: is_real(v) and 0 <= v < 1, "must be a number in [0, 1)")
+POSITIVE = Rule(lambda v: is_real(v) and v > 0, "must be a finite number > 0")
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "must be True or False")
 
 
 class LeanEncoderConfig(PretrainedConfig):
@@ -30,7 +71,7 @@ class LeanEncoderConfig(PretrainedConfig):
         type_vocab_size: Number of segment (token type) ids.
         initializer_range: Standard deviation of the normal init of linear and embedding weights.
         layer_norm_eps: Epsilon of every LayerNorm.
-        pad_token_id: Id of the padding token (its embedding row is zeroed at init).
+        pad_token_id: Id of the padding token (its embedding row is zeroed at init); below `vocab_size`.
         classifier_dropout: Dropout before classification heads; `None` uses `hidden_dropout_prob`.
         tie_word_embeddings: Tie the masked-LM decoder to the word embeddings, as BERT does.
     """
@@ -52,31 +93,24 @@ class LeanEncoderConfig(PretrainedConfig):
     classifier_dropout: float | None = None
     tie_word_embeddings: bool = True
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self.check_fields()
+    field_rules = {  # field -> Rule; subclasses extend it with their own fields
+        "vocab_size": integer(),
+        "hidden_size": integer(),
+        "num_hidden_layers": integer(),
+        "intermediate_size": integer(),
+        "hidden_act": choice(*sorted(ACT2FN)),
+        "hidden_dropout_prob": PROBABILITY,
+        "attention_probs_dropout_prob": PROBABILITY,
+        "max_position_embeddings": integer(),
+        "type_vocab_size": integer(),
+        "initializer_range": POSITIVE,
+        "layer_norm_eps": POSITIVE,
+        "pad_token_id": optional(integer(0)),
+        "classifier_dropout": optional(PROBABILITY),
+        "tie_word_embeddings": BOOLEAN,
+    }
 
-    def check_fields(self) -> None:
-        """Validate every field; subclasses call `super().check_fields()` and add their own rules."""
-        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
-                      "max_position_embeddings", "type_vocab_size"):
-            value = getattr(self, field)
-            require(isinstance(value, int) and value > 0, field, value, "must be a positive integer")
-        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-            value = getattr(self, field)
-            if value is None and field == "classifier_dropout":
-                continue
-            require(isinstance(value, (int, float)) and 0 <= value < 1, field, value, "must be in [0, 1)")
-        require(self.initializer_range > 0, "initializer_range", self.initializer_range, "must be positive")
-        require(self.layer_norm_eps > 0, "layer_norm_eps", self.layer_norm_eps, "must be positive")
-        require(self.hidden_act in ACT2FN, "hidden_act", self.hidden_act, f"allowed: {sorted(ACT2FN)}")
-        pad = self.pad_token_id
-        require(pad is None or 0 <= pad < self.vocab_size, "pad_token_id", pad, "must be in [0, vocab_size) or None")
-
-
-def check_heads(config) -> None:
-    """Rules for `num_attention_heads`, shared by the multi-head architectures."""
-    heads = config.num_attention_heads
-    require(isinstance(heads, int) and heads > 0, "num_attention_heads", heads, "must be a positive integer")
-    require(config.hidden_size % heads == 0, "num_attention_heads", heads,
-            f"must divide hidden_size={config.hidden_size}")
+    def __setattr__(self, name: str, value) -> None:
+        if name in self.field_rules:
+            self.field_rules[name](name, value)
+        super().__setattr__(name, value)

@@ -1,13 +1,14 @@
 """Configuration of SharedBert: BERT with one projection shared by query, key and value (arXiv 2412.00359)."""
 
-from .configuration_encoder import LeanEncoderConfig, check_heads
+from .configuration_encoder import LeanEncoderConfig, integer
 
 
 class SharedBertConfig(LeanEncoderConfig):
     r"""Configuration of a [`SharedBertModel`]; BERT's fields (see `LeanEncoderConfig`) plus:
 
     Args:
-        num_attention_heads: Number of heads `H`; `hidden_size` must be a multiple of it.
+        num_attention_heads: Number of heads `H`; `hidden_size` must be a multiple of it (checked when the model
+            is built).
 
     Each layer has one d->d projection with bias and three learned per-channel scalings (query, key, value),
     initialised to ones.
@@ -24,6 +25,4 @@ class SharedBertConfig(LeanEncoderConfig):
 
     num_attention_heads: int = 12
 
-    def check_fields(self) -> None:
-        super().check_fields()
-        check_heads(self)
+    field_rules = {**LeanEncoderConfig.field_rules, "num_attention_heads": integer()}

@@ -1,6 +1,6 @@
 """Configuration of SymBert: BERT with symmetric (pairwise) dot-product attention (arXiv 2406.06366)."""
 
-from .configuration_encoder import LeanEncoderConfig, check_heads, require
+from .configuration_encoder import POSITIVE, LeanEncoderConfig, choice, integer
 
 ATTENTION_MODES = ("pairwise", "symmetric")
 
@@ -9,7 +9,8 @@ class SymBertConfig(LeanEncoderConfig):
     r"""Configuration of a [`SymBertModel`]; BERT's fields (see `LeanEncoderConfig`) plus:
 
     Args:
-        num_attention_heads: Number of heads `H`; `hidden_size` must be a multiple of it.
+        num_attention_heads: Number of heads `H`; `hidden_size` must be a multiple of it (checked when the model
+            is built).
         attention_mode: `"pairwise"` (default): scores `q_i B_h q_j^T` with a learned `d_h x d_h` matrix `B_h` per head,
             the paper's best variant. `"symmetric"`: `B_h = I`, so scores are symmetric in `i, j`.
         pairwise_init_std: Standard deviation of the normal init of `B_h`. The authors' code uses 1.0 and leaves
@@ -29,9 +30,9 @@ class SymBertConfig(LeanEncoderConfig):
     attention_mode: str = "pairwise"
     pairwise_init_std: float = 1.0
 
-    def check_fields(self) -> None:
-        super().check_fields()
-        check_heads(self)
-        require(self.attention_mode in ATTENTION_MODES, "attention_mode", self.attention_mode,
-                f"allowed: {', '.join(ATTENTION_MODES)}")
-        require(self.pairwise_init_std > 0, "pairwise_init_std", self.pairwise_init_std, "must be positive")
+    field_rules = {
+        **LeanEncoderConfig.field_rules,
+        "num_attention_heads": integer(),
+        "attention_mode": choice(*ATTENTION_MODES),
+        "pairwise_init_std": POSITIVE,
+    }

@@ -51,11 +51,23 @@ def eager_attention_forward(
     return output, weights
 
 
+def head_size(config) -> int:
+    """d_h = hidden_size / num_attention_heads. A rule between two config fields, so it is checked here, where the
+    model is built, as BERT's attention does."""
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"hidden_size={config.hidden_size} must be a multiple of "
+                         f"num_attention_heads={config.num_attention_heads}")
+    return config.hidden_size // config.num_attention_heads
+
+
 class LeanEmbeddings(nn.Module):
     """Word + segment (+ absolute position, unless the config turns them off) embeddings, LayerNorm, dropout."""
 
     def __init__(self, config):
         super().__init__()
+        if config.pad_token_id is not None and config.pad_token_id >= config.vocab_size:
+            raise ValueError(f"pad_token_id={config.pad_token_id} must be below vocab_size={config.vocab_size}")
+        self.max_length = config.max_position_embeddings
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = (
             nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -74,6 +86,14 @@ class LeanEmbeddings(nn.Module):
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        length = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
+        # Every architecture stops at max_position_embeddings, also without absolute positions: Shatter's
+        # Bernstein parts turn negative beyond it. On a symbolic length this `if` is a shape guard, which
+        # torch.compile and torch.export turn into the range L <= max_position_embeddings (torch._check could not
+        # name the length: its message may not depend on a symbolic value).
+        if length > self.max_length:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings={self.max_length}, "
+                             "the longest sequence this model accepts")
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)  # (B, L, d)
         if token_type_ids is None:

@@ -89,12 +89,20 @@ class LearnedPartition(nn.Module):
 
 
 class ShatterSelfAttention(nn.Module):
-    """One head of full width d; values V_1..V_P (output projection folded in) mixed by soft relative parts."""
+    """One head of full width d; values V_1..V_P (output projection folded in) mixed by soft relative parts.
+
+    The embeddings refuse sequences longer than max_position_embeddings and the Bernstein partition is built only
+    with R >= max_position_embeddings - 1, so every distance it sees has |j - i| <= R, where its parts are valid.
+    """
 
     has_output_projection = False
 
     def __init__(self, config: ShatterConfig):
         super().__init__()
+        scale, longest = config.relative_scale, config.max_position_embeddings
+        if config.partition == "bernstein" and scale < longest - 1:
+            raise ValueError(f"distance_scale={scale} must be >= max_position_embeddings - 1 = {longest - 1}: "
+                             "Bernstein parts turn negative for |j - i| > distance_scale")
         self.config = config
         d, parts = config.hidden_size, config.num_parts
         self.num_parts = parts
@@ -104,7 +112,7 @@ class ShatterSelfAttention(nn.Module):
         self.key = nn.Linear(d, d) if config.key_projection else None
         self.value = nn.Linear(d, parts * d)  # V_1..V_P stacked
         partition = BernsteinPartition if config.partition == "bernstein" else LearnedPartition
-        self.partition = partition(parts, config.relative_scale)
+        self.partition = partition(parts, scale)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def forward(

@@ -21,6 +21,7 @@ from .modeling_encoder import (
     LeanModel,
     LeanPreTrainedModel,
     eager_attention_forward,
+    head_size,
 )
 
 
@@ -34,7 +35,7 @@ class SymBertSelfAttention(nn.Module):
     def __init__(self, config: SymBertConfig):
         super().__init__()
         self.config = config
-        self.head_size = config.hidden_size // config.num_attention_heads
+        self.head_size = head_size(config)
         self.scaling = self.head_size**-0.5
         self.is_causal = False
         self.query_key = nn.Linear(config.hidden_size, config.hidden_size)
