@@ -72,12 +72,31 @@ def test_attention_objective_heals(converted, tmp_path):
     healing = report["healing"]
     assert healing["attention_weight"] == 1.0
     assert healing["fidelity_after"]["mean_cosine"] > healing["fidelity_before"]["mean_cosine"]
-    run_heal(converted, tmp_path / "plain", train="all", steps=1)
-    first = [json.loads((tmp_path / name / "healing_curve.json").read_text())[0]["loss"]
-             for name in ("healed", "plain")]
-    assert first[0] > first[1]  # the same first batch, plus the KL term of the attention distributions
     with pytest.raises(HealingError, match="attention_weight must be a finite number >= 0, got -1"):
         run_heal(converted, tmp_path / "other", attention_weight=-1)
+
+
+def test_attention_term_adds_the_kl_of_the_attention_distributions(converted, tmp_path):
+    """The first step's loss with `attention_weight=w` exceeds the plain loss by w · KL(teacher ‖ student), the KL
+    recomputed here from the two models' eager attentions on the same first batch (a one-headed Shatter student
+    against the teacher's mean over heads)."""
+    first = {w: run_heal(converted, tmp_path / f"w{w}", steps=1, attention_weight=w)["healing"]["final_loss"]
+             for w in (0.0, 2.0)}
+    passages = read_passages(converted / "text.txt", limit=8, min_chars=40)[0]
+    order = torch.randperm(len(passages), generator=torch.Generator().manual_seed(0)).tolist()
+    tokenizer = AutoTokenizer.from_pretrained(converted / "student")
+    batch = tokenizer([passages[i] for i in order], max_length=64, truncation=True, padding="max_length",
+                      return_tensors="pt")
+    teacher = BertModel.from_pretrained(converted / "teacher", attn_implementation="eager").eval()
+    student = leanbert.ShatterModel.from_pretrained(converted / "student", attn_implementation="eager").eval()
+    with torch.no_grad():
+        p_layers = teacher(**batch, output_attentions=True).attentions
+        q_layers = student(**batch, output_attentions=True).attentions
+    real = batch["attention_mask"].bool()
+    kl = torch.stack([(torch.xlogy(p.mean(1), p.mean(1)) - p.mean(1) * q[:, 0].clamp_min(1e-12).log()).sum(-1)[real]
+                      .mean() for p, q in zip(p_layers, q_layers)]).mean()
+    assert kl > 0.01
+    assert first[2.0] - first[0.0] == pytest.approx(2.0 * kl.item(), rel=1e-3)
 
 
 def test_only_converted_parameters_train_by_default(converted, tmp_path):

@@ -16,8 +16,8 @@ from .heal import add_healing_arguments, healing_kwargs
 def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="leanbert-convert",
-        description="Convert a BERT checkpoint (BertModel or BertFor*) into SymBert, SharedBert or Shatter, calibrated on "
-                    "real text, and report how close the result is to the source.",
+        description="Convert a BERT checkpoint (BertModel or BertFor*) into SymBert, SharedBert or Shatter, "
+                    "calibrated on real text, and report how close the result is to the source.",
     )
     parser.add_argument("--source", required=True, help="BERT checkpoint: a local folder or a Hub model id")
     parser.add_argument("--to", required=True, choices=sorted(TARGETS), help="target architecture")
@@ -57,6 +57,7 @@ def convert_command(argv=None) -> int:
         checkpoints = CheckpointFolder(default_checkpoint_dir(args.output), inputs=[*inputs, ("output", args.output)])
         healing = Healing(args.source, None, args.heal_text, seed=args.seed, allow_pickle=args.allow_pickle,
                           **healing_kwargs(args, prefix="heal-"))
+        healing.check_resume(checkpoints, resume=False)
     conversion = Conversion(args.source, args.to, calibration_text=args.calibration_text,
                             calibration_passages=args.calibration_passages, refine_steps=args.refine_steps,
                             max_length=args.max_length, attention_mode=args.attention_mode,
@@ -65,7 +66,7 @@ def convert_command(argv=None) -> int:
         report = conversion.write_to(staging)
         if healing is not None:
             healing.set_student(staging)
-            report = healing.write_to(staging, checkpoints)
+            report = healing.write_to(staging)
         target.publish()
     if checkpoints is not None:
         checkpoints.remove()

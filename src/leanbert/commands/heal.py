@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="folder for the healed model")
     add_healing_arguments(parser)
     parser.add_argument("--checkpoint-every", type=positive_int, default=100)
-    parser.add_argument("--checkpoint-dir", help="folder of its own for checkpoints (default: <output>.heal-checkpoints)")
+    parser.add_argument("--checkpoint-dir",
+                        help="folder of its own for checkpoints (default: <output>.heal-checkpoints)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--force", action="store_true", help="replace an output folder that leanbert wrote before")
     parser.add_argument("--allow-pickle", action="store_true",

@@ -3,8 +3,9 @@
 A checkpoint folder holds a marker (`.leanbert-checkpoints.json`) and one `step_<n>` folder per checkpoint: the
 `accelerate` state (model weights as safetensors; optimizer, scheduler and random states read back with torch's
 weights-only loader, which cannot run code; no custom pickled objects) and `progress.json` (step, loss curve and
-the run's settings). Each is written as `step_<n>.partial` and renamed once complete, so a run killed while
-saving leaves an incomplete folder that `latest()` skips and the next save removes. A folder that holds anything
+the run's settings, and the SHA-256 of every other file, checked by `verify()` before a resume). Each is written as
+`step_<n>.partial` and renamed once complete, so a run killed while saving leaves an incomplete folder that
+`latest()` skips and the next save removes. A folder that holds anything
 else is refused, and only these entries are ever deleted.
 """
 
@@ -13,7 +14,7 @@ import re
 from pathlib import Path
 
 from .errors import LeanbertError
-from .output import check_disjoint, remove_tree, write_text_atomically
+from .output import check_disjoint, remove_tree, sha256_file, write_text_atomically
 
 MARK = ".leanbert-checkpoints.json"
 PROGRESS = "progress.json"
@@ -57,6 +58,18 @@ class CheckpointFolder:
                 return path, progress
         return None
 
+    @staticmethod
+    def verify(path: Path, progress: dict) -> None:
+        """Refuse a checkpoint whose files are not exactly those it was saved with (damaged or tampered)."""
+        files = progress.get("files")
+        present = {p.name for p in path.iterdir() if p.is_file() and p.name != PROGRESS}
+        if not isinstance(files, dict) or set(files) != present:
+            raise LeanbertError(f"checkpoint {str(path)!r} does not hold the files it was saved with")
+        for name, digest in files.items():
+            if sha256_file(path / name) != digest:
+                raise LeanbertError(f"checkpoint {str(path)!r} was changed after it was saved ({name}); "
+                                    "it cannot be resumed from")
+
     def save(self, accelerator, step: int, progress: dict) -> None:
         """`accelerator.save_state` into `step_<step>.partial`, then progress.json, then the rename that makes it
         complete; older checkpoints are dropped after. Every process calls this (accelerate saves per process)."""
@@ -69,7 +82,8 @@ class CheckpointFolder:
         accelerator.save_state(str(partial), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            write_text_atomically(partial / PROGRESS, json.dumps({"step": step, **progress}) + "\n")
+            files = {p.name: sha256_file(p) for p in sorted(partial.iterdir()) if p.is_file()}
+            write_text_atomically(partial / PROGRESS, json.dumps({"step": step, **progress, "files": files}) + "\n")
             partial.rename(self.path / f"step_{step}")
             for old_step, _, path in self.entries():
                 if old_step != step:

@@ -92,7 +92,8 @@ def load_bert(source: str | Path, allow_pickle: bool = False, what: str = "sourc
                             "with encoders")
     architecture = (config.architectures or ["BertModel"])[0]
     if architecture not in BERT_ARCHITECTURES:
-        raise LeanbertError(f"{what} {str(source)!r} holds a {architecture}; supported: {', '.join(BERT_ARCHITECTURES)}")
+        raise LeanbertError(f"{what} {str(source)!r} holds a {architecture}; supported: "
+                            f"{', '.join(BERT_ARCHITECTURES)}")
     tokenizer = load_tokenizer(source, what, config.vocab_size)
     model = load_weights(getattr(transformers, architecture), source, what, allow_pickle)
     return model, tokenizer

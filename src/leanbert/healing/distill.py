@@ -129,6 +129,8 @@ def check_settings(steps, batch_size, max_length, learning_rate, train, objectiv
                                  ("mixed_precision", mixed_precision, ("no", "fp16", "bf16"))):
         if value not in allowed:
             raise HealingError(f"{name}={value!r} is invalid; allowed: {', '.join(allowed)}")
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise HealingError("mixed_precision='fp16' needs a GPU; on the CPU use 'bf16' or 'no'")
 
 
 class Healing:
@@ -163,8 +165,13 @@ class Healing:
         check_pair(self.teacher, self.teacher_tokenizer, self.student, self.tokenizer)
         self.settings["student_checksum"] = weights_checksum(self.student)
 
+    def check_resume(self, checkpoints: CheckpointFolder, resume: bool) -> None:
+        """Find the checkpoint to continue from (none for a fresh start) before any work, refusing a resume that
+        cannot be faithful and a fresh start that would discard an earlier run's checkpoints."""
+        self.checkpoints = checkpoints
+        self.resume_from = self.resume_point(checkpoints, resume)
+
     def resume_point(self, checkpoints: CheckpointFolder, resume: bool):
-        """The checkpoint to continue from (None for a fresh start), refusing a resume that cannot be faithful."""
         latest = checkpoints.latest()
         if not resume:
             if latest is not None:
@@ -179,13 +186,14 @@ class Healing:
             if saved.get(name) != value:
                 raise HealingError(f"--resume: setting {name} is {value!r} but the checkpoint was made with "
                                    f"{saved.get(name)!r}; resume with the same settings")
+        checkpoints.verify(*latest)
         return latest
 
-    def write_to(self, folder: Path | None, checkpoints: CheckpointFolder, resume: bool = False,
-                 callback: Callable[[int, float], None] | None = None) -> dict:
-        """Heal; the main process writes the healed model, tokenizer, updated report and loss curve (JSON and PNG)
-        to `folder`. `callback(step, loss)` runs after every optimizer step. Returns the updated report."""
-        settings = self.settings
+    def write_to(self, folder: Path | None, callback: Callable[[int, float], None] | None = None) -> dict:
+        """Heal (after `check_resume`); the main process writes the healed model, tokenizer, updated report and loss
+        curve (JSON and PNG) to `folder`. `callback(step, loss)` runs after every optimizer step. Returns the
+        updated report."""
+        settings, checkpoints, resume_from = self.settings, self.checkpoints, self.resume_from
         steps, batch_size, max_length = settings["steps"], settings["batch_size"], settings["max_length"]
         started = time.perf_counter()
         teacher_model, student_model, tokenizer = self.teacher, self.student, self.tokenizer
@@ -202,7 +210,6 @@ class Healing:
 
         set_seed(settings["seed"])
         accelerator = Accelerator(mixed_precision=settings["mixed_precision"])
-        resume_from = self.resume_point(checkpoints, resume)
         passages = self.passages
         order = torch.randperm(len(passages), generator=torch.Generator().manual_seed(settings["seed"]))
         chosen = [passages[i] for i in order.tolist()]
@@ -298,9 +305,10 @@ def heal(teacher: str, student: str | Path, text: str | Path, output: str | Path
     checkpoints = CheckpointFolder(checkpoint_dir or default_checkpoint_dir(output),
                                    inputs=[*inputs, ("output", output)])
     healing = Healing(teacher, student, text, **settings)
+    healing.check_resume(checkpoints, resume)
     main = PartialState().is_main_process
     with target if main else contextlib.nullcontext() as staging:
-        report = healing.write_to(staging, checkpoints, resume, callback)
+        report = healing.write_to(staging, callback)
         if main:
             target.publish()
             checkpoints.remove()
