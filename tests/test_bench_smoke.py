@@ -1,12 +1,33 @@
-"""Smoke test of bench/bench_speed.py: the --quick run completes and writes complete, well-formed outputs."""
+"""Smoke test of bench/bench_speed.py: the --quick run completes and writes complete, well-formed outputs whose
+derived numbers agree with the raw ones and with independently built models."""
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from transformers import BertConfig, BertModel
+
+import leanbert
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "bench_speed.py"
+
+# The --quick shape, and each benchmarked model built here without the script's factories.
+QUICK = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=512,
+             max_position_embeddings=512)
+MODELS = {
+    "BertModel": lambda: BertModel(BertConfig(**QUICK), add_pooling_layer=False),
+    "SymBert pairwise": lambda: leanbert.SymBertModel(leanbert.SymBertConfig(**QUICK, attention_mode="pairwise"),
+                                                      add_pooling_layer=False),
+    "SymBert symmetric": lambda: leanbert.SymBertModel(leanbert.SymBertConfig(**QUICK, attention_mode="symmetric"),
+                                                       add_pooling_layer=False),
+    "SharedBert": lambda: leanbert.SharedBertModel(leanbert.SharedBertConfig(**QUICK), add_pooling_layer=False),
+    "Shatter P=3": lambda: leanbert.ShatterModel(leanbert.ShatterConfig(**QUICK, num_parts=3), add_pooling_layer=False),
+    "Shatter P=2": lambda: leanbert.ShatterModel(leanbert.ShatterConfig(**QUICK, num_parts=2), add_pooling_layer=False),
+}
 
 
 def test_bench_speed_quick(tmp_path):
@@ -20,12 +41,24 @@ def test_bench_speed_quick(tmp_path):
     assert settings == {(16, 0.1), (16, 0.0), (32, 0.1), (32, 0.0)}
     assert sorted((row["model"], row["seq_len"], row["dropout"]) for row in rows) == sorted(
         (model, seq_len, dropout) for model in models for seq_len, dropout in settings)
+    assert results["shape"] == "d=32, 2 layers, 4 heads, ffn 128, vocab 512"  # = QUICK
+    bert = {(row["seq_len"], row["dropout"]): row for row in rows if row["model"] == "BertModel"}
     for row in rows:
-        assert row["train_tokens_per_s"] > 0 and row["infer_tokens_per_s"] > 0
-        assert row["params"] > 0 and row["activation_bytes"] > 0 and row["peak_bytes"] > row["activation_bytes"]
-        assert row["train_tokens_per_s_ratio"] > 0 and row["train_page_faults"] >= 0
-        low, middle, high = row["train_round_ratio_quartiles"]
-        assert 0 < low <= middle <= high
+        reference, tokens = bert[row["seq_len"], row["dropout"]], row["batch_size"] * row["seq_len"]
+        assert row["train_tokens_per_s"] == pytest.approx(tokens / statistics.median(row["train_step_s"]))
+        assert row["train_tokens_per_s_ratio"] == pytest.approx(row["train_tokens_per_s"]
+                                                                / reference["train_tokens_per_s"])
+        rounds = [bert_s / own_s for bert_s, own_s in zip(reference["train_step_s"], row["train_step_s"])]
+        assert len(rounds) == results["steps"]
+        assert row["train_round_ratio_quartiles"] == pytest.approx(statistics.quantiles(rounds, n=4))
+        model = MODELS[row["model"]]()
+        parameters = list(model.parameters())
+        assert row["params"] == sum(p.numel() for p in parameters)
+        # fp32 weights, gradients and AdamW's two moments: 16 bytes a parameter; plus AdamW's step count, one
+        # fp32 scalar tensor per parameter tensor
+        assert row["resident_bytes"] == 16 * row["params"] + 4 * len(parameters)
+        # at least every layer's input is kept for the backward pass: B·L·d fp32 values per layer
+        assert row["activation_bytes"] > tokens * QUICK["hidden_size"] * 4 * QUICK["num_hidden_layers"]
     assert set(results["skipped"]).isdisjoint(models)
     assert {"torch", "transformers", "cpu_count", "device", "date", "allocator"} <= set(results["machine"])
     if sys.platform == "linux":  # glibc: the run must have switched malloc to keeping freed memory

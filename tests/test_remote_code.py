@@ -33,10 +33,24 @@ REMOTE_SCRIPT = textwrap.dedent("""
             result = model(**inputs)
             outputs[name] = result[0].contiguous()
     fill = pipeline("fill-mask", model=mlm_dir, trust_remote_code=True)
-    predictions = fill("paris is the [MASK] of france.")
-    assert len(predictions) == 5 and all("token_str" in p for p in predictions), predictions
+    predictions = fill(sys.argv[4])
+    outputs["fill_tokens"] = torch.tensor([p["token"] for p in predictions])
+    outputs["fill_scores"] = torch.tensor([p["score"] for p in predictions])
     save_file(outputs, out_file)
 """)
+
+
+FILL_TEXT = "paris is the [MASK] of france."
+
+
+def assert_fill_mask_top5(predictions_tokens, predictions_scores, model, tokenizer):
+    """The pipeline's top 5 against softmax(logits at the mask).topk(5) of `model` run directly on the tokens."""
+    inputs = tokenizer(FILL_TEXT, return_tensors="pt")
+    position = inputs["input_ids"][0].tolist().index(tokenizer.mask_token_id)
+    with torch.no_grad():
+        scores, tokens = model.eval()(**inputs).logits[0, position].softmax(-1).topk(5)
+    assert predictions_tokens.tolist() == tokens.tolist()
+    torch.testing.assert_close(predictions_scores, scores, atol=0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["sym_pairwise", "shared", "shatter"])
@@ -54,8 +68,8 @@ def test_remote_code_loads_without_leanbert(arch, tmp_path):
     assert len(json.loads((cls_dir / "config.json").read_text())["auto_map"]) == 7
 
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, mlm_dir, cls_dir, tmp_path / "out.safetensors"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, mlm_dir, cls_dir, tmp_path / "out.safetensors",
+                             FILL_TEXT], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
     remote = load_file(tmp_path / "out.safetensors")
@@ -65,6 +79,7 @@ def test_remote_code_loads_without_leanbert(arch, tmp_path):
         torch.testing.assert_close(remote["mlm"], mlm(**inputs).logits, atol=1e-6, rtol=0)
         torch.testing.assert_close(remote["cls"], cls(**inputs).logits, atol=1e-6, rtol=0)
         torch.testing.assert_close(remote["base"], cls.base_model(**inputs).last_hidden_state, atol=1e-6, rtol=0)
+    assert_fill_mask_top5(remote["fill_tokens"], remote["fill_scores"], mlm, tokenizer)
 
 
 def test_fill_mask_pipeline_with_leanbert_installed(tmp_path):
@@ -74,5 +89,6 @@ def test_fill_mask_pipeline_with_leanbert_installed(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     fill = pipeline("fill-mask", model=str(tmp_path))
     assert type(fill.model) is type(model)
-    predictions = fill("paris is the [MASK] of france.")
-    assert len(predictions) == 5 and predictions[0]["score"] >= predictions[-1]["score"]
+    predictions = fill(FILL_TEXT)
+    assert_fill_mask_top5(torch.tensor([p["token"] for p in predictions]),
+                          torch.tensor([p["score"] for p in predictions]), model, tokenizer)
