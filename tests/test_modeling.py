@@ -15,8 +15,10 @@ from transformers import (
     BertConfig,
     BertModel,
 )
+from transformers.masking_utils import create_bidirectional_mask
 
 import leanbert
+from leanbert.conversion.metrics import attention_logits
 from conftest import ARCHITECTURES, HEADS, model_class, num_heads, tiny_config
 
 AUTO_CLASSES = dict(zip(HEADS, (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
@@ -37,26 +39,49 @@ def test_padding_does_not_change_real_tokens(arch, batch):
     torch.testing.assert_close(padded[1, :6], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_eager_and_sdpa_agree(arch, batch):
+# Shatter's learned partition and its sigmoid normalizer build the n x n attention matrix explicitly (one product
+# per part, or an elementwise sigmoid): they never go through the attention interface, so no kernel is chosen.
+NO_ATTENTION_INTERFACE = {"shatter_learned", "shatter_sigmoid"}
+
+
+def count_sdpa_calls(monkeypatch) -> list:
+    """Wrap torch's scaled_dot_product_attention (which transformers' sdpa path calls) in a call counter."""
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs))
+    return calls
+
+
+def test_eager_and_sdpa_agree(arch, batch, monkeypatch):
+    """sdpa runs torch's fused kernel once per layer (counted), eager never; their outputs agree."""
     input_ids, attention_mask = batch
+    calls = count_sdpa_calls(monkeypatch)
     eager = build(arch, attn_implementation="eager")
     sdpa = build(arch, attn_implementation="sdpa")
-    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
     sdpa.load_state_dict(eager.state_dict())
     real = attention_mask.bool()
     out_eager = eager(input_ids, attention_mask=attention_mask).last_hidden_state[real]
+    assert len(calls) == 0
     out_sdpa = sdpa(input_ids, attention_mask=attention_mask).last_hidden_state[real]
+    if arch in NO_ATTENTION_INTERFACE:
+        assert len(calls) == 0
+        return
+    assert len(calls) == sdpa.config.num_hidden_layers
     torch.testing.assert_close(out_eager, out_sdpa, atol=1e-5, rtol=1e-5)
 
 
-def test_set_attn_implementation_switches_kernel(arch, batch):
+def test_set_attn_implementation_switches_kernel(arch, batch, monkeypatch):
+    """Counted calls of torch's fused kernel: one per layer before the switch to eager, none after."""
     input_ids, attention_mask = batch
+    calls = count_sdpa_calls(monkeypatch)
     model = build(arch)
-    reference = model(input_ids, attention_mask=attention_mask).last_hidden_state
+    model(input_ids, attention_mask=attention_mask)
+    assert len(calls) == (0 if arch in NO_ATTENTION_INTERFACE else model.config.num_hidden_layers)
+    calls.clear()
     model.set_attn_implementation("eager")
     assert model.config._attn_implementation == "eager"
-    torch.testing.assert_close(model(input_ids, attention_mask=attention_mask).last_hidden_state, reference,
-                               atol=1e-5, rtol=1e-5)
+    model(input_ids, attention_mask=attention_mask)
+    assert len(calls) == 0
 
 
 def test_every_parameter_gets_a_gradient(arch, batch):
@@ -72,20 +97,30 @@ def test_every_parameter_gets_a_gradient(arch, batch):
 
 
 def test_output_attentions_and_hidden_states(arch, batch):
+    """Against float64 logits written out from the weights (conversion.metrics.attention_logits), normalized here
+    over the valid keys; hidden states against the embeddings and the first layer called directly."""
     input_ids, attention_mask = batch
     model = build(arch, attn_implementation="eager")
     out = model(input_ids, attention_mask=attention_mask, output_attentions=True, output_hidden_states=True)
     config = model.config
     assert len(out.hidden_states) == config.num_hidden_layers + 1
     assert len(out.attentions) == config.num_hidden_layers
-    weights = out.attentions[0]
-    assert weights.shape == (2, num_heads(config), 9, 9)
-    if getattr(config, "attention_normalizer", "softmax") == "softmax":
-        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
-    else:  # sigmoid(s - log n): each weight in (0, 1), about 1/n at init
-        assert 0 < weights[0].min() and weights.max() < 1
-    assert weights[1, :, :, 6:].abs().max() == 0, "attention reached padding"
-    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    torch.testing.assert_close(out.hidden_states[0], model.embeddings(input_ids))
+    mask = create_bidirectional_mask(config=config, inputs_embeds=out.hidden_states[0], attention_mask=attention_mask)
+    torch.testing.assert_close(out.hidden_states[1], model.encoder.layer[0](out.hidden_states[0], mask))
+    layer0 = model.encoder.layer[0].attention.self
+    expected = reference_weights(attention_logits(layer0, out.hidden_states[0]), attention_mask,
+                                 getattr(config, "attention_normalizer", "softmax"))
+    assert out.attentions[0].shape == expected.shape == (2, num_heads(config), 9, 9)
+    torch.testing.assert_close(out.attentions[0].double(), expected, atol=1e-6, rtol=1e-5)
+
+
+def reference_weights(logits: torch.Tensor, attention_mask: torch.Tensor, normalizer: str) -> torch.Tensor:
+    """softmax over the valid keys, or sigmoid(logit - log n_valid) on them and 0 on padding."""
+    valid = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+    if normalizer == "softmax":
+        return logits.masked_fill(~valid, float("-inf")).softmax(-1)
+    return torch.sigmoid(logits - valid.sum(-1, keepdim=True).double().log()) * valid
 
 
 def test_symmetric_mode_gives_symmetric_scores(batch):
@@ -122,6 +157,8 @@ def test_inputs_embeds_equal_input_ids(arch, batch):
 
 
 def test_activation_checkpointing_gives_same_gradients(arch, batch):
+    """A forward hook counts attention calls: checkpointing recomputes the layer in backward (2 calls a step, not
+    1), and the gradients equal those without it."""
     input_ids, attention_mask = batch
     grads = []
     for checkpointing in (False, True):
@@ -129,8 +166,10 @@ def test_activation_checkpointing_gives_same_gradients(arch, batch):
         if checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
-            assert all(layer.gradient_checkpointing for layer in model.base_model.encoder.layer)
+        calls = []
+        model.base_model.encoder.layer[0].attention.register_forward_hook(lambda *_: calls.append(1))
         model(input_ids, attention_mask=attention_mask, labels=input_ids).loss.backward()
+        assert len(calls) == (2 if checkpointing else 1)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])
 
@@ -225,32 +264,42 @@ def test_token_classification_question_answering_multiple_choice(arch, batch):
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 2])))
 
 
-BERT_BASE_PARAMETERS = {  # DESIGN.md section 1, BertModel-equivalent with pooler, vocab 30522
-    "bert": 109_482_240,
-    "sym_pairwise": 102_984_960,
-    "sym_symmetric": 102_395_136,
-    "shared": 95_335_680,
-    "shatter": 102_001_920,  # query + 2 value matrices: 3d² + 3d attention weights, no absolute positions
+# Each count from transformers' BertModel's, less BERT's attention weights and plus the architecture's (per layer:
+# a d x d linear is d² + d; r = d / H). Shatter: query d² + d and P value matrices P(d² + d) replace BERT's query,
+# key, value and output projections 4(d² + d); no absolute position embeddings.
+BERT_BASE_FROM_BERT = {
+    "sym_pairwise": lambda bert, L, d, H, positions, P: bert - L * (d * d + d) + L * H * (d // H) ** 2,
+    "sym_symmetric": lambda bert, L, d, H, positions, P: bert - L * (d * d + d),
+    "shared": lambda bert, L, d, H, positions, P: bert - 2 * L * (d * d + d) + 3 * L * d,
+    "shatter": lambda bert, L, d, H, positions, P: (bert - 4 * L * (d * d + d) + (1 + P) * L * (d * d + d)
+                                                    - positions * d),
 }
 
 
-@pytest.mark.parametrize("arch", sorted(BERT_BASE_PARAMETERS.keys() - {"bert"}))
+@pytest.mark.parametrize("arch", sorted(BERT_BASE_FROM_BERT))
 def test_parameter_counts_at_bert_base_size(arch):
+    """Against transformers' BertModel at its default (base) size, counted, and each architecture's attention."""
     config_class, extra, _ = ARCHITECTURES[arch]
+    bert_config = BertConfig()
     with torch.device("meta"):
         model = model_class(arch, "Model")(config_class(**extra))
-        bert = BertModel(BertConfig())
-    assert bert.num_parameters() == BERT_BASE_PARAMETERS["bert"]
-    assert model.num_parameters() == BERT_BASE_PARAMETERS[arch]
+        bert = BertModel(bert_config).num_parameters()
+    num_parts = getattr(model.config, "num_parts", None)
+    assert num_parts in (None, 2)  # Shatter's default, README: 102,001,920
+    expected = BERT_BASE_FROM_BERT[arch](bert, bert_config.num_hidden_layers, bert_config.hidden_size,
+                                         bert_config.num_attention_heads, bert_config.max_position_embeddings,
+                                         num_parts)
+    assert model.num_parameters() == expected
 
 
 def test_shared_bert_attention_block_shrinks_by_two_thirds():
-    d = 768
+    """Against transformers' BertModel at base size: its query + key + value against SharedBert's one module."""
     with torch.device("meta"):
-        block = leanbert.SharedBertModel(leanbert.SharedBertConfig()).encoder.layer[0].attention.self
-    assert sum(p.numel() for p in block.parameters()) == d * d + d + 3 * d
-    saving = 1 - (d * d + 4 * d) / (3 * (d * d + d))  # 0.665365...: the paper's 66.53%, truncated
-    assert math.floor(saving * 10_000) / 100 == 66.53
+        bert = BertModel(BertConfig()).encoder.layer[0].attention.self
+        shared = leanbert.SharedBertModel(leanbert.SharedBertConfig()).encoder.layer[0].attention.self
+    bert_qkv = sum(p.numel() for module in (bert.query, bert.key, bert.value) for p in module.parameters())
+    saving = 1 - sum(p.numel() for p in shared.parameters()) / bert_qkv  # 0.665366...
+    assert math.floor(saving * 10_000) / 100 == 66.53  # README and paper: 66.53%, truncated (66.54 rounded)
 
 
 def test_shared_bert_attention_follows_the_paper_equations():

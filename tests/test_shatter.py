@@ -1,32 +1,49 @@
 """Shatter's relative partitions: partition of unity, the exact one-call expansion, and no leak from padding."""
 
+import numpy as np
 import pytest
 import torch
+from scipy.stats import binom
 from transformers.masking_utils import create_bidirectional_mask
 
 import leanbert
 from conftest import tiny_config
 from leanbert.configuration_shatter import MAX_NUM_PARTS
-from leanbert.modeling_shatter import BernsteinPartition, LearnedPartition, bernstein_parts
+from leanbert.conversion.metrics import attention_logits
+from leanbert.modeling_shatter import BernsteinPartition, bernstein_parts
+
+
+def binomial_parts(relative: torch.Tensor, num_parts: int, scale: int) -> torch.Tensor:
+    """scipy's binomial pmf: p_k(r) = P[Binomial(P - 1, (r + R) / 2R) = k], the Bernstein basis. (n,) -> (n, P)."""
+    t = (relative.double().numpy()[:, None] + scale) / (2 * scale)
+    return torch.from_numpy(binom.pmf(np.arange(num_parts), num_parts - 1, t))
 
 
 @pytest.mark.parametrize("num_parts", [1, 2, 3, 5])
-def test_bernstein_parts_are_a_partition_of_unity(num_parts):
+def test_bernstein_parts_are_the_binomial_distribution(num_parts):
+    """Against scipy's binomial pmf at every relative distance; the ends are the first and the last unit vector."""
     scale = 511
-    parts = bernstein_parts(torch.arange(-scale, scale + 1), num_parts, scale)  # every relative distance
-    assert parts.min() >= 0
-    torch.testing.assert_close(parts.sum(-1), torch.ones(2 * scale + 1, dtype=torch.float64))
+    relative = torch.arange(-scale, scale + 1)
+    parts = bernstein_parts(relative, num_parts, scale)
+    torch.testing.assert_close(parts, binomial_parts(relative, num_parts, scale), atol=1e-12, rtol=0)
+    unit = torch.eye(num_parts, dtype=torch.float64)
+    torch.testing.assert_close(parts[0], unit[0], atol=0, rtol=0)
+    torch.testing.assert_close(parts[-1], unit[-1], atol=0, rtol=0)
 
 
-def test_learned_parts_are_a_partition_of_unity_starting_from_bernstein():
-    partition = LearnedPartition(3, 16)
+def test_learned_parts_start_from_bernstein_and_clip():
+    """The model's own init against scipy's binomial pmf within the scale; beyond it, against a softmax over the
+    first or last row of (random) logits."""
+    model = leanbert.ShatterModel(tiny_config("shatter", partition="learned", distance_scale=8, num_parts=3))
+    partition = model.encoder.layer[0].attention.self.partition
+    relative = torch.arange(-8, 9)
+    torch.testing.assert_close(partition(relative).double(), binomial_parts(relative, 3, 8), atol=1e-3, rtol=0)
     with torch.no_grad():
-        partition.logits.copy_(partition.initial_logits())
-    relative = torch.arange(-40, 41)
-    parts = partition(relative)
-    torch.testing.assert_close(parts.sum(-1), torch.ones(81))
-    torch.testing.assert_close(parts[24:57], bernstein_parts(relative[24:57], 3, 16).float(), atol=1e-3, rtol=0)
-    torch.testing.assert_close(parts[0], parts[1])  # beyond the clipping distance all distances share a part
+        partition.logits.normal_()
+    parts = partition(torch.tensor([-40, 40]))
+    torch.testing.assert_close(parts[0], partition.logits[0].softmax(-1))
+    torch.testing.assert_close(parts[1], partition.logits[-1].softmax(-1))
+    assert not torch.allclose(parts[0], parts[1])
 
 
 @pytest.mark.parametrize("num_parts", [2, 3, 4])
@@ -42,7 +59,9 @@ def test_factorisation_reproduces_the_parts(num_parts):
 @pytest.mark.parametrize("normalizer", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_one_call_expansion_equals_explicit_sum_over_parts(num_parts, normalizer, implementation):
-    """o = Σ_k (A ⊙ P_k)(X V_k), computed the slow way, equals the fused path."""
+    """o = Σ_k (A ⊙ P_k)(X V_k), computed the slow way from float64 logits (softmax over valid keys, or
+    sigmoid(s - log n_valid)) and the Bernstein parts themselves (checked against scipy above), equals the fused
+    path."""
     torch.manual_seed(0)
     config = tiny_config("shatter", num_parts=num_parts, attention_normalizer=normalizer,
                          attn_implementation=implementation)
@@ -51,8 +70,10 @@ def test_one_call_expansion_equals_explicit_sum_over_parts(num_parts, normalizer
     mask = torch.ones(2, 11, dtype=torch.long)
     mask[1, 7:] = 0
     output, _ = attention(x, create_bidirectional_mask(config=config, inputs_embeds=x, attention_mask=mask))
-    q, k = attention.query(x).unsqueeze(1), x.unsqueeze(1)
-    weights = attention.probabilities(q, k, mask[:, None, None, :].bool())  # (B, 1, L, L), explicit
+    logits = attention_logits(attention, x)  # (B, 1, L, L) in float64, written out from the weights
+    valid = mask.bool()[:, None, None, :]
+    weights = (logits.masked_fill(~valid, float("-inf")).softmax(-1) if normalizer == "softmax" else
+               torch.sigmoid(logits - valid.sum(-1, keepdim=True).double().log()) * valid).float()
     positions = torch.arange(11)
     parts = bernstein_parts(positions[None, :] - positions[:, None], num_parts, config.relative_scale).float()
     values = attention.value(x).view(2, 11, num_parts, -1)
