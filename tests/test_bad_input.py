@@ -5,6 +5,7 @@ every file under the test's folder is byte for byte what it was before (the user
 """
 
 import hashlib
+import importlib
 import json
 import pickle
 import shutil
@@ -181,7 +182,8 @@ class Payload:
         return (Path.touch, (Path(self.flag),))
 
 
-def test_resume_refuses_changed_settings_and_never_unpickles_code(work, heal_args, tmp_path, capsys):
+def test_resume_refuses_changed_settings_and_never_unpickles_code(work, heal_args, tmp_path, capsys,
+                                                                   monkeypatch):
     output = tmp_path / "healed"
     args = [*heal_args, "--output", output, "--checkpoint-every", "1"]
     interrupted = args[:]
@@ -194,15 +196,10 @@ def test_resume_refuses_changed_settings_and_never_unpickles_code(work, heal_arg
     from leanbert.healing import distill
 
     original = distill.Healing.write_to
-
-    def write_to(self, folder, callback=None):
-        return original(self, folder, stop_after_checkpoint)
-
-    distill.Healing.write_to = write_to
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(distill.Healing, "write_to", lambda self, folder, callback=None: original(
+            self, folder, stop_after_checkpoint))
         assert heal_main([str(a) for a in interrupted]) == 130
-    finally:
-        distill.Healing.write_to = original
     capsys.readouterr()
     checkpoints = tmp_path / "healed.heal-checkpoints"
     assert (checkpoints / "step_2" / "progress.json").is_file() and not output.exists()
@@ -232,23 +229,15 @@ def test_resume_refuses_changed_settings_and_never_unpickles_code(work, heal_arg
     assert not checkpoints.exists()
 
 
-def test_keyboard_interrupt_exits_130_and_leaves_the_old_output(work, capsys):
+def test_keyboard_interrupt_exits_130_and_leaves_the_old_output(work, capsys, monkeypatch):
     """Ctrl-C during a conversion: exit code 130, one line, the previous output untouched, no leftovers."""
-    from leanbert.conversion import convert as convert_module
-
-    original = convert_module.layer_inputs
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    convert_module.layer_inputs = interrupted
+    monkeypatch.setattr(importlib.import_module("leanbert.conversion.convert"), "layer_inputs", interrupted)
     before = snapshot(work)
-    try:
-        code = convert_main([str(a) for a in ("--source", work / "bert", "--to", "sym", "--output",
-                                              work / "good_output", "--force", "--calibration-text",
-                                              work / "text.txt")])
-    finally:
-        convert_module.layer_inputs = original
+    code = convert_main([str(a) for a in ("--source", work / "bert", "--to", "sym", "--output", work / "good_output",
+                                          "--force", "--calibration-text", work / "text.txt")])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 130 and lines == ["leanbert-convert: interrupted; no output was written or replaced"]
     assert snapshot(work) == before and not [p for p in work.rglob(".*.leanbert-*")]
