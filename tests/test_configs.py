@@ -132,14 +132,14 @@ BAD_VALUES = {  # field -> values its rule refuses: wrong types (bool for int, s
     "num_hidden_layers": [False, 2.0, "2", 0],
     "intermediate_size": [True, 37.5, "37", -5],
     "hidden_act": [None, 1, ["gelu"], "swishy", "GELU"],
-    "hidden_dropout_prob": [True, "0.1", None, math.nan, math.inf, -0.1, 1.0, 1],
+    "hidden_dropout_prob": [True, "0.1", None, math.nan, math.inf, -0.1, 1.5, 2],
     "attention_probs_dropout_prob": [False, "0", None, math.nan, -0.1, 1.5],
     "max_position_embeddings": [True, 512.0, "512", None, 0],
     "type_vocab_size": [True, 2.0, "2", 0],
-    "initializer_range": [True, "x", None, math.nan, math.inf, 0.0, -0.02],
-    "layer_norm_eps": [True, "1e-12", None, math.nan, math.inf, -math.inf, 0, -1e-5],
+    "initializer_range": [True, "x", None, math.nan, math.inf, -0.02],
+    "layer_norm_eps": [True, "1e-12", None, math.nan, math.inf, -math.inf, -1e-5],
     "pad_token_id": [True, 0.0, "0", -1],
-    "classifier_dropout": [True, "0.1", math.nan, -0.1, 1.0],
+    "classifier_dropout": [True, "0.1", math.nan, -0.1, 1.01],
     "tie_word_embeddings": [None, 1, 0, "no", "True"],
     "num_attention_heads": [True, 4.0, "4", None, 0, -4],
     "attention_mode": [None, 1, "full", "Pairwise"],
@@ -152,8 +152,8 @@ BAD_VALUES = {  # field -> values its rule refuses: wrong types (bool for int, s
     "key_projection": [None, 1, "yes"],
 }
 GOOD_VALUES = {  # edge values that must pass
-    "hidden_dropout_prob": [0, 0.0, 0.999], "classifier_dropout": [None, 0], "pad_token_id": [None, 0],
-    "layer_norm_eps": [1, 1e-30], "hidden_act": ["relu"], "distance_scale": [None, 1], "num_parts": [1, MAX_NUM_PARTS],
+    "hidden_dropout_prob": [0, 0.0, 0.999, 1.0], "classifier_dropout": [None, 0], "pad_token_id": [None, 0],
+    "layer_norm_eps": [1, 1e-30, 0], "initializer_range": [0.0],  # as BertConfig accepts them "hidden_act": ["relu"], "distance_scale": [None, 1], "num_parts": [1, MAX_NUM_PARTS],
 }
 CASES = [(config_class, field, value) for config_class in CONFIGS for field in config_class.field_rules
          for value in BAD_VALUES[field]]

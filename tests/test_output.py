@@ -51,9 +51,13 @@ def test_force_replaces_only_leanberts_own_unchanged_output(tmp_path):
     assert contents(out) == {"a.txt": "two"}
 
     (out / "a.txt").write_text("edited by the user")  # a changed file is no longer leanbert's to replace
-    with pytest.raises(LeanbertError, match=r"did not write or that changed since \(a.txt\)"):
+    with pytest.raises(LeanbertError, match=r"did not write or that changed since \('a.txt'\)"):
         SafeOutput(out, force=True)
     (out / "a.txt").write_text("two")
+    (out / "empty").mkdir()  # even an empty folder of the user's is not leanbert's to delete
+    with pytest.raises(LeanbertError, match="'empty/'"):
+        SafeOutput(out, force=True)
+    (out / "empty").rmdir()
     (out / "notes").mkdir()
     (out / "notes" / "mine.md").write_text("precious")
     with pytest.raises(LeanbertError, match="notes/mine.md"):
@@ -72,6 +76,21 @@ def test_output_overlapping_an_input_is_refused_in_either_direction(tmp_path, wh
     with pytest.raises(LeanbertError, match="output .* (is the source itself|contains the source|is inside the source)"):
         SafeOutput(output, inputs=[("source", source)], force=True)
     assert (source / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "/"])
+def test_an_output_that_names_no_new_folder_is_refused(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LeanbertError, match="does not name a new folder"):
+        SafeOutput(name, force=True)
+
+
+def test_unusable_output_paths_are_refused_with_one_line(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(LeanbertError, match="cannot be used"):
+        SafeOutput(tmp_path / "loop" / "out")
+    with pytest.raises(LeanbertError, match="cannot be used"):
+        SafeOutput(tmp_path / ("x" * 300))
 
 
 def test_a_file_or_symlink_output_is_refused(tmp_path):
@@ -177,6 +196,31 @@ def test_a_run_killed_at_the_worst_moment_is_recovered_by_the_next_one(tmp_path,
         (staging / "a.txt").write_text("newer")
         target.publish()
     assert contents(out) == {"a.txt": "newer"} and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_recovery_touches_only_its_own_outputs_leftovers_whatever_the_name(tmp_path):
+    """A dead run on `*` (a glob pattern as a name) must not take a live run's staging folder for its own."""
+    with SafeOutput(tmp_path / "model") as live_staging:
+        (tmp_path / ".*.leanbert-lock").write_text(json.dumps({"pid": 2**22 + 1, "host": "", "start": None}))
+        (tmp_path / ".*.leanbert-lock").write_text("")  # garbled by a kill while it was written
+        os.utime(tmp_path / ".*.leanbert-lock", (0, 0))  # ... long ago
+        with SafeOutput(tmp_path / "*"):
+            assert live_staging.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_folder_serves_one_run_at_a_time(tmp_path):
+    first, second = CheckpointFolder(tmp_path / "ckpt"), CheckpointFolder(tmp_path / "ckpt")
+    first.claim("test")
+    with pytest.raises(LeanbertError, match="is in use by another leanbert run"):
+        second.claim("test")
+    first.release()
+    second.claim("test")
+    second.release()
+    with pytest.raises(LeanbertError, match="does not name a folder of its own"):
+        CheckpointFolder(".")
+    with pytest.raises(LeanbertError, match="inside the output"):  # an output that does not exist yet counts
+        CheckpointFolder(tmp_path / "out" / "ckpt", inputs=[("output", tmp_path / "out")])
 
 
 def test_checkpoints_live_in_a_marked_folder_and_incomplete_ones_are_skipped(tmp_path):

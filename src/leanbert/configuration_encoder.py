@@ -51,8 +51,9 @@ def optional(rule: Rule) -> Rule:
     return Rule(lambda v: v is None or rule.check(v), f"{rule.allowed}, or None")
 
 
-PROBABILITY = Rule(lambda v: is_real(v) and 0 <= v < 1, "must be a number in [0, 1)")
+PROBABILITY = Rule(lambda v: is_real(v) and 0 <= v <= 1, "must be a number in [0, 1]")
 POSITIVE = Rule(lambda v: is_real(v) and v > 0, "must be a finite number > 0")
+NON_NEGATIVE = Rule(lambda v: is_real(v) and v >= 0, "must be a finite number >= 0")
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "must be True or False")
 
 
@@ -103,8 +104,8 @@ class LeanEncoderConfig(PretrainedConfig):
         "attention_probs_dropout_prob": PROBABILITY,
         "max_position_embeddings": integer(),
         "type_vocab_size": integer(),
-        "initializer_range": POSITIVE,
-        "layer_norm_eps": POSITIVE,
+        "initializer_range": NON_NEGATIVE,  # 0, 1.0 dropout and eps 0 are odd but valid, as BertConfig takes them
+        "layer_norm_eps": NON_NEGATIVE,
         "pad_token_id": optional(integer(0)),
         "classifier_dropout": optional(PROBABILITY),
         "tie_word_embeddings": BOOLEAN,

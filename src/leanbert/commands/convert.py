@@ -5,11 +5,11 @@ import argparse
 import json
 import sys
 
-from ..common.cli import ArgumentParser, non_negative_int, positive_int, run
+from ..common.cli import ArgumentParser, non_negative_int, positive_int, run, seed
 from ..common.output import SafeOutput
 from ..conversion.convert import TARGETS, Conversion
 from ..common.checkpoints import CheckpointFolder
-from ..healing.distill import Healing, default_checkpoint_dir
+from ..healing.distill import Healing, claimed, default_checkpoint_dir
 from .heal import add_healing_arguments, healing_kwargs
 
 
@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="replace an output folder that leanbert wrote before")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also read pytorch_model.bin weights (pickle can run code: only for sources you trust)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     healing = parser.add_argument_group("healing", "distil the converted model from its source (leanbert-heal)")
     healing.add_argument("--heal", action="store_true", help="heal after converting; needs --heal-text")
     healing.add_argument("--heal-text", help="text file (one passage per line) or folder of .txt files")
@@ -62,14 +62,14 @@ def convert_command(argv=None) -> int:
                             calibration_passages=args.calibration_passages, refine_steps=args.refine_steps,
                             max_length=args.max_length, attention_mode=args.attention_mode,
                             allow_pickle=args.allow_pickle, seed=args.seed)
-    with target as staging:
+    with target as staging, claimed(checkpoints, checkpoints is not None, "leanbert-convert"):
         report = conversion.write_to(staging)
         if healing is not None:
             healing.set_student(staging)
             report = healing.write_to(staging)
         target.publish()
-    if checkpoints is not None:
-        checkpoints.remove()
+        if checkpoints is not None:
+            checkpoints.remove()
     summary = {"output": args.output, "parameters": report["parameters"], "fidelity": report["fidelity"],
                "note": report["note"]}
     if "healing" in report:

@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from ..common.cli import ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int, run
+from ..common.cli import ArgumentParser, non_negative_float, positive_float, positive_int, run, seed
 from ..healing.distill import heal
 
 
@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="replace an output folder that leanbert wrote before")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also read a teacher's pytorch_model.bin (pickle can run code: only for files you trust)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     return parser.parse_args(argv)
 
 

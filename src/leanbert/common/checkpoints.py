@@ -10,11 +10,13 @@ else is refused, and only these entries are ever deleted.
 """
 
 import json
+import os
 import re
+import socket
 from pathlib import Path
 
 from .errors import LeanbertError
-from .output import check_disjoint, remove_tree, sha256_file, write_text_atomically
+from .output import check_disjoint, holder_alive, process_start, remove_tree, sha256_file, write_text_atomically
 
 MARK = ".leanbert-checkpoints.json"
 PROGRESS = "progress.json"
@@ -26,12 +28,47 @@ class CheckpointFolder:
 
     def __init__(self, path: str | Path, *, inputs=()):
         self.path = Path(path)
+        if self.path.name in ("", ".", ".."):
+            raise LeanbertError(f"checkpoint folder {str(path)!r} does not name a folder of its own")
         check_disjoint(self.path, "checkpoint folder", inputs)
+        self.lock = self.path.with_name(f".{self.path.name}.leanbert-lock")
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
             raise LeanbertError(f"checkpoint folder {str(self.path)!r} exists and is not a folder")
         if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / MARK).is_file():
             raise LeanbertError(f"checkpoint folder {str(self.path)!r} exists and holds files leanbert did not "
                                 "write; give checkpoints a folder of their own")
+
+    def claim(self, command: str) -> None:
+        """Take the folder's lock (beside it) for this run, so that two runs never share checkpoints; a lock left by
+        a dead run is taken over."""
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
+                "command": command}
+        try:
+            self.lock.parent.mkdir(parents=True, exist_ok=True)
+            if self.lock.exists():
+                try:
+                    held = json.loads(self.lock.read_text())
+                except (OSError, ValueError):
+                    held = {}
+                if held and holder_alive(held):
+                    raise LeanbertError(f"checkpoint folder {str(self.path)!r} is in use by another leanbert run "
+                                        f"(pid {held.get('pid')}); give this run a --checkpoint-dir of its own")
+                self.lock.unlink()
+            fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise LeanbertError(f"checkpoint folder {str(self.path)!r} is in use by another leanbert run") from None
+        except OSError as error:
+            raise LeanbertError(f"cannot use checkpoint folder {str(self.path)!r}: {error.strerror or error}") from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump(info, handle)
+
+    def release(self) -> None:
+        try:
+            held = json.loads(self.lock.read_text())
+        except (OSError, ValueError):
+            return
+        if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
+            self.lock.unlink()
 
     def open(self, command: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

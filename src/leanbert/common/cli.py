@@ -38,6 +38,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 1], got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value > 0):
@@ -52,8 +59,8 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-for _check in (positive_int, non_negative_int, positive_float, non_negative_float):
-    _check.__name__ = "integer" if "int" in _check.__name__ else "number"  # argparse's "invalid <name> value"
+for _check in (positive_int, non_negative_int, seed, positive_float, non_negative_float):
+    _check.__name__ = "number" if "float" in _check.__name__ else "integer"  # argparse's "invalid <name> value"
 
 
 def interrupt(signum, frame):

@@ -19,7 +19,12 @@ from .errors import LeanbertError
 BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
                       "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
                       "BertForMultipleChoice")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
+MIN_TOKENIZER_SIZE = 100  # transformers builds a 5-token stand-in from a tokenizer_config.json alone
+# config fields that decide what a BERT computes besides its weights (a teacher must match in these too)
+COMPUTATION_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id",
+                      "position_embedding_type")
 
 
 def first_line(error: BaseException) -> str:
@@ -47,13 +52,16 @@ def load_config(source: str | Path, what: str):
 
 def load_tokenizer(source: str | Path, what: str, vocab_size: int):
     """The tokenizer saved with a model; refused when absent or when it can produce ids beyond `vocab_size`."""
-    if is_local(source) and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
-        raise LeanbertError(f"{what} {str(source)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
-                            "save the model's tokenizer next to it")
+    if is_local(source) and not any((Path(source) / name).is_file() for name in VOCABULARY_FILES):
+        raise LeanbertError(f"{what} {str(source)!r} has no tokenizer vocabulary (none of "
+                            f"{', '.join(VOCABULARY_FILES)}); save the model's tokenizer next to it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as error:
         raise LeanbertError(f"{what} {str(source)!r} has no usable tokenizer: {first_line(error)}") from None
+    if len(tokenizer) < MIN_TOKENIZER_SIZE:
+        raise LeanbertError(f"the tokenizer of {what} {str(source)!r} holds only {len(tokenizer)} tokens; save the "
+                            "model's own tokenizer next to it")
     if len(tokenizer) > vocab_size:
         raise LeanbertError(f"the tokenizer of {what} {str(source)!r} has {len(tokenizer)} tokens but the model's "
                             f"vocab_size is {vocab_size}: its ids would fall outside the embeddings")
@@ -110,9 +118,13 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def weights_checksum(model: torch.nn.Module) -> str:
-    """SHA-256 over every tensor of the state dict (names, dtypes, shapes and float32 values, sorted by name), so
-    that the same weights give the same checksum whatever file layout they were loaded from."""
+    """SHA-256 over the config fields that decide the computation and every tensor of the state dict (names,
+    dtypes, shapes and float32 values, sorted by name): the same model gives the same checksum whatever file layout
+    it was loaded from, and a model with other weights or another activation, epsilon, ... another one."""
     digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    fields = {name: getattr(config, name, None) for name in COMPUTATION_FIELDS}
+    digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         data = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())

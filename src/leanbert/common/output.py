@@ -47,13 +47,35 @@ def overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
+def resolve(path: str | Path, what: str) -> Path:
+    """`path` with symbolic links resolved, or one line saying why it cannot be (a loop, a name too long)."""
+    try:
+        os.fsencode(str(path)).decode("utf-8")
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            pass  # an output to be created
+        return Path(path).resolve()
+    except (OSError, RuntimeError, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise LeanbertError(f"{what} {str(path)!r} cannot be used: {reason}") from None
+
+
+def exists(path: str | Path) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def check_disjoint(path: Path, what: str, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
-    """Refuse `path` (an output or checkpoint folder) when it overlaps any local input, in either direction."""
-    target = path.resolve()
+    """Refuse `path` (an output or checkpoint folder) when it overlaps any local input, in either direction.
+    Inputs named "output" are compared even before they exist (they will)."""
+    target = resolve(path, what)
     for name, value in inputs:
-        if value is None or not Path(value).exists():
+        if value is None or (name != "output" and not exists(value)):
             continue  # a Hub id or the bundled text: nothing local to overlap
-        source = Path(value).resolve()
+        source = resolve(value, name)
         if target == source:
             raise LeanbertError(f"{what} {str(path)!r} is the {name} itself; choose another folder")
         if source in target.parents:
@@ -69,10 +91,15 @@ def foreign_entries(folder: Path) -> list[str]:
         listed = json.loads((folder / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         listed = {}
+    ours = {parent.as_posix() for name in (listed if isinstance(listed, dict) else ())
+            for parent in Path(name).parents if parent != Path(".")}  # folders holding leanbert's files
     foreign = []
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
-        if name == MANIFEST or (path.is_dir() and not path.is_symlink()):
+        if name == MANIFEST or (path.is_dir() and not path.is_symlink() and name in ours):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            foreign.append(name + "/")
             continue
         entry = listed.get(name) if isinstance(listed, dict) else None
         if (path.is_symlink() or not isinstance(entry, dict) or path.stat().st_size != entry.get("size")
@@ -140,7 +167,7 @@ def remove_listed(folder: Path) -> list[str]:
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         name = path.relative_to(folder).as_posix()
         if path.is_dir() and not path.is_symlink():
-            if not any(path.iterdir()):
+            if name + "/" not in kept and not any(path.iterdir()):
                 path.rmdir()
         elif name not in kept:
             path.unlink()
@@ -188,12 +215,13 @@ class SafeOutput:
     def __init__(self, path: str | Path, *, inputs: Iterable[tuple[str, str | Path | None]] = (),
                  force: bool = False, command: str = "leanbert"):
         self.path, self.force, self.command = Path(path), force, command
+        if self.path.name in ("", ".", ".."):
+            raise LeanbertError(f"output {str(path)!r} does not name a new folder; give a folder name such as "
+                                "out/model")
+        check_disjoint(self.path, "output", inputs)
         self.lock = self.path.with_name(f".{self.path.name}.leanbert-lock")
         self.staging = self.path.with_name(f".{self.path.name}.leanbert-new-{os.getpid()}")
         self.aside = self.path.with_name(f".{self.path.name}.leanbert-old-{os.getpid()}")
-        if not self.path.name or self.path.name in (".", ".."):
-            raise LeanbertError(f"output {str(path)!r} does not name a folder; give a folder name")
-        check_disjoint(self.path, "output", inputs)
         self.check_replaceable()
 
     def check_replaceable(self) -> None:
@@ -211,7 +239,7 @@ class SafeOutput:
             raise LeanbertError(f"output folder {str(path)!r} is not writable, so its old files cannot be removed")
         foreign = foreign_entries(path)
         if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            shown = ", ".join(map(repr, foreign[:3])) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise LeanbertError(f"output folder {str(path)!r} holds files leanbert did not write or that changed "
                                 f"since ({shown}); --force only replaces leanbert's own outputs, so move them away "
                                 "or choose another folder")
@@ -256,11 +284,10 @@ class SafeOutput:
             lock = json.loads(self.lock.read_text())
         except FileNotFoundError:
             return
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # empty or garbled: a run starting right now, or one killed while starting
             lock = {}
-            if time.time() - self.lock.stat().st_mtime < 10:  # being written by a run starting right now
-                lock = {"host": None}
-        if holder_alive(lock):
+        fresh = not lock and time.time() - self.lock.stat().st_mtime < 10
+        if fresh or (lock and holder_alive(lock)):
             raise LeanbertError(f"output {str(self.path)!r} is being written by another leanbert run (pid "
                                 f"{lock.get('pid')}, {lock.get('command')}, since {lock.get('since')}); wait for it,"
                                 f" or delete {str(self.lock)!r} if that run is gone")
@@ -280,7 +307,8 @@ class SafeOutput:
                 kept = remove_listed(aside)
                 if kept:
                     messages.append(f"kept {aside.name}: it holds files leanbert did not write ({', '.join(kept)})")
-        for staging in self.path.parent.glob(f".{self.path.name}.leanbert-new-*"):
+        prefix = f".{self.path.name}.leanbert-new-"  # compared as text: the name may hold glob characters
+        for staging in [p for p in self.path.parent.iterdir() if p.name.startswith(prefix)]:
             if (staging / STAGING_MARK).is_file():
                 remove_tree(staging)
                 messages.append(f"removed the unfinished {staging.name}")

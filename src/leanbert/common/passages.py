@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .errors import LeanbertError
 
+MAX_LINE_BYTES = 1 << 20
+
 
 def text_files(path: str | Path, what: str) -> list[Path]:
     """`path` itself if it is a file, or every `*.txt` file under it if it is a folder (sorted)."""
@@ -26,16 +28,26 @@ def text_files(path: str | Path, what: str) -> list[Path]:
 
 
 def lines(files: list[Path], what: str) -> Iterator[str]:
-    """Stripped non-empty lines of `files`, streamed; undecodable or unreadable files fail with one clear line."""
+    """Stripped non-empty lines of `files`, streamed; a line longer than MAX_LINE_BYTES keeps its first
+    MAX_LINE_BYTES (far more than any model reads) and the rest is skipped unread into memory. Undecodable or
+    unreadable files fail with one clear line."""
     for file in files:
         try:
             with open(file, "rb") as handle:
-                for number, raw in enumerate(handle, 1):
+                number = 0
+                while raw := handle.readline(MAX_LINE_BYTES):
+                    number += 1
+                    cut = not raw.endswith(b"\n") and len(raw) == MAX_LINE_BYTES
+                    while cut and (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                        pass
                     try:
                         line = raw.decode("utf-8").removeprefix("\ufeff").strip()
                     except UnicodeDecodeError as error:
-                        raise LeanbertError(f"{what} {str(file)!r} is not UTF-8 text (line {number}: "
-                                            f"{error.reason})") from None
+                        if cut and error.start >= len(raw) - 3:  # the cut split a character
+                            line = raw[: error.start].decode("utf-8").strip()
+                        else:
+                            raise LeanbertError(f"{what} {str(file)!r} is not UTF-8 text (line {number}: "
+                                                f"{error.reason})") from None
                     if line:
                         yield line
         except OSError as error:

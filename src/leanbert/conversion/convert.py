@@ -58,6 +58,8 @@ class Conversion:
                                  ("calibration-passages", calibration_passages, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConversionError(f"--{name} must be an integer >= {low}, got {value!r}")
+        if seed >= 2**32:
+            raise ConversionError(f"--seed must be below 2**32, got {seed}")
         if to != "sym" and attention_mode != "pairwise":
             raise ConversionError("--attention-mode applies to --to sym only")
         self.source, self.to, self.seed = str(source), to, seed

@@ -11,6 +11,7 @@ output folder is written atomically at the end (`leanbert.common.output`).
 """
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -26,14 +27,16 @@ import leanbert
 
 from ..common.checkpoints import CheckpointFolder
 from ..common.errors import LeanbertError
-from ..common.models import (embedding_cosines, load_bert, load_config, load_tokenizer, load_weights, mean_pool,
-                             read_json, tokenize, weights_checksum)
+from ..common.models import (embedding_cosines, first_line, load_bert, load_config, load_tokenizer, load_weights,
+                             mean_pool, read_json, tokenize, weights_checksum)
 from ..common.output import SafeOutput
 from ..common.passages import read_passages
 
 LEANBERT_TYPES = {config.model_type: config for config in leanbert.ARCHITECTURES}
 REPORT = "conversion_report.json"
 MIN_PASSAGE_CHARS = 40
+MAX_SEED = 2**32 - 1
+DEFAULT_MAX_LENGTH = 128  # tokens per passage, or the teacher's positions if it has fewer  # what numpy's and accelerate's seeding accept
 
 
 class HealingError(LeanbertError):
@@ -59,7 +62,8 @@ def load_student(student: str | Path, teacher_checksum: str):
         raise HealingError(f"the teacher's weights are not those the student was converted from (checksum "
                            f"{teacher_checksum[:12]} vs {report['source_checksum'][:12]} in its report, whose source "
                            f"was {report.get('source')!r})")
-    model_class = getattr(leanbert, (config.architectures or [""])[0], None)
+    architecture = (config.architectures or [""])[0]
+    model_class = getattr(leanbert, architecture, None) if isinstance(architecture, str) else None
     if model_class is None:
         raise HealingError(f"student {str(student)!r} names an unknown architecture {config.architectures}")
     model = load_weights(model_class, folder, "student")
@@ -119,13 +123,18 @@ def check_settings(steps, batch_size, max_length, learning_rate, train, objectiv
                 value <= 0 if positive else value < 0):
             raise HealingError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
-    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 2),
+    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1),
                              ("checkpoint_every", checkpoint_every, 1), ("seed", seed, 0)):
         integer(name, value, low)
+    if max_length is not None:
+        integer("max_length", max_length, 2)
+    if seed > MAX_SEED:
+        raise HealingError(f"seed must be at most {MAX_SEED} (2**32 - 1), got {seed}")
     number("learning_rate", learning_rate, positive=True)
     number("pooled_weight", pooled_weight, positive=False)
     number("attention_weight", attention_weight, positive=False)
-    for name, value, allowed in (("train", train, ("converted", "all")), ("objective", objective, ("all-layers", "last")),
+    for name, value, allowed in (("train", train, ("converted", "all")),
+                                 ("objective", objective, ("all-layers", "last")),
                                  ("mixed_precision", mixed_precision, ("no", "fp16", "bf16"))):
         if value not in allowed:
             raise HealingError(f"{name}={value!r} is invalid; allowed: {', '.join(allowed)}")
@@ -139,7 +148,8 @@ class Healing:
     `set_student` (for `leanbert-convert --heal`, whose student exists only once the conversion has run)."""
 
     def __init__(self, teacher: str, student: str | Path | None, text: str | Path, *, steps: int = 400,
-                 batch_size: int = 16, max_length: int = 128, learning_rate: float = 2e-4, train: str = "converted",
+                 batch_size: int = 16, max_length: int | None = None, learning_rate: float = 2e-4,
+                 train: str = "converted",
                  objective: str = "all-layers", pooled_weight: float = 1.0, attention_weight: float = 0.0,
                  mixed_precision: str = "no", checkpoint_every: int = 100, allow_pickle: bool = False,
                  seed: int = 0):
@@ -151,8 +161,14 @@ class Healing:
                                                       min_chars=MIN_PASSAGE_CHARS, what="healing text")
         self.teacher, self.teacher_tokenizer = load_bert(teacher, allow_pickle, what="teacher")
         self.teacher_checksum = weights_checksum(self.teacher)
+        positions = self.teacher.config.max_position_embeddings
+        if max_length is None:
+            max_length = min(DEFAULT_MAX_LENGTH, positions)
+        elif max_length > positions:
+            raise HealingError(f"max_length {max_length} exceeds the teacher's max_position_embeddings {positions}")
+        passages_sha256 = hashlib.sha256("\n".join(self.passages).encode()).hexdigest()
         self.settings = {"teacher": str(teacher), "teacher_checksum": self.teacher_checksum,
-                         "text": str(Path(text).resolve()), "steps": steps, "batch_size": batch_size,
+                         "text": str(Path(text).resolve()), "text_sha256": passages_sha256, "steps": steps, "batch_size": batch_size,
                          "max_length": max_length, "learning_rate": learning_rate, "train": train,
                          "objective": objective, "pooled_weight": pooled_weight, "attention_weight": attention_weight,
                          "mixed_precision": mixed_precision, "seed": seed}
@@ -230,7 +246,7 @@ class Healing:
             try:
                 accelerator.load_state(str(resume_from[0]))
             except Exception as error:  # a damaged or tampered file: torch's weights-only loader refuses code
-                raise HealingError(f"cannot resume from {str(resume_from[0])!r}: {str(error).splitlines()[0]}") from None
+                raise HealingError(f"cannot resume from {str(resume_from[0])!r}: {first_line(error)}") from None
             step, curve = resume_from[1]["step"], resume_from[1]["curve"]
         student_base = accelerator.unwrap_model(student_model).base_model
 
@@ -304,15 +320,29 @@ def heal(teacher: str, student: str | Path, text: str | Path, output: str | Path
     target = SafeOutput(output, inputs=inputs, force=force, command="leanbert-heal")
     checkpoints = CheckpointFolder(checkpoint_dir or default_checkpoint_dir(output),
                                    inputs=[*inputs, ("output", output)])
+    if student is None:
+        raise HealingError("student is None; give the folder written by leanbert-convert")
     healing = Healing(teacher, student, text, **settings)
     healing.check_resume(checkpoints, resume)
     main = PartialState().is_main_process
-    with target if main else contextlib.nullcontext() as staging:
+    with target if main else contextlib.nullcontext() as staging, claimed(checkpoints, main, "leanbert-heal"):
         report = healing.write_to(staging, callback)
         if main:
             target.publish()
             checkpoints.remove()
     return report
+
+
+@contextlib.contextmanager
+def claimed(checkpoints: CheckpointFolder, main: bool, command: str):
+    """The checkpoint folder's lock, held by the main process for the whole run."""
+    if main:
+        checkpoints.claim(command)
+    try:
+        yield checkpoints
+    finally:
+        if main:
+            checkpoints.release()
 
 
 def plot_curve(curve: list[dict], path: Path, window: int = 20) -> None:
