@@ -69,6 +69,9 @@ def broken_source(root: Path, case: str) -> Path:
     elif case == "no_tokenizer":
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
             (folder / name).unlink(missing_ok=True)
+    elif case == "tokenizer_config_only":  # transformers would build a 5-token stand-in from it
+        for name in ("tokenizer.json", "vocab.txt", "special_tokens_map.json"):
+            (folder / name).unlink(missing_ok=True)
     elif case == "big_tokenizer":
         tokenizer = AutoTokenizer.from_pretrained(folder)
         tokenizer.add_tokens(["leanbertium"])
@@ -81,7 +84,8 @@ SOURCE_CASES = {
     "empty_weights": "cannot load the weights of source",
     "missing_tensors": "are incomplete: 2 tensors missing (bert.encoder.layer.1.output.dense.bias",
     "empty_config": "cannot read the config of source",
-    "no_tokenizer": "has no tokenizer",
+    "no_tokenizer": "has no tokenizer vocabulary",
+    "tokenizer_config_only": "has no tokenizer vocabulary",
     "big_tokenizer": "its ids would fall outside the embeddings",
 }
 
@@ -100,6 +104,7 @@ CONVERT_CASES = {
     "max_length_zero": (["--max-length", "0"], "argument --max-length: must be a positive integer"),
     "max_length_beyond_positions": (["--max-length", "600"], "exceeds the source's max_position_embeddings 512"),
     "negative_refine": (["--refine-steps", "-1"], "argument --refine-steps: must be >= 0"),
+    "seed_beyond_32_bits": (["--seed", "4294967296"], "argument --seed: must be in [0, 2**32 - 1]"),
     "no_passages": (["--calibration-passages", "0"], "argument --calibration-passages"),
     "one_line_calibration": (["--calibration-text", "{root}/one_line.txt"], "too small for the fit: 1 passages"),
     "undecodable_calibration": (["--calibration-text", "{root}/latin1.txt"], "is not UTF-8 text (line 2"),
@@ -157,12 +162,17 @@ def test_heal_refuses_bad_settings_with_one_line(work, heal_args, case, capsys):
     fails_cleanly(heal_main, args, expected, work, capsys)
 
 
-def test_heal_refuses_a_teacher_other_than_the_reports_source(work, heal_args, capsys):
+@pytest.mark.parametrize("change", ["weights", "config"])
+def test_heal_refuses_a_teacher_other_than_the_reports_source(work, heal_args, capsys, change):
     other = work / "other_bert"
     shutil.copytree(work / "bert", other)
-    state = load_file(other / "model.safetensors")
-    state["bert.encoder.layer.0.output.dense.weight"] += 0.01
-    save_file(state, other / "model.safetensors", metadata={"format": "pt"})
+    if change == "weights":
+        state = load_file(other / "model.safetensors")
+        state["bert.encoder.layer.0.output.dense.weight"] += 0.01
+        save_file(state, other / "model.safetensors", metadata={"format": "pt"})
+    else:  # the same weights computing something else
+        config = json.loads((other / "config.json").read_text())
+        (other / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
     args = [*heal_args, "--output", work / "healed"]
     args[1] = other
     try:
