@@ -168,10 +168,11 @@ class Healing:
             raise HealingError(f"max_length {max_length} exceeds the teacher's max_position_embeddings {positions}")
         passages_sha256 = hashlib.sha256("\n".join(self.passages).encode()).hexdigest()
         self.settings = {"teacher": str(teacher), "teacher_checksum": self.teacher_checksum,
-                         "text": str(Path(text).resolve()), "text_sha256": passages_sha256, "steps": steps, "batch_size": batch_size,
+                         "text": str(Path(text).resolve()), "steps": steps, "batch_size": batch_size,
                          "max_length": max_length, "learning_rate": learning_rate, "train": train,
                          "objective": objective, "pooled_weight": pooled_weight, "attention_weight": attention_weight,
-                         "mixed_precision": mixed_precision, "seed": seed}
+                         "mixed_precision": mixed_precision, "seed": seed,
+                         "text_sha256": passages_sha256}  # derived settings last: a message names the cause
         if student is not None:
             self.set_student(student)
 
