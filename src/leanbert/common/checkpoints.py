@@ -12,11 +12,11 @@ else is refused, and only these entries are ever deleted.
 import json
 import os
 import re
-import socket
 from pathlib import Path
 
 from .errors import LeanbertError
-from .output import check_disjoint, holder_alive, process_start, remove_tree, sha256_file, write_text_atomically
+from .output import (check_disjoint, holder_alive, lock_info, release_lock, remove_tree, sha256_file,
+                     write_text_atomically)
 
 MARK = ".leanbert-checkpoints.json"
 PROGRESS = "progress.json"
@@ -41,8 +41,7 @@ class CheckpointFolder:
     def claim(self, command: str) -> None:
         """Take the folder's lock (beside it) for this run, so that two runs never share checkpoints; a lock left by
         a dead run is taken over."""
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
-                "command": command}
+        info = lock_info(command)
         try:
             self.lock.parent.mkdir(parents=True, exist_ok=True)
             if self.lock.exists():
@@ -63,12 +62,7 @@ class CheckpointFolder:
             json.dump(info, handle)
 
     def release(self) -> None:
-        try:
-            held = json.loads(self.lock.read_text())
-        except (OSError, ValueError):
-            return
-        if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
-            self.lock.unlink()
+        release_lock(self.lock)
 
     def open(self, command: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -3,3 +3,10 @@
 
 class LeanbertError(Exception):
     """Bad input or a refused operation; the message names the file, field or setting and is shown as is."""
+
+
+def check_integer(name: str, value, low: int, high: int | None = None) -> None:
+    """Refuse a setting that is not an integer (bools and floats are not) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise LeanbertError(f"{name} must be an integer {bounds}, got {value!r}")

@@ -265,8 +265,7 @@ class SafeOutput:
         self.release()
 
     def take_lock(self) -> None:
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
-                "command": self.command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        info = lock_info(self.command)
         for _ in range(3):
             try:
                 fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -370,12 +369,23 @@ class SafeOutput:
         """Remove the staging folder unless it was published, and the lock."""
         if self.staging.is_dir() and (self.staging / STAGING_MARK).is_file():
             remove_tree(self.staging)
-        try:
-            lock = json.loads(self.lock.read_text())
-        except (OSError, ValueError):
-            return
-        if lock.get("pid") == os.getpid() and lock.get("host") == socket.gethostname():
-            self.lock.unlink()
+        release_lock(self.lock)
+
+
+def lock_info(command: str) -> dict:
+    """What a lock file says about the run holding it: enough to tell later whether that run is still alive."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
+            "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def release_lock(lock: Path) -> None:
+    """Delete `lock` if this process holds it."""
+    try:
+        held = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return
+    if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
+        lock.unlink()
 
 
 def remove_tree(folder: Path) -> None:

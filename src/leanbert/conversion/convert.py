@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 import leanbert
 
+from ..common.errors import check_integer
 from ..common.models import embedding_cosines, load_bert, tokenize, weights_checksum
 from ..common.output import SafeOutput
 from ..common.passages import read_passages
@@ -54,12 +55,10 @@ class Conversion:
                  attention_mode: str = "pairwise", allow_pickle: bool = False, seed: int = 0):
         if to not in TARGETS:
             raise ConversionError(f"--to {to!r} is not supported; allowed: {', '.join(TARGETS)}")
-        for name, value, low in (("refine-steps", refine_steps, 0), ("max-length", max_length, 2),
-                                 ("calibration-passages", calibration_passages, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConversionError(f"--{name} must be an integer >= {low}, got {value!r}")
-        if seed >= 2**32:
-            raise ConversionError(f"--seed must be below 2**32, got {seed}")
+        for name, value, low, high in (("refine_steps", refine_steps, 0, None), ("max_length", max_length, 2, None),
+                                       ("calibration_passages", calibration_passages, 1, None),
+                                       ("seed", seed, 0, 2**32 - 1)):
+            check_integer(name, value, low, high)
         if to != "sym" and attention_mode != "pairwise":
             raise ConversionError("--attention-mode applies to --to sym only")
         self.source, self.to, self.seed = str(source), to, seed

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 import leanbert
 
 from ..common.checkpoints import CheckpointFolder
-from ..common.errors import LeanbertError
+from ..common.errors import LeanbertError, check_integer
 from ..common.models import (embedding_cosines, first_line, load_bert, load_config, load_tokenizer, load_weights,
                              mean_pool, read_json, tokenize, weights_checksum)
 from ..common.output import SafeOutput
@@ -35,8 +35,8 @@ from ..common.passages import read_passages
 LEANBERT_TYPES = {config.model_type: config for config in leanbert.ARCHITECTURES}
 REPORT = "conversion_report.json"
 MIN_PASSAGE_CHARS = 40
-MAX_SEED = 2**32 - 1
-DEFAULT_MAX_LENGTH = 128  # tokens per passage, or the teacher's positions if it has fewer  # what numpy's and accelerate's seeding accept
+MAX_SEED = 2**32 - 1  # what numpy's and accelerate's seeding accept
+DEFAULT_MAX_LENGTH = 128  # tokens per passage, or the teacher's positions if it has fewer
 
 
 class HealingError(LeanbertError):
@@ -114,22 +114,15 @@ def attention_kl(teacher: tuple[torch.Tensor, ...], student: tuple[torch.Tensor,
 def check_settings(steps, batch_size, max_length, learning_rate, train, objective, pooled_weight,
                    attention_weight, mixed_precision, checkpoint_every, seed) -> None:
     """Every healing setting, checked before anything is loaded; one `HealingError` naming the first bad one."""
-    def integer(name, value, low):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise HealingError(f"{name} must be an integer >= {low}, got {value!r}")
-
     def number(name, value, positive):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
                 value <= 0 if positive else value < 0):
             raise HealingError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
-    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1),
-                             ("checkpoint_every", checkpoint_every, 1), ("seed", seed, 0)):
-        integer(name, value, low)
-    if max_length is not None:
-        integer("max_length", max_length, 2)
-    if seed > MAX_SEED:
-        raise HealingError(f"seed must be at most {MAX_SEED} (2**32 - 1), got {seed}")
+    for name, value, low, high in (("steps", steps, 1, None), ("batch_size", batch_size, 1, None),
+                                   ("checkpoint_every", checkpoint_every, 1, None), ("seed", seed, 0, MAX_SEED),
+                                   ("max_length", 2 if max_length is None else max_length, 2, None)):
+        check_integer(name, value, low, high)
     number("learning_rate", learning_rate, positive=True)
     number("pooled_weight", pooled_weight, positive=False)
     number("attention_weight", attention_weight, positive=False)
