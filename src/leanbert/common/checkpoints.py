@@ -5,8 +5,8 @@ A checkpoint folder holds a marker (`.leanbert-checkpoints.json`) and one `step_
 weights-only loader, which cannot run code; no custom pickled objects) and `progress.json` (step, loss curve and
 the run's settings, and the SHA-256 of every other file, checked by `verify()` before a resume). Each is written as
 `step_<n>.partial` and renamed once complete, so a run killed while saving leaves an incomplete folder that
-`latest()` skips and the next save removes. A folder that holds anything
-else is refused, and only these entries are ever deleted.
+`latest()` skips and the next save removes. A folder that holds anything else is refused, and only these entries
+are ever deleted.
 """
 
 import json

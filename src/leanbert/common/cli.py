@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from .errors import LeanbertError
+from .errors import LeanbertError, first_line
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -88,8 +88,7 @@ def run(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | No
     except Exception as error:
         if os.environ.get("LEANBERT_TRACEBACK"):
             raise
-        detail = str(error).strip().splitlines()
-        print(f"{prog}: internal error: {type(error).__name__}: {detail[0] if detail else ''} (a bug: please report "
+        print(f"{prog}: internal error: {type(error).__name__}: {first_line(error)} (a bug: please report "
               "it; LEANBERT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 1
     finally:

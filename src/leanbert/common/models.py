@@ -13,7 +13,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from .errors import LeanbertError
+from .errors import LeanbertError, first_line
 
 # BERT classes a source may hold; their weights load into these transformers classes.
 BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
@@ -25,11 +25,6 @@ MIN_TOKENIZER_SIZE = 100  # transformers builds a 5-token stand-in from a tokeni
 COMPUTATION_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                       "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id",
                       "position_embedding_type")
-
-
-def first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def is_local(source: str | Path) -> bool:

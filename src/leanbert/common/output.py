@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import LeanbertError
+from .errors import LeanbertError, first_line
 
 MANIFEST = ".leanbert-output.json"
 STAGING_MARK = ".leanbert-staging"
@@ -42,11 +42,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def overlaps(a: Path, b: Path) -> bool:
-    """Whether two resolved paths are the same or one contains the other."""
-    return a == b or a in b.parents or b in a.parents
-
-
 def resolve(path: str | Path, what: str) -> Path:
     """`path` with symbolic links resolved, or one line saying why it cannot be (a loop, a name too long)."""
     try:
@@ -57,7 +52,7 @@ def resolve(path: str | Path, what: str) -> Path:
             pass  # an output to be created
         return Path(path).resolve()
     except (OSError, RuntimeError, UnicodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        reason = getattr(error, "strerror", None) or first_line(error)
         raise LeanbertError(f"{what} {str(path)!r} cannot be used: {reason}") from None
 
 

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 import leanbert
 
 from ..common.checkpoints import CheckpointFolder
-from ..common.errors import LeanbertError, check_integer
-from ..common.models import (embedding_cosines, first_line, load_bert, load_config, load_tokenizer, load_weights,
+from ..common.errors import LeanbertError, check_integer, first_line
+from ..common.models import (embedding_cosines, load_bert, load_config, load_tokenizer, load_weights,
                              mean_pool, read_json, tokenize, weights_checksum)
 from ..common.output import SafeOutput
 from ..common.passages import read_passages
