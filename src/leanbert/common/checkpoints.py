@@ -89,6 +89,27 @@ class CheckpointFolder:
                 return path, progress
         return None
 
+    def resume_point(self, settings: dict, resume: bool) -> tuple[Path, dict] | None:
+        """The checkpoint a run with `settings` continues from (None for a fresh start), found before any work:
+        refuses a resume with no checkpoint or with any setting changed (naming the first), and a fresh start that
+        would discard an earlier run's checkpoints."""
+        latest = self.latest()
+        if not resume:
+            if latest is not None:
+                raise LeanbertError(f"checkpoint folder {str(self.path)!r} holds a checkpoint (step "
+                                    f"{latest[1]['step']}) of an earlier run; pass --resume to continue it or "
+                                    "delete that folder to start afresh")
+            return None
+        if latest is None:
+            raise LeanbertError(f"--resume: no complete checkpoint in {str(self.path)!r}")
+        saved = latest[1].get("settings", {})
+        for name, value in settings.items():
+            if saved.get(name) != json.loads(json.dumps(value)):
+                raise LeanbertError(f"--resume: setting {name} is {value!r} but the checkpoint was made with "
+                                    f"{saved.get(name)!r}; resume with the same settings")
+        self.verify(*latest)
+        return latest
+
     @staticmethod
     def verify(path: Path, progress: dict) -> None:
         """Refuse a checkpoint whose files are not exactly those it was saved with (damaged or tampered)."""

@@ -63,9 +63,11 @@ def load_tokenizer(source: str | Path, what: str, vocab_size: int):
     return tokenizer
 
 
-def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool = False) -> PreTrainedModel:
+def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool = False,
+                 allow_missing: tuple[str, ...] = ()) -> PreTrainedModel:
     """`model_class.from_pretrained(source)` in float32 eval mode, refusing missing, mis-shaped or unreadable
-    weights. Only safetensors files are read unless `allow_pickle` (a `pytorch_model.bin` can run code)."""
+    weights, except missing ones under the prefixes `allow_missing` (a task head that starts from random values).
+    Only safetensors files are read unless `allow_pickle` (a `pytorch_model.bin` can run code)."""
     try:
         model, info = model_class.from_pretrained(source, use_safetensors=None if allow_pickle else True,
                                                   dtype=torch.float32, output_loading_info=True)
@@ -73,7 +75,7 @@ def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool 
         hint = "" if allow_pickle else " (only safetensors weights are read; --allow-pickle trusts a .bin)"
         raise LeanbertError(f"cannot load the weights of {what} {str(source)!r}{hint}: {first_line(error)}") from None
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-    missing = sorted(set(info.get("missing_keys", ())) - tied)
+    missing = sorted(key for key in set(info.get("missing_keys", ())) - tied if not key.startswith(allow_missing))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise LeanbertError(f"the weights of {what} {str(source)!r} are incomplete: {len(missing)} tensors missing "

@@ -1,0 +1,250 @@
+"""The one training loop of leanbert: pretraining, fine-tuning and healing all run through `TrainingLoop`.
+
+It is `accelerate`'s own loop (as in accelerate's `examples/`), so the same code runs on a CPU, one GPU, several GPUs
+or nodes (DDP, FSDP, DeepSpeed through `accelerate launch`) with mixed precision: `accelerator.prepare` wraps the
+model, `accelerator.accumulate` handles gradient accumulation, `accelerator.save_state` / `load_state` checkpoint
+and resume, `skip_first_batches` resumes mid-epoch with the same data order (the sampler is seeded per epoch), and
+`transformers.get_scheduler` gives warm-up then linear or cosine decay. What a task adds is a loss hook (default:
+the model's own `.loss`) and an evaluation hook.
+
+Steps are optimizer steps over all processes: one step consumes `batch_size × gradient_accumulation_steps ×
+num_processes` samples. Logged losses are averaged over those samples' micro-batches on every process.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+from transformers.trainer_pt_utils import get_parameter_names
+
+from ..common.checkpoints import CheckpointFolder
+from ..common.errors import LeanbertError, check_integer, first_line
+
+SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+MAX_SEED = 2**32 - 1  # what numpy's and accelerate's seeding accept
+# parameters that take no weight decay, by name, as transformers' Trainer decides (plus every LayerNorm)
+NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+
+
+class TrainingError(LeanbertError):
+    """Training cannot start or went wrong; the message is meant for the user as is."""
+
+
+@dataclass
+class TrainingSettings:
+    """How to train; everything a resume must repeat exactly. Give `steps` or `epochs` (steps win)."""
+
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 32  # per process
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    eval_every: int | None = None  # steps; None: once, at the end
+    checkpoint_every: int | None = None  # steps; None: no checkpoints
+    seed: int = 0
+
+    def __post_init__(self):
+        """Checked before anything is loaded; one `TrainingError` naming the first bad setting."""
+        if self.steps is None and self.epochs is None:
+            raise TrainingError("give the length of training: steps or epochs")
+        for name, low, high in (("steps", 1, None), ("batch_size", 1, None), ("gradient_accumulation_steps", 1, None),
+                                ("eval_every", 1, None), ("checkpoint_every", 1, None), ("seed", 0, MAX_SEED)):
+            value = getattr(self, name)
+            if value is not None or name in ("batch_size", "gradient_accumulation_steps", "seed"):
+                check_integer(name, value, low, high)
+        for name, positive in (("epochs", True), ("learning_rate", True), ("weight_decay", False),
+                               ("warmup_ratio", False), ("max_grad_norm", False)):
+            value = getattr(self, name)
+            if value is None and name == "epochs":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                    value <= 0 if positive else value < 0):
+                raise TrainingError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+        if self.warmup_ratio >= 1:
+            raise TrainingError(f"warmup_ratio must be below 1, got {self.warmup_ratio!r}")
+        for name, allowed in (("scheduler", SCHEDULERS), ("mixed_precision", MIXED_PRECISION)):
+            if getattr(self, name) not in allowed:
+                raise TrainingError(f"{name}={getattr(self, name)!r} is invalid; allowed: {', '.join(allowed)}")
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise TrainingError("mixed_precision='fp16' needs a GPU; on the CPU use 'bf16' or 'no'")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as transformers' Trainer makes them: no weight decay on biases and normalisation weights;
+    frozen parameters are left out."""
+    decay = set(get_parameter_names(model, [nn.LayerNorm], NO_DECAY_PATTERNS))
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for name, p in named if name in decay], "weight_decay": weight_decay},
+            {"params": [p for name, p in named if name not in decay], "weight_decay": 0.0}]
+
+
+def default_loss(model, batch) -> torch.Tensor:
+    return model(**batch).loss
+
+
+class TrainingLoop:
+    """Train `model` on `train_data` (a map-style dataset batched by `collate_fn`) with `settings`.
+
+    `compute_loss(model, batch)` gives the loss of a batch from the prepared model (default: `model(**batch).loss`);
+    `evaluate(model, loader, accelerator)` gives metrics on `eval_data` (every `eval_every` steps and at the end),
+    by default the mean loss (`eval_collate_fn` batches `eval_data`, by default `collate_fn`). A `collate_fn` with `set_epoch(epoch)` is told the epoch before each one starts, so
+    that its randomness (masking) can depend on the epoch and the samples only, and be the same after a resume.
+    """
+
+    def __init__(self, model: nn.Module, settings: TrainingSettings, train_data, collate_fn: Callable, *,
+                 eval_data=None, eval_collate_fn: Callable | None = None, compute_loss: Callable = default_loss,
+                 evaluate: Callable | None = None, name: str = "training"):
+        self.settings, self.name = settings, name
+        self.collate_fn, self.compute_loss = collate_fn, compute_loss
+        self.evaluate = evaluate or evaluate_loss(compute_loss)
+        self.accelerator = Accelerator(
+            mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed))
+        set_seed(settings.seed)
+        generator = torch.Generator().manual_seed(settings.seed)
+        train_loader = torch.utils.data.DataLoader(train_data, batch_size=settings.batch_size, shuffle=True,
+                                                   collate_fn=collate_fn, generator=generator)
+        eval_loader = None if eval_data is None else torch.utils.data.DataLoader(
+            eval_data, batch_size=settings.batch_size, shuffle=False, collate_fn=eval_collate_fn or collate_fn)
+        optimizer = torch.optim.AdamW(parameter_groups(model, settings.weight_decay), lr=settings.learning_rate)
+        self.steps_per_epoch = math.ceil(math.ceil(len(train_data) / settings.batch_size /
+                                                   self.accelerator.num_processes)
+                                         / settings.gradient_accumulation_steps)
+        if self.steps_per_epoch == 0:
+            raise TrainingError("the training data is empty")
+        self.total_steps = settings.steps or max(1, math.ceil(settings.epochs * self.steps_per_epoch))
+        # accelerate steps a prepared scheduler once per process per step, as its examples scale it
+        scheduler = get_scheduler(settings.scheduler, optimizer,
+                                  num_warmup_steps=round(settings.warmup_ratio * self.total_steps)
+                                  * self.accelerator.num_processes,
+                                  num_training_steps=self.total_steps * self.accelerator.num_processes)
+        self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
+            model, optimizer, train_loader, scheduler)
+        self.eval_loader = None if eval_loader is None else self.accelerator.prepare(eval_loader)
+        self.history = {"train": [], "eval": []}
+        self.step = self.samples = 0
+        self.seconds = 0.0
+
+    @property
+    def progress(self) -> dict:
+        """What a checkpoint records besides accelerate's state, and the run's report."""
+        return {"step": self.step, "samples": self.samples, "seconds": round(self.seconds, 3),
+                "history": self.history}
+
+    def resume(self, path, progress: dict) -> None:
+        """Continue from a checkpoint written by `run` (model, optimizer, scheduler and random states)."""
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as error:  # a damaged file: torch's weights-only loader refuses code
+            raise TrainingError(f"cannot resume from {str(path)!r}: {first_line(error)}") from None
+        self.step, self.samples, self.seconds = progress["step"], progress["samples"], progress["seconds"]
+        self.history = progress["history"]
+
+    def batches(self):
+        """Batches from the current step on, in the order an uninterrupted run sees them."""
+        epoch, done = divmod(self.step, self.steps_per_epoch)
+        while True:
+            self.train_loader.set_epoch(epoch)
+            if hasattr(self.collate_fn, "set_epoch"):
+                self.collate_fn.set_epoch(epoch)
+            loader = self.train_loader
+            if done:
+                loader = self.accelerator.skip_first_batches(loader, done * self.settings.gradient_accumulation_steps)
+            for batch in loader:
+                yield batch
+            epoch, done = epoch + 1, 0
+
+    def run(self, checkpoints: CheckpointFolder | None = None, extra_progress: dict | None = None,
+            callback: Callable[[int, float], None] | None = None) -> dict:
+        """Train to the last step, evaluating and checkpointing on the way; returns the history
+        ({"train": [{step, epoch, samples, loss, learning_rate, seconds}], "eval": [{step, samples, seconds, ...}]}).
+        `extra_progress` (the task's settings) is saved in every checkpoint; `callback(step, loss)` runs after every
+        optimizer step."""
+        settings, accelerator = self.settings, self.accelerator
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.name,
+                   disable=not accelerator.is_local_main_process)
+        totals = torch.zeros(2, device=accelerator.device)  # loss × samples, samples (this step, this process)
+        started = time.perf_counter()
+        self.model.train()
+        for batch in self.batches():
+            if self.step >= self.total_steps:
+                break
+            with accelerator.accumulate(self.model):
+                loss = self.compute_loss(self.model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and settings.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            size, value = len(next(iter(batch.values()))), loss.detach().float()
+            totals += torch.stack([value * size, value.new_tensor(size)])
+            if not accelerator.sync_gradients:
+                continue
+            loss_sum, samples = accelerator.reduce(totals, "sum").tolist()
+            totals.zero_()
+            self.step, self.samples = self.step + 1, self.samples + int(samples)
+            self.seconds += time.perf_counter() - started
+            point = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "samples": self.samples,
+                     "loss": loss_sum / samples,
+                     "learning_rate": self.scheduler.get_last_lr()[0], "seconds": round(self.seconds, 3)}
+            self.history["train"].append(point)
+            if not math.isfinite(point["loss"]):
+                raise TrainingError(f"{self.name} diverged at step {self.step} (the loss is not finite); try a lower "
+                                    "learning rate")
+            bar.update()
+            bar.set_postfix(loss=f"{point['loss']:.4f}")
+            if callback is not None:
+                callback(self.step, point["loss"])
+            last = self.step == self.total_steps
+            if self.eval_loader is not None and (last or (settings.eval_every and self.step % settings.eval_every == 0)):
+                self.run_evaluation()
+            if checkpoints is not None and settings.checkpoint_every and self.step % settings.checkpoint_every == 0 \
+                    and not last:
+                checkpoints.save(accelerator, self.step, {**self.progress, **(extra_progress or {})})
+            started = time.perf_counter()
+        bar.close()
+        accelerator.wait_for_everyone()
+        return self.history
+
+    def run_evaluation(self) -> dict:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate(self.model, self.eval_loader, self.accelerator)
+        self.model.train()
+        self.history["eval"].append({"step": self.step, "samples": self.samples, "seconds": round(self.seconds, 3),
+                                     **metrics})
+        if self.accelerator.is_local_main_process:
+            tqdm.write(f"{self.name} step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        return metrics
+
+    def unwrapped(self) -> nn.Module:
+        """The trained model itself (not the DDP/FSDP wrapper), for `save_pretrained`."""
+        return self.accelerator.unwrap_model(self.model)
+
+
+def evaluate_loss(compute_loss: Callable) -> Callable:
+    """An evaluation that reports the mean loss over the evaluation data (weighted by batch size, all processes)."""
+    def evaluate(model, loader, accelerator) -> dict:
+        losses = []
+        for batch in loader:
+            loss = compute_loss(model, batch).detach().float()
+            losses.append(accelerator.gather_for_metrics(loss.repeat(len(next(iter(batch.values()))))))
+        return {"loss": torch.cat(losses).mean().item()}
+    return evaluate

@@ -1,0 +1,154 @@
+"""Masked-LM pretraining of BERT or a leanbert model, from scratch or from a checkpoint, on the training loop.
+
+Everything is checked before any work: the model type and config overrides (by building the model), the
+tokenizer (its ids must fit the model's vocabulary), the text files, the output and checkpoint folders, and on
+`resume` every setting. Then the text is tokenised and packed (cached by `datasets`), the model trained, and the
+output folder written atomically: the model (`save_pretrained`), its tokenizer, `training_report.json` and the
+curves (`pretraining_curve.json`, `.png`).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from transformers import AutoConfig, AutoModelForMaskedLM
+
+import leanbert
+
+from ..common.errors import LeanbertError, first_line
+from ..common.models import load_config, load_tokenizer, load_weights
+from .curves import write_curves
+from .loop import TrainingLoop, TrainingSettings
+from .run import TrainingRun
+from .text import SeededMasking, packed_blocks, text_source
+
+MODEL_TYPES = ("bert", *(config.model_type for config in leanbert.ARCHITECTURES))
+
+
+def override_config(config, overrides: str):
+    """`key=value,...` applied as transformers' `update_from_string` does (the value takes the type of the field's
+    current value); an unknown field or a value the config refuses is one line."""
+    if not overrides:
+        return config
+    for item in overrides.split(","):
+        key = item.partition("=")[0].strip()
+        if "=" not in item or not key:
+            raise LeanbertError(f"config override {item!r} is not key=value")
+        if key not in config.to_dict():
+            raise LeanbertError(f"config override {key!r}: {config.model_type} configs have no field {key!r}")
+    try:
+        config.update_from_string(overrides)
+    except (ValueError, TypeError) as error:
+        raise LeanbertError(f"config override {overrides!r}: {first_line(error)}") from None
+    return config
+
+
+def build_model(model_type: str | None, overrides: str, model: str | None, tokenizer: str | None,
+                allow_pickle: bool):
+    """The model to pretrain and its tokenizer: a fresh `model_type` (vocabulary sized to the tokenizer, then the
+    overrides) or the checkpoint `model` (a masked-LM head it lacks starts from random values, as in transformers)."""
+    if (model_type is None) == (model is None):
+        raise LeanbertError("give either --model-type (pretrain from scratch) or --model (continue a checkpoint)")
+    if model is not None:
+        if overrides:
+            raise LeanbertError("--config-overrides applies to --model-type; a checkpoint keeps its config")
+        config = load_config(model, "model")
+        if config.model_type not in MODEL_TYPES:
+            raise LeanbertError(f"model {str(model)!r} is a {config.model_type!r} model; pretraining takes "
+                                f"{', '.join(MODEL_TYPES)}")
+        tok = load_tokenizer(tokenizer or model, "tokenizer", config.vocab_size)
+        return load_weights(AutoModelForMaskedLM, model, "model", allow_pickle, allow_missing=("cls.",)), tok
+    if model_type not in MODEL_TYPES:
+        raise LeanbertError(f"unknown --model-type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    if tokenizer is None:
+        raise LeanbertError("--model-type needs --tokenizer (a folder holding a tokenizer)")
+    size = len(load_tokenizer(tokenizer, "tokenizer", math.inf))
+    config = override_config(AutoConfig.for_model(model_type, vocab_size=size), overrides)
+    tok = load_tokenizer(tokenizer, "tokenizer", config.vocab_size)
+    config.pad_token_id = tok.pad_token_id
+    try:
+        built = AutoModelForMaskedLM.from_config(config)
+    except (ValueError, TypeError) as error:  # fields that do not fit together (hidden_size vs heads, ...)
+        raise LeanbertError(f"the {model_type} config does not build: {first_line(error)}") from None
+    return built, tok
+
+
+def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | None = None, config_overrides: str = "",
+             model: str | None = None, tokenizer: str | None = None, validation_file: str | Path | None = None,
+             validation_split: float = 0.05, max_seq_length: int = 128, mlm_probability: float = 0.15,
+             whole_word_masking: bool = False, cache_dir: str | None = None, checkpoint_dir: str | Path | None = None,
+             resume: bool = False, force: bool = False, allow_pickle: bool = False, callback=None,
+             **training) -> dict:
+    """Pretrain and write the model to `output`; `training` are `TrainingSettings`. Returns the report."""
+    settings = TrainingSettings(**training)
+    if not 0 < mlm_probability < 1:
+        raise LeanbertError(f"mlm_probability must be between 0 and 1, got {mlm_probability!r}")
+    if not 0 <= validation_split < 1:
+        raise LeanbertError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    train_files = text_source(train_file, "training text")
+    validation_files = None if validation_file is None else text_source(validation_file, "validation text")
+    inputs = [("training text", train_file), ("validation text", validation_file), ("model", model),
+              ("tokenizer", tokenizer)]
+    run = TrainingRun(output, [(name, path) for name, path in inputs if path is not None],
+                      command="leanbert-pretrain", task="pretrain", checkpoint_dir=checkpoint_dir, force=force)
+    set_seed(settings.seed)
+    net, tok = build_model(model_type, config_overrides, model, tokenizer, allow_pickle)
+    if tok.mask_token is None:
+        raise LeanbertError("the tokenizer has no mask token; masked-LM pretraining needs one")
+    if max_seq_length > net.config.max_position_embeddings or max_seq_length < 8:
+        raise LeanbertError(f"max_seq_length must be between 8 and the model's max_position_embeddings "
+                            f"({net.config.max_position_embeddings}), got {max_seq_length}")
+    recorded = {"model_type": net.config.model_type, "config_overrides": config_overrides,
+                "model": None if model is None else str(model), "tokenizer": None if tokenizer is None else str(tokenizer),
+                "train_file": str(Path(train_file).resolve()),
+                "validation_file": None if validation_file is None else str(Path(validation_file).resolve()),
+                "validation_split": validation_split, "max_seq_length": max_seq_length,
+                "mlm_probability": mlm_probability, "whole_word_masking": whole_word_masking, **settings.as_dict()}
+    run.check_resume(recorded, resume)
+
+    def blocks(files, what):
+        return packed_blocks(files, tok, max_seq_length, whole_word_mask=whole_word_masking, cache_dir=cache_dir,
+                             what=what)
+
+    train = blocks(train_files, "training text")
+    if validation_files is not None:
+        validation = blocks(validation_files, "validation text")
+    elif validation_split > 0 and len(train) >= 2:
+        split = train.train_test_split(test_size=validation_split, seed=settings.seed, shuffle=True)
+        train, validation = split["train"], split["test"]
+    else:
+        validation = None
+    masking = SeededMasking(tok, mlm_probability, whole_word_masking, settings.seed)
+    loop = TrainingLoop(net, settings, train, masking, eval_data=validation, name="pretraining",
+                        eval_collate_fn=SeededMasking(tok, mlm_probability, whole_word_masking, settings.seed + 1),
+                        evaluate=evaluate_perplexity)
+    report = {"settings": recorded, "train_blocks": len(train), "validation_blocks": len(validation or []),
+              "parameters": sum(p.numel() for p in net.parameters()), "leanbert_version": leanbert.__version__}
+
+    def write(folder: Path, history: dict, state_dict: dict) -> None:
+        loop.unwrapped().save_pretrained(folder, state_dict=state_dict)
+        tok.save_pretrained(folder)
+        report.update(steps=loop.step, samples=loop.samples, tokens=loop.samples * max_seq_length,
+                      seconds=history["train"][-1]["seconds"], final_loss=history["train"][-1]["loss"],
+                      validation=history["eval"][-1] if history["eval"] else None)
+        (folder / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_curves(history, folder, "pretraining", ylabel="masked-LM loss")
+
+    run.train(loop, write, callback)
+    return report
+
+
+def evaluate_perplexity(model, loader, accelerator) -> dict:
+    """Validation masked-LM loss (mean over the masked tokens of every block, each block counted once over all
+    processes) and its perplexity."""
+    sums, counts = [], []
+    for batch in loader:
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()  # (B, L, V)
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, L)
+        sums.append(accelerator.gather_for_metrics(loss.sum(1)))
+        counts.append(accelerator.gather_for_metrics((labels != -100).sum(1)))
+    loss = (torch.cat(sums).sum() / torch.cat(counts).sum().clamp(min=1)).item()
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50))}
