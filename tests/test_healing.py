@@ -45,8 +45,9 @@ def test_healing_improves_fidelity_and_updates_the_report(converted, tmp_path):
     assert healing["fidelity_after"]["mean_cosine"] > healing["fidelity_before"]["mean_cosine"]
     saved = json.loads((tmp_path / "healed" / "conversion_report.json").read_text())
     assert saved["healing"] == healing and saved["fidelity"] == report["fidelity"]  # the pre-healing fidelity stays
-    curve = json.loads((tmp_path / "healed" / "healing_curve.json").read_text())
+    curve = json.loads((tmp_path / "healed" / "healing_curve.json").read_text())["train"]
     assert [point["step"] for point in curve] == list(range(1, 13)) and curve[-1]["loss"] < curve[0]["loss"]
+    assert [point["samples"] for point in curve] == [8 * step for step in range(1, 13)]
     assert (tmp_path / "healed" / "healing_curve.png").stat().st_size > 1000
     assert not (tmp_path / "healed.heal-checkpoints").exists(), "checkpoints are removed once healing finishes"
     assert type(leanbert.ShatterModel.from_pretrained(tmp_path / "healed")) is leanbert.ShatterModel

@@ -8,8 +8,8 @@ import sys
 from ..common.cli import ArgumentParser, non_negative_int, positive_int, run, seed
 from ..common.output import SafeOutput
 from ..conversion.convert import TARGETS, Conversion
-from ..common.checkpoints import CheckpointFolder
-from ..healing.distill import Healing, claimed, default_checkpoint_dir
+from ..healing.distill import Healing
+from ..training import TrainingRun
 from .heal import add_healing_arguments, healing_kwargs
 
 
@@ -51,25 +51,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 def convert_command(argv=None) -> int:
     args = parse_args(argv)
     inputs = [("source", args.source), ("calibration text", args.calibration_text), ("healing text", args.heal_text)]
-    target = SafeOutput(args.output, inputs=inputs, force=args.force, command="leanbert-convert")
-    healing = checkpoints = None
+    inputs = [(name, path) for name, path in inputs if path is not None]
+    healing = None
     if args.heal:
-        checkpoints = CheckpointFolder(default_checkpoint_dir(args.output), inputs=[*inputs, ("output", args.output)])
+        healing_run = TrainingRun(args.output, inputs, command="leanbert-convert", task="heal", force=args.force)
         healing = Healing(args.source, None, args.heal_text, seed=args.seed, allow_pickle=args.allow_pickle,
                           **healing_kwargs(args, prefix="heal-"))
-        healing.check_resume(checkpoints, resume=False)
+        healing.check_resume(healing_run.checkpoints, resume=False)
+        target = healing_run.staged()
+    else:
+        target = SafeOutput(args.output, inputs=inputs, force=args.force, command="leanbert-convert")
     conversion = Conversion(args.source, args.to, calibration_text=args.calibration_text,
                             calibration_passages=args.calibration_passages, refine_steps=args.refine_steps,
                             max_length=args.max_length, attention_mode=args.attention_mode,
                             allow_pickle=args.allow_pickle, seed=args.seed)
-    with target as staging, claimed(checkpoints, checkpoints is not None, "leanbert-convert"):
+    with target as staging:
         report = conversion.write_to(staging)
-        if healing is not None:
+        if healing is None:
+            target.publish()
+        else:  # published when the block ends
             healing.set_student(staging)
             report = healing.write_to(staging)
-        target.publish()
-        if checkpoints is not None:
-            checkpoints.remove()
     summary = {"output": args.output, "parameters": report["parameters"], "fidelity": report["fidelity"],
                "note": report["note"]}
     if "healing" in report:

@@ -10,7 +10,6 @@ written atomically), and `resume=True` continues from the newest complete one on
 output folder is written atomically at the end (`leanbert.common.output`).
 """
 
-import contextlib
 import hashlib
 import json
 import math
@@ -19,18 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 import leanbert
 
 from ..common.checkpoints import CheckpointFolder
-from ..common.errors import LeanbertError, check_integer, first_line
+from ..common.errors import LeanbertError, check_integer
 from ..common.models import (embedding_cosines, load_bert, load_config, load_tokenizer, load_weights,
                              mean_pool, read_json, tokenize, weights_checksum)
-from ..common.output import SafeOutput
 from ..common.passages import read_passages
+from ..training import TrainingLoop, TrainingRun, TrainingSettings
+from ..training.curves import write_curves
 
 LEANBERT_TYPES = {config.model_type: config for config in leanbert.ARCHITECTURES}
 REPORT = "conversion_report.json"
@@ -176,126 +173,76 @@ class Healing:
         self.settings["student_checksum"] = weights_checksum(self.student)
 
     def check_resume(self, checkpoints: CheckpointFolder, resume: bool) -> None:
-        """Find the checkpoint to continue from (none for a fresh start) before any work, refusing a resume that
-        cannot be faithful and a fresh start that would discard an earlier run's checkpoints."""
+        """Find the checkpoint to continue from (none for a fresh start) before any work."""
         self.checkpoints = checkpoints
-        self.resume_from = self.resume_point(checkpoints, resume)
-
-    def resume_point(self, checkpoints: CheckpointFolder, resume: bool):
-        latest = checkpoints.latest()
-        if not resume:
-            if latest is not None:
-                raise HealingError(f"checkpoint folder {str(checkpoints.path)!r} holds a checkpoint (step "
-                                   f"{latest[1]['step']}) of an earlier run; pass --resume to continue it or "
-                                   "delete that folder to start afresh")
-            return None
-        if latest is None:
-            raise HealingError(f"--resume: no complete checkpoint in {str(checkpoints.path)!r}")
-        saved = latest[1].get("settings", {})
-        for name, value in self.settings.items():
-            if saved.get(name) != value:
-                raise HealingError(f"--resume: setting {name} is {value!r} but the checkpoint was made with "
-                                   f"{saved.get(name)!r}; resume with the same settings")
-        checkpoints.verify(*latest)
-        return latest
+        self.resume_from = checkpoints.resume_point(self.settings, resume)
 
     def write_to(self, folder: Path | None, callback: Callable[[int, float], None] | None = None) -> dict:
-        """Heal (after `check_resume`); the main process writes the healed model, tokenizer, updated report and loss
-        curve (JSON and PNG) to `folder`. `callback(step, loss)` runs after every optimizer step. Returns the
-        updated report."""
-        settings, checkpoints, resume_from = self.settings, self.checkpoints, self.resume_from
-        steps, batch_size, max_length = settings["steps"], settings["batch_size"], settings["max_length"]
+        """Heal (after `check_resume`) on the training loop; the main process writes the healed model, tokenizer,
+        updated report and loss curve (JSON and PNG) to `folder`. `callback(step, loss)` runs after every optimizer
+        step. Returns the updated report.
+
+        The student's base model is what the loop prepares (and DDP synchronises): the distillation loss reads its
+        hidden states only, so its task head is neither run nor trained; nor is its pooler."""
+        settings, checkpoints = self.settings, self.checkpoints
         started = time.perf_counter()
-        teacher_model, student_model, tokenizer = self.teacher, self.student, self.tokenizer
-        attention_weight = settings["attention_weight"]
+        teacher, student, tokenizer = self.teacher, self.student, self.tokenizer
+        attention_weight, max_length = settings["attention_weight"], settings["max_length"]
         if attention_weight > 0:
-            teacher_model.set_attn_implementation("eager")
-            student_model.set_attn_implementation("eager")
+            teacher.set_attn_implementation("eager")
+            student.set_attn_implementation("eager")
         trainable = set(self.report["fitted_parameters"]) if settings["train"] == "converted" else None
-        for name, parameter in student_model.named_parameters():
-            parameter.requires_grad_(trainable is None or name in trainable)
+        base, prefix = student.base_model, ("" if student.base_model is student else student.base_model_prefix + ".")
+        for name, parameter in student.named_parameters():
+            inside = name.startswith(prefix) and not name.startswith(f"{prefix}pooler.")
+            parameter.requires_grad_(inside and (trainable is None or name in trainable))
 
         heldout = tokenize(tokenizer, read_passages(bundled="heldout.txt")[0], max_length)
-        before = embedding_cosines(teacher_model, student_model, heldout)
+        before = embedding_cosines(teacher, student, heldout)
+        loop_settings = TrainingSettings(
+            steps=settings["steps"], batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
+            weight_decay=0.0, warmup_ratio=0.1, mixed_precision=settings["mixed_precision"],
+            checkpoint_every=self.checkpoint_every, seed=settings["seed"])
+        teacher_base = teacher.base_model
 
-        set_seed(settings["seed"])
-        accelerator = Accelerator(mixed_precision=settings["mixed_precision"])
-        passages = self.passages
-        order = torch.randperm(len(passages), generator=torch.Generator().manual_seed(settings["seed"]))
-        chosen = [passages[i] for i in order.tolist()]
-        chosen = (chosen * (steps * batch_size // len(chosen) + 1))[: steps * batch_size]  # small texts repeat
-        loader = torch.utils.data.DataLoader(chosen, batch_size=batch_size, shuffle=False,
-                                             collate_fn=lambda texts: tokenize(tokenizer, texts, max_length))
-        parameters = [p for p in student_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=settings["learning_rate"], weight_decay=0.0)
-        warmup = max(1, steps // 10)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / max(1, steps - warmup)) ** 0.5)
-        teacher_base = teacher_model.base_model.to(accelerator.device)
-        student_model, optimizer, loader, schedule = accelerator.prepare(student_model, optimizer, loader, schedule)
-        step, curve = 0, []
-        if accelerator.is_main_process:
-            checkpoints.open("leanbert-heal")
-        if resume_from is not None:
-            try:
-                accelerator.load_state(str(resume_from[0]))
-            except Exception as error:  # a damaged or tampered file: torch's weights-only loader refuses code
-                raise HealingError(f"cannot resume from {str(resume_from[0])!r}: {first_line(error)}") from None
-            step, curve = resume_from[1]["step"], resume_from[1]["curve"]
-        student_base = accelerator.unwrap_model(student_model).base_model
-
-        bar = tqdm(total=steps, initial=step, desc="healing", disable=not accelerator.is_local_main_process)
-        for batch in accelerator.skip_first_batches(loader, step):
+        def compute_loss(model, batch):
             with torch.no_grad():
-                teacher_out = teacher_base(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
-            with accelerator.autocast():
-                student_out = student_base(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
-                loss = distillation_loss(teacher_out, student_out, batch["attention_mask"], settings["objective"],
-                                         settings["pooled_weight"], attention_weight)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            curve.append({"step": step, "loss": loss.item()})
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step % self.checkpoint_every == 0 and step < steps:
-                checkpoints.save(accelerator, step, {"curve": curve, "settings": settings})
-            if callback is not None:
-                callback(step, loss.item())
-        bar.close()
-        if not math.isfinite(curve[-1]["loss"]):
-            raise HealingError("healing diverged (the loss is not finite); try a lower --learning-rate")
+                target = teacher_base(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
+            out = model(**batch, output_hidden_states=True, output_attentions=attention_weight > 0)
+            return distillation_loss(target, out, batch["attention_mask"], settings["objective"],
+                                     settings["pooled_weight"], attention_weight)
 
-        healed = accelerator.unwrap_model(student_model).float().eval()
-        after = embedding_cosines(teacher_model, healed, heldout)
+        loop = TrainingLoop(base, loop_settings, self.passages, lambda texts: tokenize(tokenizer, texts, max_length),
+                            compute_loss=compute_loss, dropout=False, name="healing")
+        teacher.to(loop.accelerator.device)
+        student.to(loop.accelerator.device)
+        if loop.accelerator.is_main_process:
+            checkpoints.open("leanbert-heal")
+        if self.resume_from is not None:
+            loop.resume(*self.resume_from)
+        history = loop.run(checkpoints, {"settings": settings}, callback)
+        student.eval()
+        after = embedding_cosines(teacher, student, heldout)
         report = {**self.report, "healing": {
             "teacher": self.teacher_path, "teacher_checksum": self.teacher_checksum, "student": str(self.student_path),
-            "text": str(self.text), "passages_available": self.available, "passages_used": len(passages),
+            "text": str(self.text), "passages_available": self.available, "passages_used": len(self.passages),
             **{key: settings[key] for key in ("steps", "batch_size", "max_length", "learning_rate", "train",
                                                "objective", "pooled_weight", "attention_weight", "mixed_precision",
                                                "seed")},
-            "trained_parameters": sum(p.numel() for p in parameters),
-            "resumed_from_step": resume_from[1]["step"] if resume_from else None,
-            "seconds": round(time.perf_counter() - started, 1), "final_loss": curve[-1]["loss"],
+            "processes": loop.accelerator.num_processes, "samples": loop.samples,
+            "trained_parameters": sum(p.numel() for p in student.parameters() if p.requires_grad),
+            "resumed_from_step": self.resume_from[1]["step"] if self.resume_from else None,
+            "seconds": round(time.perf_counter() - started, 1), "final_loss": history["train"][-1]["loss"],
             "fidelity_before": {"mean_cosine": before.mean().item(), "min_cosine": before.min().item()},
             "fidelity_after": {"mean_cosine": after.mean().item(), "min_cosine": after.min().item()},
         }}
-        if accelerator.is_main_process and folder is not None:
-            healed.cpu().save_pretrained(folder)
+        if loop.accelerator.is_main_process and folder is not None:
+            student.cpu().save_pretrained(folder)
             tokenizer.save_pretrained(folder)
             (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-            (folder / "healing_curve.json").write_text(json.dumps(curve) + "\n")
-            plot_curve(curve, folder / "healing_curve.png")
-        accelerator.wait_for_everyone()
+            write_curves(history, folder, "healing", ylabel="distillation loss")
+        loop.accelerator.wait_for_everyone()
         return report
-
-
-def default_checkpoint_dir(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(f"{output.name}.heal-checkpoints")
 
 
 def heal(teacher: str, student: str | Path, text: str | Path, output: str | Path, *,
@@ -310,51 +257,11 @@ def heal(teacher: str, student: str | Path, text: str | Path, output: str | Path
     objective (both models then run the eager attention path, which returns them). Checkpoints go to
     `checkpoint_dir` (default `<output>.heal-checkpoints`, removed when healing finishes). Returns the report.
     """
-    inputs = [("teacher", teacher), ("student", student), ("healing text", text)]
-    target = SafeOutput(output, inputs=inputs, force=force, command="leanbert-heal")
-    checkpoints = CheckpointFolder(checkpoint_dir or default_checkpoint_dir(output),
-                                   inputs=[*inputs, ("output", output)])
     if student is None:
         raise HealingError("student is None; give the folder written by leanbert-convert")
+    run = TrainingRun(output, [("teacher", teacher), ("student", student), ("healing text", text)],
+                      command="leanbert-heal", task="heal", checkpoint_dir=checkpoint_dir, force=force)
     healing = Healing(teacher, student, text, **settings)
-    healing.check_resume(checkpoints, resume)
-    main = PartialState().is_main_process
-    with target if main else contextlib.nullcontext() as staging, claimed(checkpoints, main, "leanbert-heal"):
-        report = healing.write_to(staging, callback)
-        if main:
-            target.publish()
-            checkpoints.remove()
-    return report
-
-
-@contextlib.contextmanager
-def claimed(checkpoints: CheckpointFolder, main: bool, command: str):
-    """The checkpoint folder's lock, held by the main process for the whole run."""
-    if main:
-        checkpoints.claim(command)
-    try:
-        yield checkpoints
-    finally:
-        if main:
-            checkpoints.release()
-
-
-def plot_curve(curve: list[dict], path: Path, window: int = 20) -> None:
-    """Loss per step, and its running mean over `window` steps (one batch is a noisy estimate)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, losses = [p["step"] for p in curve], torch.tensor([p["loss"] for p in curve])
-    running = losses.cumsum(0)
-    running[window:] = running[window:] - running[:-window].clone()
-    running = running / torch.arange(1, len(losses) + 1).clamp(max=window)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(steps, losses, color="tab:blue", alpha=0.3, label="per step")
-    axis.plot(steps, running, color="tab:blue", label=f"mean of {min(window, len(losses))} steps")
-    axis.set(xlabel="step", ylabel="distillation loss", yscale="log", title="healing")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    healing.check_resume(run.checkpoints, resume)
+    with run.staged() as staging:
+        return healing.write_to(staging, callback)

@@ -103,14 +103,15 @@ class TrainingLoop:
 
     `compute_loss(model, batch)` gives the loss of a batch from the prepared model (default: `model(**batch).loss`);
     `evaluate(model, loader, accelerator)` gives metrics on `eval_data` (every `eval_every` steps and at the end),
-    by default the mean loss (`eval_collate_fn` batches `eval_data`, by default `collate_fn`). A `collate_fn` with `set_epoch(epoch)` is told the epoch before each one starts, so
+    by default the mean loss (`eval_collate_fn` batches `eval_data`, by default `collate_fn`). `dropout=False`
+    trains in eval mode (distillation matches a teacher's deterministic outputs). A `collate_fn` with `set_epoch(epoch)` is told the epoch before each one starts, so
     that its randomness (masking) can depend on the epoch and the samples only, and be the same after a resume.
     """
 
     def __init__(self, model: nn.Module, settings: TrainingSettings, train_data, collate_fn: Callable, *,
                  eval_data=None, eval_collate_fn: Callable | None = None, compute_loss: Callable = default_loss,
-                 evaluate: Callable | None = None, name: str = "training"):
-        self.settings, self.name = settings, name
+                 evaluate: Callable | None = None, dropout: bool = True, name: str = "training"):
+        self.settings, self.name, self.dropout = settings, name, dropout
         self.collate_fn, self.compute_loss = collate_fn, compute_loss
         self.evaluate = evaluate or evaluate_loss(compute_loss)
         self.accelerator = Accelerator(
@@ -181,7 +182,7 @@ class TrainingLoop:
                    disable=not accelerator.is_local_main_process)
         totals = torch.zeros(2, device=accelerator.device)  # loss × samples, samples (this step, this process)
         started = time.perf_counter()
-        self.model.train()
+        self.model.train(self.dropout)
         for batch in self.batches():
             if self.step >= self.total_steps:
                 break
@@ -227,7 +228,7 @@ class TrainingLoop:
         self.model.eval()
         with torch.no_grad():
             metrics = self.evaluate(self.model, self.eval_loader, self.accelerator)
-        self.model.train()
+        self.model.train(self.dropout)
         self.history["eval"].append({"step": self.step, "samples": self.samples, "seconds": round(self.seconds, 3),
                                      **metrics})
         if self.accelerator.is_local_main_process:

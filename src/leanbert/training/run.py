@@ -33,22 +33,32 @@ class TrainingRun:
     def train(self, loop: TrainingLoop, write: Callable[[Path, dict, dict], None],
               callback: Callable[[int, float], None] | None = None) -> dict:
         """Resume if asked, train, and let the main process `write(folder, history, state_dict)` into the staging
-        folder that is then published as the output; the checkpoints are removed once it is. The full state dict is
-        gathered on every process (FSDP and DeepSpeed shard it)."""
-        main = PartialState().is_main_process
-        with self.target if main else contextlib.nullcontext() as staging, self.claimed(main):
-            if main:
-                self.checkpoints.open(self.command)
+        folder that `staged` publishes. The full state dict is gathered on every process (FSDP and DeepSpeed shard
+        it)."""
+        with self.staged() as staging:
             if self.resume_from is not None:
-                loop.resume(self.resume_from[0], self.resume_from[1])
+                loop.resume(*self.resume_from)
             history = loop.run(self.checkpoints, {"settings": self.settings}, callback)
             state_dict = loop.accelerator.get_state_dict(loop.model)
-            if main:
+            if staging is not None:
                 write(staging, history, state_dict)
+        return history
+
+    @contextlib.contextmanager
+    def staged(self):
+        """The staging folder on the main process (None on the others), with the checkpoint folder claimed and
+        opened; published as the output when the block ends without error, and the checkpoints then removed."""
+        state = PartialState()
+        with self.target if state.is_main_process else contextlib.nullcontext() as staging, \
+                self.claimed(state.is_main_process):
+            if state.is_main_process:
+                self.checkpoints.open(self.command)
+            yield staging
+            state.wait_for_everyone()
+            if state.is_main_process:
                 self.target.publish()
                 self.checkpoints.remove()
-            loop.accelerator.wait_for_everyone()
-        return history
+        state.wait_for_everyone()
 
     @contextlib.contextmanager
     def claimed(self, main: bool):
