@@ -176,7 +176,7 @@ class TrainingLoop:
         """Train to the last step, evaluating and checkpointing on the way; returns the history
         ({"train": [{step, epoch, samples, loss, learning_rate, seconds}], "eval": [{step, samples, seconds, ...}]}).
         `extra_progress` (the task's settings) is saved in every checkpoint; `callback(step, loss)` runs after every
-        optimizer step."""
+        optimizer step, its evaluation and its checkpoint."""
         settings, accelerator = self.settings, self.accelerator
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.name,
                    disable=not accelerator.is_local_main_process)
@@ -211,14 +211,14 @@ class TrainingLoop:
                                     "learning rate")
             bar.update()
             bar.set_postfix(loss=f"{point['loss']:.4f}")
-            if callback is not None:
-                callback(self.step, point["loss"])
             last = self.step == self.total_steps
             if self.eval_loader is not None and (last or (settings.eval_every and self.step % settings.eval_every == 0)):
                 self.run_evaluation()
             if checkpoints is not None and settings.checkpoint_every and self.step % settings.checkpoint_every == 0 \
                     and not last:
                 checkpoints.save(accelerator, self.step, {**self.progress, **(extra_progress or {})})
+            if callback is not None:
+                callback(self.step, point["loss"])
             started = time.perf_counter()
         bar.close()
         accelerator.wait_for_everyone()
