@@ -141,6 +141,8 @@ BAD_VALUES = {  # field -> values its rule refuses: wrong types (bool for int, s
     "pad_token_id": [True, 0.0, "0", -1],
     "classifier_dropout": [True, "0.1", math.nan, -0.1, 1.01],
     "tie_word_embeddings": [None, 1, 0, "no", "True"],
+    "sparse_prediction": [None, 1, 0, "yes", "False"],
+    "sparse_pred_ignore_index": [True, -100.0, "-100", None],
     "num_attention_heads": [True, 4.0, "4", None, 0, -4],
     "attention_mode": [None, 1, "full", "Pairwise"],
     "pairwise_init_std": [True, "1", None, math.nan, math.inf, 0, -1.0],

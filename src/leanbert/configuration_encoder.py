@@ -75,6 +75,9 @@ class LeanEncoderConfig(PretrainedConfig):
         pad_token_id: Id of the padding token (its embedding row is zeroed at init); below `vocab_size`.
         classifier_dropout: Dropout before classification heads; `None` uses `hidden_dropout_prob`.
         tie_word_embeddings: Tie the masked-LM decoder to the word embeddings, as BERT does.
+        sparse_prediction: In `...ForMaskedLM`, when labels are given, run the prediction head only on the labelled
+            positions and return their logits alone, as ModernBERT does: same loss, less compute and memory.
+        sparse_pred_ignore_index: The label that marks a position as unlabelled for `sparse_prediction`.
     """
 
     _auto_class = "AutoConfig"  # save_pretrained ships this file (and its siblings) with every checkpoint
@@ -93,6 +96,8 @@ class LeanEncoderConfig(PretrainedConfig):
     pad_token_id: int | None = 0
     classifier_dropout: float | None = None
     tie_word_embeddings: bool = True
+    sparse_prediction: bool = False
+    sparse_pred_ignore_index: int = -100
 
     field_rules = {  # field -> Rule; subclasses extend it with their own fields
         "vocab_size": integer(),
@@ -109,6 +114,8 @@ class LeanEncoderConfig(PretrainedConfig):
         "pad_token_id": optional(integer(0)),
         "classifier_dropout": optional(PROBABILITY),
         "tie_word_embeddings": BOOLEAN,
+        "sparse_prediction": BOOLEAN,
+        "sparse_pred_ignore_index": Rule(is_int, "must be an integer"),
     }
 
     def __setattr__(self, name: str, value) -> None:

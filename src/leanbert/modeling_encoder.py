@@ -362,11 +362,21 @@ class LeanForMaskedLM(LeanPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        r"""labels: token ids to predict at masked positions, -100 elsewhere."""
+        r"""labels: token ids to predict at masked positions, -100 elsewhere.
+
+        With `config.sparse_prediction` and labels given, the head runs only on the labelled positions (label !=
+        `config.sparse_pred_ignore_index`), as ModernBERT does: the loss is the dense one, `logits` is
+        `(n_labelled, vocab)` in the order of `labels[labelled]`, and the `(B, L, vocab)` logits, most of the head's
+        compute and memory in pretraining, are never built. Otherwise `logits` is `(B, L, vocab)`."""
         outputs = self.base_model(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, return_dict=True, **kwargs
         )
-        logits = self.cls(outputs.last_hidden_state)  # (B, L, vocab)
+        sequence_output = outputs.last_hidden_state  # (B, L, d)
+        if self.config.sparse_prediction and labels is not None:
+            # ModernBERT's sparse prediction: keep only the positions that carry a label
+            labelled = labels != self.config.sparse_pred_ignore_index  # (B, L)
+            sequence_output, labels = sequence_output[labelled], labels[labelled]  # (n_labelled, d), (n_labelled,)
+        logits = self.cls(sequence_output)  # (B, L, vocab) or (n_labelled, vocab)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)

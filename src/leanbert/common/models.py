@@ -64,12 +64,13 @@ def load_tokenizer(source: str | Path, what: str, vocab_size: int):
 
 
 def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool = False,
-                 allow_missing: tuple[str, ...] = ()) -> PreTrainedModel:
+                 allow_missing: tuple[str, ...] = (), config=None) -> PreTrainedModel:
     """`model_class.from_pretrained(source)` in float32 eval mode, refusing missing, mis-shaped or unreadable
-    weights, except missing ones under the prefixes `allow_missing` (a task head that starts from random values).
+    weights, except missing ones under the prefixes `allow_missing` (a task head that starts from random values);
+    `config` replaces the saved one (a head for another number of labels).
     Only safetensors files are read unless `allow_pickle` (a `pytorch_model.bin` can run code)."""
     try:
-        model, info = model_class.from_pretrained(source, use_safetensors=None if allow_pickle else True,
+        model, info = model_class.from_pretrained(source, use_safetensors=None if allow_pickle else True, config=config,
                                                   dtype=torch.float32, output_loading_info=True)
     except Exception as error:
         hint = "" if allow_pickle else " (only safetensors weights are read; --allow-pickle trusts a .bin)"

@@ -112,6 +112,7 @@ class TrainingLoop:
                  eval_data=None, eval_collate_fn: Callable | None = None, compute_loss: Callable = default_loss,
                  evaluate: Callable | None = None, dropout: bool = True, name: str = "training"):
         self.settings, self.name, self.dropout = settings, name, dropout
+        self.eval_every = settings.eval_every
         self.collate_fn, self.compute_loss = collate_fn, compute_loss
         self.evaluate = evaluate or evaluate_loss(compute_loss)
         self.accelerator = Accelerator(
@@ -212,7 +213,7 @@ class TrainingLoop:
             bar.update()
             bar.set_postfix(loss=f"{point['loss']:.4f}")
             last = self.step == self.total_steps
-            if self.eval_loader is not None and (last or (settings.eval_every and self.step % settings.eval_every == 0)):
+            if self.eval_loader is not None and (last or (self.eval_every and self.step % self.eval_every == 0)):
                 self.run_evaluation()
             if checkpoints is not None and settings.checkpoint_every and self.step % settings.checkpoint_every == 0 \
                     and not last:
