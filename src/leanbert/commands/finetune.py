@@ -6,6 +6,7 @@ import sys
 from ..common.cli import ArgumentParser, positive_int, run
 from ..training.classification import finetune
 from ..training.glue import TASKS
+from ..training.loop import process_state
 from .training_arguments import add_training_arguments, training_kwargs
 
 
@@ -30,8 +31,9 @@ def finetune_command(argv=None) -> int:
     results = finetune(args.output, model=args.model, task=args.task, data_dir=args.data_dir,
                        validation_split=args.validation_split, max_seq_length=args.max_seq_length,
                        **training_kwargs(args, default_epochs=3))
-    print(json.dumps({"task": results["task"], "metrics": results["metrics"], "best": results["best"],
-                      "seconds": results["seconds"]}, indent=2))
+    if process_state().is_main_process:
+        print(json.dumps({"task": results["task"], "metrics": results["metrics"], "best": results["best"],
+                          "seconds": results["seconds"]}, indent=2))
     return 0
 
 

@@ -4,6 +4,7 @@ import json
 import sys
 
 from ..common.cli import ArgumentParser, positive_float, positive_int, run
+from ..training.loop import process_state
 from ..training.masked_lm import MODEL_TYPES, pretrain
 from .training_arguments import add_training_arguments, training_kwargs
 
@@ -41,8 +42,9 @@ def pretrain_command(argv=None) -> int:
                       max_seq_length=args.max_seq_length, mlm_probability=args.mlm_probability,
                       whole_word_masking=args.whole_word_masking, cache_dir=args.cache_dir,
                       **training_kwargs(args, default_epochs=1))
-    print(json.dumps({key: report[key] for key in ("steps", "samples", "tokens", "seconds", "final_loss",
-                                                   "validation")}, indent=2))
+    if process_state().is_main_process:
+        print(json.dumps({key: report[key] for key in ("steps", "samples", "tokens", "seconds", "final_loss",
+                                                       "validation")}, indent=2))
     return 0
 
 

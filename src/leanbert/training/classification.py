@@ -85,17 +85,19 @@ def finetune(output: str | Path, *, model: str | Path, task: str, data_dir: str 
                "train_examples": len(train), "validation_examples": len(validation),
                "parameters": sum(p.numel() for p in net.parameters()), "leanbert_version": leanbert.__version__}
 
-    def write(folder: Path, history: dict, state_dict: dict) -> None:
-        loop.unwrapped().save_pretrained(folder, state_dict=state_dict)
-        tokenizer.save_pretrained(folder)
+    def summarize(history: dict) -> dict:
         best = max(history["eval"], key=lambda e: e[results["main_metric"]])
         results.update(steps=loop.step, seconds=history["train"][-1]["seconds"], metrics=history["eval"][-1],
                        best=best, evaluations=history["eval"])
-        (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
+
+    def write(folder: Path, history: dict, state_dict: dict) -> None:
+        loop.unwrapped().save_pretrained(folder, state_dict=state_dict)
+        tokenizer.save_pretrained(folder)
+        (folder / "results.json").write_text(json.dumps(summarize(history), indent=2) + "\n")
         write_curves(history, folder, "finetuning")
 
-    run.train(loop, write, callback)
-    return results
+    return summarize(run.train(loop, write, callback))
 
 
 def evaluate_task(task: str, model, loader, accelerator) -> dict:

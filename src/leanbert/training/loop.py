@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate.utils import (DistributedType, is_mps_available, is_npu_available, is_xpu_available, parse_flag_from_env,
+                              set_seed)
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -85,6 +86,31 @@ class TrainingSettings:
         return asdict(self)
 
 
+def on_cpu_only() -> bool:
+    """Whether this run has no accelerator to use: ACCELERATE_USE_CPU is set (`accelerate launch --cpu`) or the
+    machine has no GPU. accelerate then runs several processes (torchrun, `accelerate launch --multi_gpu`) as
+    multi-CPU DDP over gloo, which it does only when told `cpu=True`."""
+    has_device = torch.cuda.is_available() or is_xpu_available() or is_mps_available() or is_npu_available()
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or not has_device
+
+
+def process_state() -> PartialState:
+    """accelerate's process state (rank, main process, barriers), set up as `TrainingLoop`'s `Accelerator` sets it
+    up, so that asking for it before the loop exists cannot fix another distributed set-up."""
+    return PartialState(cpu=on_cpu_only())
+
+
+def check_requested_plugin(accelerator: Accelerator) -> None:
+    """accelerate runs FSDP and DeepSpeed on GPUs only: on CPUs it quietly falls back to DDP (or to independent
+    processes). A run configured for them stops here instead of training otherwise than asked."""
+    for flag, name, kind in (("ACCELERATE_USE_FSDP", "FSDP", DistributedType.FSDP),
+                             ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed", DistributedType.DEEPSPEED)):
+        if parse_flag_from_env(flag) and accelerator.distributed_type != kind:
+            raise TrainingError(f"the accelerate config asks for {name}, but accelerate set up "
+                                f"{accelerator.distributed_type.value} on {accelerator.device.type}: it runs {name} on "
+                                "GPUs only; on CPUs launch plain DDP (examples/accelerate/ddp_2proc.yaml)")
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups as transformers' Trainer makes them: no weight decay on biases and normalisation weights;
     frozen parameters are left out."""
@@ -116,8 +142,9 @@ class TrainingLoop:
         self.collate_fn, self.compute_loss = collate_fn, compute_loss
         self.evaluate = evaluate or evaluate_loss(compute_loss)
         self.accelerator = Accelerator(
-            mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            cpu=on_cpu_only(), mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed))
+        check_requested_plugin(self.accelerator)
         set_seed(settings.seed)
         generator = torch.Generator().manual_seed(settings.seed)
         train_loader = torch.utils.data.DataLoader(train_data, batch_size=settings.batch_size, shuffle=True,

@@ -20,7 +20,7 @@ import leanbert
 from ..common.errors import LeanbertError, first_line
 from ..common.models import load_config, load_tokenizer, load_weights
 from .curves import write_curves
-from .loop import TrainingLoop, TrainingSettings
+from .loop import TrainingLoop, TrainingSettings, process_state
 from .run import TrainingRun
 from .text import SeededMasking, packed_blocks, text_source
 
@@ -109,8 +109,9 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
     run.check_resume(recorded, resume)
 
     def blocks(files, what):
-        return packed_blocks(files, tok, max_seq_length, whole_word_mask=whole_word_masking, cache_dir=cache_dir,
-                             what=what)
+        with process_state().main_process_first():  # the others then read what it cached
+            return packed_blocks(files, tok, max_seq_length, whole_word_mask=whole_word_masking,
+                                 cache_dir=cache_dir, what=what)
 
     train = blocks(train_files, "training text")
     if validation_files is not None:
@@ -127,17 +128,19 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
     report = {"settings": recorded, "train_blocks": len(train), "validation_blocks": len(validation or []),
               "parameters": sum(p.numel() for p in net.parameters()), "leanbert_version": leanbert.__version__}
 
-    def write(folder: Path, history: dict, state_dict: dict) -> None:
-        loop.unwrapped().save_pretrained(folder, state_dict=state_dict)
-        tok.save_pretrained(folder)
+    def summarize(history: dict) -> dict:
         report.update(steps=loop.step, samples=loop.samples, tokens=loop.samples * max_seq_length,
                       seconds=history["train"][-1]["seconds"], final_loss=history["train"][-1]["loss"],
                       validation=history["eval"][-1] if history["eval"] else None)
-        (folder / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
+
+    def write(folder: Path, history: dict, state_dict: dict) -> None:
+        loop.unwrapped().save_pretrained(folder, state_dict=state_dict)
+        tok.save_pretrained(folder)
+        (folder / "training_report.json").write_text(json.dumps(summarize(history), indent=2) + "\n")
         write_curves(history, folder, "pretraining", ylabel="masked-LM loss")
 
-    run.train(loop, write, callback)
-    return report
+    return summarize(run.train(loop, write, callback))
 
 
 def evaluate_perplexity(model, loader, accelerator) -> dict:

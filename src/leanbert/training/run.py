@@ -5,11 +5,10 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from accelerate import PartialState
 
 from ..common.checkpoints import CheckpointFolder
 from ..common.output import SafeOutput
-from .loop import TrainingLoop
+from .loop import TrainingLoop, process_state
 
 
 class TrainingRun:
@@ -25,6 +24,7 @@ class TrainingRun:
         self.checkpoints = CheckpointFolder(checkpoint_dir or output.with_name(f"{output.name}.{task}-checkpoints"),
                                             inputs=[*inputs, ("output", output)])
         self.resume_from = None
+        process_state().wait_for_everyone()  # every process checked the folders before the main one claims them
 
     def check_resume(self, settings: dict, resume: bool) -> None:
         self.settings = settings
@@ -48,7 +48,7 @@ class TrainingRun:
     def staged(self):
         """The staging folder on the main process (None on the others), with the checkpoint folder claimed and
         opened; published as the output when the block ends without error, and the checkpoints then removed."""
-        state = PartialState()
+        state = process_state()
         with self.target if state.is_main_process else contextlib.nullcontext() as staging, \
                 self.claimed(state.is_main_process):
             if state.is_main_process:
