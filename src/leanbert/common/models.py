@@ -66,7 +66,8 @@ def load_tokenizer(source: str | Path, what: str, vocab_size: int):
 def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool = False,
                  allow_missing: tuple[str, ...] = (), config=None) -> PreTrainedModel:
     """`model_class.from_pretrained(source)` in float32 eval mode, refusing missing, mis-shaped or unreadable
-    weights, except missing ones under the prefixes `allow_missing` (a task head that starts from random values);
+    weights, except missing ones under the modules `allow_missing` ("pooler.": `bert.pooler.dense.weight` too; a
+    task head that starts from random values);
     `config` replaces the saved one (a head for another number of labels).
     Only safetensors files are read unless `allow_pickle` (a `pytorch_model.bin` can run code)."""
     try:
@@ -76,7 +77,8 @@ def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool 
         hint = "" if allow_pickle else " (only safetensors weights are read; --allow-pickle trusts a .bin)"
         raise LeanbertError(f"cannot load the weights of {what} {str(source)!r}{hint}: {first_line(error)}") from None
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-    missing = sorted(key for key in set(info.get("missing_keys", ())) - tied if not key.startswith(allow_missing))
+    missing = sorted(key for key in set(info.get("missing_keys", ())) - tied
+                     if not any(f".{module}" in f".{key}" for module in allow_missing))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise LeanbertError(f"the weights of {what} {str(source)!r} are incomplete: {len(missing)} tensors missing "

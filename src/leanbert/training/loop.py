@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import (DistributedType, is_mps_available, is_npu_available, is_xpu_available, parse_flag_from_env,
                               set_seed)
 from torch import nn
@@ -100,6 +101,14 @@ def process_state() -> PartialState:
     return PartialState(cpu=on_cpu_only())
 
 
+def fresh_state(mixed_precision: str) -> None:
+    """accelerate keeps one state per process and refuses an `Accelerator` with another mixed precision; a second
+    run in the same process (a notebook, a script that heals and then fine-tunes) gets a new state, keeping the
+    process group."""
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def check_requested_plugin(accelerator: Accelerator) -> None:
     """accelerate runs FSDP and DeepSpeed on GPUs only: on CPUs it quietly falls back to DDP (or to independent
     processes). A run configured for them stops here instead of training otherwise than asked."""
@@ -141,6 +150,7 @@ class TrainingLoop:
         self.eval_every = settings.eval_every
         self.collate_fn, self.compute_loss = collate_fn, compute_loss
         self.evaluate = evaluate or evaluate_loss(compute_loss)
+        fresh_state(settings.mixed_precision)
         self.accelerator = Accelerator(
             cpu=on_cpu_only(), mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed))

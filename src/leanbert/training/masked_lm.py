@@ -58,7 +58,7 @@ def build_model(model_type: str | None, overrides: str, model: str | None, token
         if config.model_type not in MODEL_TYPES:
             raise LeanbertError(f"model {str(model)!r} is a {config.model_type!r} model; pretraining takes "
                                 f"{', '.join(MODEL_TYPES)}")
-        tok = load_tokenizer(tokenizer or model, "tokenizer", config.vocab_size)
+        tok = load_tokenizer(tokenizer or model, "tokenizer" if tokenizer else "model", config.vocab_size)
         return load_weights(AutoModelForMaskedLM, model, "model", allow_pickle, allow_missing=("cls.",)), tok
     if model_type not in MODEL_TYPES:
         raise LeanbertError(f"unknown --model-type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")

@@ -39,10 +39,14 @@ def fingerprint(*parts) -> str:
 
 
 def tokenizer_digest(tokenizer) -> str:
-    """What decides the token ids: the vocabulary, the special tokens and the normaliser (lower-casing, accents)."""
+    """What decides the token ids: the vocabulary, the special tokens and the pipeline (normaliser, pre-tokeniser,
+    model, post-processor), but not the padding and truncation state, which every call of the tokenizer resets."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    return fingerprint(sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens,
-                       backend.to_str() if backend is not None else type(tokenizer).__name__)
+    pipeline = type(tokenizer).__name__
+    if backend is not None:
+        pipeline = {key: value for key, value in json.loads(backend.to_str()).items()
+                    if key not in ("padding", "truncation")}
+    return fingerprint(sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens, pipeline)
 
 
 def packed_blocks(files: list[str], tokenizer, max_seq_length: int, *, whole_word_mask: bool,

@@ -1,0 +1,621 @@
+"""The training commands end to end on tiny models and real text: `leanbert-pretrain` (every model type, from
+scratch and from a checkpoint, bf16, whole-word masking, resume after a hard kill), `leanbert-finetune` on GLUE
+(metrics recomputed independently from the saved model), the seeded masking and the `datasets` cache, transformers'
+`Trainer` on leanbert models, and bad input refused in one line before any work.
+
+Every model has 2 layers of width 32 and sees blocks of 32 tokens; the MiniLM tokenizer (30522 tokens) is real.
+"""
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import accuracy_score
+from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          BertConfig, BertModel)
+
+import leanbert
+from conftest import SHARED_DATA, model_class, real_minilm_path, tiny_config
+from leanbert.commands.finetune import main as finetune_main
+from leanbert.commands.pretrain import main as pretrain_main
+from leanbert.training import TrainingLoop
+from leanbert.training.text import SeededMasking, packed_blocks
+
+GLUE = SHARED_DATA / "glue"
+GUTENBERG = SHARED_DATA / "text" / "gutenberg-pd"
+SEQ = 32
+HEADS = {"bert": "num_attention_heads=4,", "sym_bert": "num_attention_heads=4,",
+         "shared_bert": "num_attention_heads=4,", "shatter": ""}  # Shatter is single-headed: no such field
+CLASSES = {"bert": "BertForMaskedLM", "sym_bert": "SymBertForMaskedLM", "shared_bert": "SharedBertForMaskedLM",
+           "shatter": "ShatterForMaskedLM"}
+
+
+def overrides(model_type: str) -> str:
+    return (HEADS.get(model_type, "") +
+            "num_hidden_layers=2,hidden_size=32,intermediate_size=64,max_position_embeddings=64")
+
+
+def text_slice(source: Path, target: Path, size: int, skip: int = 0) -> Path:
+    """About `size` bytes of whole lines of `source`, after its first `skip` lines (read as a stream)."""
+    kept, total = [], 0
+    with source.open(encoding="utf-8") as file:
+        for number, line in enumerate(file):
+            if number < skip:
+                continue
+            kept.append(line)
+            total += len(line.encode())
+            if total >= size:
+                break
+    target.write_text("".join(kept), encoding="utf-8")
+    return target
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a loaded machine with few cores, two threads spinning on tiny matrices run ~5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def loop_spy(monkeypatch):
+    """What each training loop starts with: the step (past a resumed checkpoint), the mixed precision accelerate
+    runs in and the batching (masking) function."""
+    seen = []
+    original = TrainingLoop.run
+
+    def run(self, *args, **kwargs):
+        seen.append({"step": self.step, "mixed_precision": self.accelerator.mixed_precision,
+                     "collate_fn": self.collate_fn})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingLoop, "run", run)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """~150 KB of Gutenberg training text and ~6 KB of validation text, a shared datasets cache, the tokenizer."""
+    root = tmp_path_factory.mktemp("training")
+    return {"root": root, "train": text_slice(GUTENBERG / "train.txt", root / "train.txt", 150_000, skip=200),
+            "valid": text_slice(GUTENBERG / "valid.txt", root / "valid.txt", 6_000, skip=50),
+            "cache": root / "cache", "tokenizer": real_minilm_path()}
+
+
+def pretrain_args(data, output, model_type="sym_bert", steps=3, batch=4, accumulation=1, *extra):
+    return [str(a) for a in ("--model-type", model_type, "--tokenizer", data["tokenizer"], "--config-overrides",
+                             overrides(model_type), "--train-file", data["train"], "--max-seq-length", SEQ,
+                             "--per-device-batch-size", batch, "--gradient-accumulation-steps", accumulation,
+                             "--max-train-steps", steps, "--cache-dir", data["cache"], "--output", output, *extra)]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def check_outputs(output: Path, model_type: str, steps: int, samples_per_step: int) -> tuple[dict, dict]:
+    """What every pretraining run writes, checked: the model loads as its class, the report and curve count the
+    steps and samples, the PNG is a picture, and perplexity is exp(validation loss). Returns (report, curve)."""
+    model = AutoModelForMaskedLM.from_pretrained(output)
+    assert type(model).__name__ == CLASSES[model_type] and model.config.model_type == model_type
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32  # the overrides were applied
+    assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(output))
+    report = read_json(output / "training_report.json")
+    assert report["steps"] == steps and report["samples"] == steps * samples_per_step
+    assert report["settings"]["model_type"] == model_type
+    curve = read_json(output / "pretraining_curve.json")
+    assert [p["step"] for p in curve["train"]] == list(range(1, steps + 1))
+    assert [p["samples"] for p in curve["train"]] == [samples_per_step * s for s in range(1, steps + 1)]
+    assert all(math.isfinite(p["loss"]) for p in curve["train"]) and curve["train"][-1]["loss"] == report["final_loss"]
+    png = (output / "pretraining_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    validation = report["validation"]
+    assert curve["eval"][-1] == validation and validation["step"] == steps
+    assert math.isfinite(validation["loss"]) and validation["perplexity"] == pytest.approx(math.exp(validation["loss"]),
+                                                                                         rel=1e-9)
+    assert not output.with_name(output.name + ".pretrain-checkpoints").exists()
+    return report, curve
+
+
+def blocks_by_hand(tokenizer, path: Path, length: int) -> list[list[int]]:
+    """run_mlm.py's packing, written out: every non-blank line with its special tokens, concatenated, cut into
+    blocks of `length` (the remainder dropped)."""
+    stream = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            stream += tokenizer(line)["input_ids"]
+    return [stream[i: i + length] for i in range(0, len(stream) // length * length, length)]
+
+
+@pytest.fixture(scope="module")
+def pretrained(data):
+    """A SymBert pretrained from scratch for 30 steps at lr 1e-3 with a validation file (the module's reference run,
+    also the start of the continued and fine-tuning runs)."""
+    output = data["root"] / "sym_bert"
+    code = pretrain_main(pretrain_args(data, output, "sym_bert", 30, 8, 1, "--learning-rate", "1e-3",
+                                       "--validation-file", data["valid"], "--seed", "7"))
+    assert code == 0
+    return output
+
+
+# ------------------------------------------------------------------------------------------------ pretraining
+
+
+def test_pretraining_from_scratch_lowers_the_loss_and_reports_the_saved_models_validation_loss(data, pretrained):
+    report, curve = check_outputs(pretrained, "sym_bert", 30, 8)
+    losses = [p["loss"] for p in curve["train"]]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+    assert report["settings"]["validation_file"] == str(data["valid"].resolve())
+
+    # the reported validation loss is the saved model's, recomputed here: the validation file packed by hand, masked
+    # as the evaluation masks it (seed + 1, batches of the batch size, in order), mean over every masked token
+    tokenizer = AutoTokenizer.from_pretrained(data["tokenizer"])
+    blocks = blocks_by_hand(tokenizer, data["valid"], SEQ)
+    assert report["validation_blocks"] == len(blocks)
+    model = AutoModelForMaskedLM.from_pretrained(pretrained).eval()
+    masking = SeededMasking(tokenizer, 0.15, False, seed=7 + 1)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(blocks), 8):
+            batch = masking([{"input_ids": block} for block in blocks[start: start + 8]])
+            logits = model(input_ids=batch["input_ids"], attention_mask=torch.ones_like(batch["input_ids"])).logits
+            labels = batch["labels"]
+            total += torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100],
+                                                       reduction="sum").item()
+            count += (labels != -100).sum().item()
+    assert count > 0
+    assert report["validation"]["loss"] == pytest.approx(total / count, rel=1e-4)
+
+
+@pytest.mark.parametrize("model_type, extra", [
+    ("bert", []),
+    ("shared_bert", ["--mixed-precision", "bf16"]),  # bf16 autocast runs on the CPU
+    ("shatter", ["--whole-word-masking"]),
+], ids=["bert", "shared_bert-bf16", "shatter-whole_word_masking"])
+def test_pretraining_every_model_type_with_gradient_accumulation(data, tmp_path, model_type, extra, loop_spy):
+    """Also runs bf16 after and before fp32 in one process: each run gets accelerate's state in its precision."""
+    output = tmp_path / model_type
+    assert pretrain_main(pretrain_args(data, output, model_type, 3, 4, 2, *extra)) == 0
+    [loop] = loop_spy
+    assert loop["mixed_precision"] == ("bf16" if "--mixed-precision" in extra else "no")
+    assert loop["collate_fn"].collator.whole_word_mask == ("--whole-word-masking" in extra)
+    report, _ = check_outputs(output, model_type, 3, 4 * 2)
+    settings = report["settings"]
+    assert settings["gradient_accumulation_steps"] == 2 and settings["batch_size"] == 4
+    assert settings["mixed_precision"] == ("bf16" if "--mixed-precision" in extra else "no")
+    assert settings["whole_word_masking"] == ("--whole-word-masking" in extra)
+
+
+def test_pretraining_continues_from_its_own_checkpoint(data, pretrained, tmp_path):
+    output = tmp_path / "continued"
+    args = ["--model", pretrained, "--train-file", data["train"], "--max-seq-length", SEQ, "--per-device-batch-size",
+            8, "--max-train-steps", 2, "--learning-rate", "1e-3", "--validation-file", data["valid"], "--seed", 7,
+            "--cache-dir", data["cache"], "--output", output]
+    assert pretrain_main([str(a) for a in args]) == 0
+    report, curve = check_outputs(output, "sym_bert", 2, 8)
+    assert report["settings"]["model"] == str(pretrained)
+    # the same seed gives the same first batch and masks: the pretrained weights meet it with a lower loss than the
+    # fresh ones did
+    first = read_json(pretrained / "pretraining_curve.json")["train"][0]["loss"]
+    assert curve["train"][0]["loss"] < first - 0.1, (curve["train"][0]["loss"], first)
+
+
+@pytest.mark.slow  # the real MiniLM checkpoint
+def test_pretraining_continues_minilm_whose_checkpoint_has_no_masked_lm_head(data, tmp_path):
+    output = tmp_path / "minilm_mlm"
+    args = ["--model", data["tokenizer"], "--train-file", data["train"], "--max-seq-length", SEQ,
+            "--per-device-batch-size", 2, "--max-train-steps", 2, "--learning-rate", "1e-4",
+            "--validation-split", "0", "--cache-dir", data["cache"], "--output", output]
+    assert pretrain_main([str(a) for a in args]) == 0
+    model = AutoModelForMaskedLM.from_pretrained(output)
+    assert type(model).__name__ == "BertForMaskedLM"
+    report = read_json(output / "training_report.json")
+    assert report["steps"] == 2 and math.isfinite(report["final_loss"])
+    # the encoder is MiniLM's, moved by two AdamW steps of at most ~lr each (a fresh one would be far off)
+    minilm = AutoModel.from_pretrained(data["tokenizer"]).state_dict()
+    trained = model.bert.state_dict()
+    for name, value in trained.items():
+        torch.testing.assert_close(value, minilm[name], atol=1e-3, rtol=0, msg=name)
+    assert any(not torch.equal(value, minilm[name]) for name, value in trained.items()), "nothing was trained"
+
+
+# ------------------------------------------------------------------------------------------------ masking
+
+
+def masking_examples(data, whole_words: bool, count: int = 40) -> list[dict]:
+    tokenizer = AutoTokenizer.from_pretrained(data["tokenizer"])
+    blocks = packed_blocks([str(data["valid"])], tokenizer, SEQ, whole_word_mask=whole_words,
+                           cache_dir=str(data["cache"]), what="validation text")
+    assert len(blocks) >= count
+    return [blocks[i] for i in range(count)], tokenizer
+
+
+def split_words(tokens: list[str], masked: list[bool]) -> int:
+    """How many `##` continuation tokens differ in masking from the token before them (a word masked in part)."""
+    return sum(1 for i in range(1, len(tokens)) if tokens[i].startswith("##") and masked[i] != masked[i - 1])
+
+
+def test_whole_word_masking_masks_every_piece_of_a_chosen_word(data):
+    examples, tokenizer = masking_examples(data, whole_words=True)
+    assert "offset_mapping" in examples[0]
+    # a high probability, so that many words made of several pieces are chosen
+    batch = SeededMasking(tokenizer, 0.4, True, seed=0)([dict(e) for e in examples])
+    words_in_pieces, split = 0, 0
+    for row in range(len(examples)):
+        tokens = tokenizer.convert_ids_to_tokens(examples[row]["input_ids"])
+        masked = (batch["labels"][row] != -100).tolist()
+        split += split_words(tokens, masked)
+        words_in_pieces += sum(1 for i in range(1, len(tokens)) if tokens[i].startswith("##") and masked[i])
+    assert words_in_pieces >= 20 and split == 0, (words_in_pieces, split)
+    # the check has teeth: token-level masking of the same blocks does split words
+    plain = SeededMasking(tokenizer, 0.4, False, seed=0)([{k: v for k, v in e.items() if k != "offset_mapping"}
+                                                          for e in examples])
+    assert sum(split_words(tokenizer.convert_ids_to_tokens(e["input_ids"]), (plain["labels"][row] != -100).tolist())
+               for row, e in enumerate(examples)) > 0
+
+
+def test_seeded_masking_depends_on_seed_epoch_and_examples_only(data):
+    examples, tokenizer = masking_examples(data, whole_words=False, count=16)
+    first, second = examples[:8], examples[8:]
+
+    def masks(batch_examples, seed, epoch, global_seed):
+        masking = SeededMasking(tokenizer, 0.15, False, seed)
+        masking.set_epoch(epoch)
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        batch = masking([dict(e) for e in batch_examples])
+        assert torch.equal(torch.get_rng_state(), state), "the global generator was used"
+        return batch["input_ids"], batch["labels"]
+
+    reference = masks(first, 3, 0, 0)
+    assert (reference[1] != -100).any()
+    for again in (masks(first, 3, 0, 0), masks(first, 3, 0, 12345)):
+        assert torch.equal(again[0], reference[0]) and torch.equal(again[1], reference[1])
+    assert not torch.equal(masks(first, 3, 1, 0)[1], reference[1]), "another epoch must give other masks"
+    assert not torch.equal(masks(first, 4, 0, 0)[1], reference[1]), "another seed must give other masks"
+    # other blocks get other masked positions (not one pattern for every batch of this shape)
+    other = masks(second, 3, 0, 0)
+    plain = torch.tensor([[not s for s in e["special_tokens_mask"]] for e in first]) & \
+        torch.tensor([[not s for s in e["special_tokens_mask"]] for e in second])
+    assert not torch.equal((reference[1] != -100)[plain], (other[1] != -100)[plain])
+
+
+# ------------------------------------------------------------------------------------------------ datasets cache
+
+
+def cache_listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in folder.rglob("*.arrow")}
+
+
+def test_packed_blocks_are_cached_and_rebuilt_for_another_block_length(data, tmp_path, monkeypatch):
+    """As separate runs use it: each call with a freshly loaded tokenizer."""
+    text = text_slice(GUTENBERG / "valid.txt", tmp_path / "text.txt", 20_000, skip=500)
+    cache = tmp_path / "cache"
+
+    def blocks(length):
+        tokenizer = AutoTokenizer.from_pretrained(data["tokenizer"])
+        return packed_blocks([str(text)], tokenizer, length, whole_word_mask=False, cache_dir=str(cache), what="text")
+
+    first = blocks(SEQ)
+    files = cache_listing(cache)
+    assert first.cache_files and len(files) >= 3  # the raw text, its tokens, its blocks
+    assert all(len(ids) == SEQ for ids in first["input_ids"])
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("the text was tokenised again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(AutoTokenizer.from_pretrained(data["tokenizer"])), "__call__", no_tokenising)
+        second = blocks(SEQ)
+    assert second.cache_files == first.cache_files and cache_listing(cache) == files
+    assert second["input_ids"] == first["input_ids"]
+
+    other = blocks(SEQ * 2)
+    new_files = cache_listing(cache)
+    assert set(files) < set(new_files) and all(new_files[name] == files[name] for name in files)
+    assert {f["filename"] for f in other.cache_files}.isdisjoint(f["filename"] for f in first.cache_files)
+    assert all(len(ids) == 2 * SEQ for ids in other["input_ids"]) and len(other) == len(first) // 2
+
+
+def test_packed_blocks_cache_does_not_depend_on_the_tokenizer_having_been_used(data, tmp_path):
+    text = text_slice(GUTENBERG / "valid.txt", tmp_path / "text.txt", 5_000, skip=500)
+    tokenizer = AutoTokenizer.from_pretrained(data["tokenizer"])
+    runs = [packed_blocks([str(text)], tokenizer, SEQ, whole_word_mask=False, cache_dir=str(tmp_path / "cache"),
+                          what="text") for _ in range(2)]
+    assert runs[0].cache_files == runs[1].cache_files
+
+
+# ------------------------------------------------------------------------------------------------ fine-tuning
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_encoder(data):
+    """A random 2-layer BERT encoder without a classification head, with the MiniLM tokenizer beside it."""
+    folder = data["root"] / "tiny_bert_encoder"
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(data["tokenizer"])
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def finetune_args(model, task, output, steps=4, *extra):
+    return [str(a) for a in ("--model", model, "--task", task, "--data-dir", GLUE, "--max-seq-length", SEQ,
+                             "--per-device-batch-size", 8, "--max-train-steps", steps, "--learning-rate", "1e-3",
+                             "--output", output, *extra)]
+
+
+def read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
+    rows = [line.rstrip("\r\n").split("\t") for line in path.read_text(encoding="utf-8-sig").splitlines()
+            if line.strip()]
+    return rows[0], rows[1:]
+
+
+def rte_dev_predictions(output: Path) -> tuple[np.ndarray, np.ndarray, torch.nn.Module]:
+    """The saved model's logits on RTE's dev file (read here, not by leanbert), the gold ids in the Hugging Face
+    glue order, and the model."""
+    header, rows = read_tsv(GLUE / "RTE" / "dev.tsv")
+    a, b, label = header.index("sentence1"), header.index("sentence2"), header.index("label")
+    gold = np.array([("entailment", "not_entailment").index(row[label]) for row in rows])
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    model = AutoModelForSequenceClassification.from_pretrained(output).eval()
+    encoded = tokenizer([row[a] for row in rows], [row[b] for row in rows], truncation=True, max_length=SEQ,
+                        padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**encoded).logits
+    return logits.numpy(), gold, model
+
+
+def check_rte_results(output: Path, steps: int) -> dict:
+    results = read_json(output / "results.json")
+    assert results["task"] == "rte" and results["steps"] == steps and results["main_metric"] == "accuracy"
+    assert results["settings"]["steps"] == steps and results["settings"]["max_seq_length"] == SEQ
+    metrics = results["metrics"]
+    assert results["evaluations"] and results["evaluations"][-1] == metrics and metrics["step"] == steps
+    logits, gold, model = rte_dev_predictions(output)
+    assert model.config.id2label == {0: "entailment", 1: "not_entailment"}
+    assert results["validation_examples"] == len(gold)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(gold, logits.argmax(-1)), abs=1e-12)
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(gold)).item()
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-4)
+    assert (output / "finetuning_curve.png").read_bytes().startswith(b"\x89PNG")
+    curve = read_json(output / "finetuning_curve.json")
+    assert [p["step"] for p in curve["train"]] == list(range(1, steps + 1))
+    return results
+
+
+def test_finetuning_bert_on_rte_reports_the_saved_models_accuracy(tiny_bert_encoder, tmp_path):
+    output = tmp_path / "rte"
+    assert finetune_main(finetune_args(tiny_bert_encoder, "RTE", output, 4)) == 0
+    check_rte_results(output, 4)
+    assert type(AutoModelForSequenceClassification.from_pretrained(output)).__name__ == "BertForSequenceClassification"
+
+
+def test_finetuning_a_pretrained_leanbert_encoder_on_rte(pretrained, tmp_path):
+    # the pretrained SymBert's encoder, saved as a base model (its pooler starts from random values)
+    encoder = tmp_path / "sym_encoder"
+    AutoModel.from_pretrained(pretrained).save_pretrained(encoder)
+    AutoTokenizer.from_pretrained(pretrained).save_pretrained(encoder)
+    output = tmp_path / "sym_rte"
+    assert finetune_main(finetune_args(encoder, "rte", output, 3)) == 0
+    check_rte_results(output, 3)
+    model = AutoModelForSequenceClassification.from_pretrained(output)
+    assert type(model) is leanbert.SymBertForSequenceClassification and model.config.num_labels == 2
+    # the encoder started from the pretrained one (a fresh one would be far off after 3 small steps)
+    start = AutoModelForMaskedLM.from_pretrained(pretrained).base_model.embeddings.word_embeddings.weight
+    assert (model.base_model.embeddings.word_embeddings.weight - start).abs().max().item() < 0.01
+
+
+def test_finetuning_the_output_of_pretraining_directly(pretrained, tmp_path, capsys):
+    code = finetune_main(finetune_args(pretrained, "rte", tmp_path / "rte", 1))
+    assert code == 0, capsys.readouterr().err
+
+
+def test_finetuning_stsb_with_a_validation_split(tiny_bert_encoder, tmp_path):
+    output = tmp_path / "stsb"
+    assert finetune_main(finetune_args(tiny_bert_encoder, "stsb", output, 3, "--validation-split", "0.1")) == 0
+    results = read_json(output / "results.json")
+    _, rows = read_tsv(GLUE / "STS-B" / "train.tsv")
+    assert results["task"] == "stsb" and results["main_metric"] == "pearson"
+    assert results["validation_examples"] == round(0.1 * len(rows))
+    assert results["train_examples"] + results["validation_examples"] == len(rows)
+    metrics = results["metrics"]
+    assert {"pearson", "spearmanr", "loss"} <= set(metrics)
+    assert all(math.isfinite(metrics[k]) and -1 <= metrics[k] <= 1 for k in ("pearson", "spearmanr"))
+    assert math.isfinite(metrics["loss"]) and results["evaluations"][-1] == metrics
+    model = AutoModelForSequenceClassification.from_pretrained(output)
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+
+
+# ------------------------------------------------------------------------------------------------ Trainer
+
+
+@pytest.mark.parametrize("arch", ["sym_symmetric", "shared", "shatter"])
+def test_transformers_trainer_trains_a_leanbert_classifier(arch, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = model_class(arch, "ForSequenceClassification")(tiny_config(arch, num_labels=2))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    generator = torch.Generator().manual_seed(0)
+    dataset = [{"input_ids": torch.randint(1, 99, (12,), generator=generator),
+                "attention_mask": torch.ones(12, dtype=torch.long), "labels": torch.tensor(i % 2)} for i in range(16)]
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=3, per_device_train_batch_size=4,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1,
+                             disable_tqdm=True)
+    result = Trainer(model=model, args=args, train_dataset=dataset).train()
+    assert result.global_step == 3 and math.isfinite(result.training_loss)
+    changed = [name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])]
+    assert "classifier.weight" in changed and any("encoder" in name for name in changed), changed
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def snapshot(root: Path) -> dict[str, str | None]:
+    """Every path under `root` (folders too: an empty output folder counts) with its files' digests."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training makes the test fail: bad input is refused before any work."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(TrainingLoop, "run", refuse)
+    monkeypatch.setattr(TrainingLoop, "__init__", refuse)
+
+
+def fails_cleanly(main, args, expected: str, root: Path, capsys) -> None:
+    """`main(args)` exits 2 with exactly one stderr line naming the problem, and nothing under `root` changed (no
+    output, no checkpoint folder, no leftovers)."""
+    before = snapshot(root)
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2, lines
+    assert len(lines) == 1 and ": error: " in lines[0] and expected in lines[0], lines
+    assert snapshot(root) == before
+
+
+@pytest.fixture(scope="module")
+def bad(data):
+    """A folder of inputs for the bad-input cases: texts, GLUE folders, a tiny checkpoint with a small vocabulary."""
+    root = data["root"] / "bad"
+    root.mkdir()
+    text_slice(data["train"], root / "small.txt", 20_000)
+    (root / "blank.txt").write_text("\n   \n\t\n\n")
+    (root / "no_text").mkdir()
+    (root / "no_text" / "notes.md").write_text("not a .txt file\n")
+    (root / "bad_glue" / "RTE").mkdir(parents=True)
+    (root / "bad_glue" / "RTE" / "train.tsv").write_text("index\tpremise\thypothesis\tlabel\n0\ta\tb\tentailment\n")
+    (root / "bad_glue" / "RTE" / "dev.tsv").write_text("index\tpremise\thypothesis\tlabel\n0\ta\tb\tentailment\n")
+    (root / "used_output").mkdir()
+    (root / "used_output" / "notes.txt").write_text("someone's files")
+    config = tiny_config("sym_pairwise", vocab_size=100, max_position_embeddings=64)
+    leanbert.SymBertForMaskedLM(config).save_pretrained(root / "small_vocab")
+    AutoTokenizer.from_pretrained(data["tokenizer"]).save_pretrained(root / "small_vocab")
+    return root
+
+
+def scratch(data, bad, *extra, model_type="sym_bert", train=None):
+    return ["--model-type", model_type, "--tokenizer", data["tokenizer"], "--config-overrides", overrides(model_type),
+            "--train-file", train or bad / "small.txt", "--max-seq-length", SEQ, "--max-train-steps", 2,
+            "--cache-dir", data["cache"], "--output", bad / "out", *extra]
+
+
+PRETRAIN_CASES = {
+    "missing_train_file": (dict(train="{bad}/nowhere.txt"), [], "nowhere.txt' not found"),
+    "blank_train_file": (dict(train="{bad}/blank.txt"), [], "is empty: no line holds text"),
+    "folder_without_txt": (dict(train="{bad}/no_text"), [], "is a folder with no .txt files"),
+    "unknown_model_type": (dict(model_type="roberta"), [], "unknown --model-type 'roberta'"),
+    "unknown_config_field": (dict(), ["--config-overrides", "num_hidden_layers=2,hiden_size=32"],
+                             "configs have no field 'hiden_size'"),
+    "negative_layers": (dict(), ["--config-overrides", "num_hidden_layers=-1"], "num_hidden_layers=-1 is invalid"),
+    "non_integer_width": (dict(model_type="bert"), ["--config-overrides", "hidden_size=abc"], "hidden_size=abc"),
+    "output_not_empty": (dict(), ["--output", "{bad}/used_output"], "exists and is not empty; pass --force"),
+    "resume_without_checkpoint": (dict(), ["--resume"], "--resume: no complete checkpoint"),
+    "vocabulary_beyond_the_model": (dict(), ["--config-overrides", overrides("sym_bert") + ",vocab_size=1000"],
+                                    "its ids would fall outside the embeddings"),
+    "validation_split_2": (dict(), ["--validation-split", "2"], "validation_split must be in [0, 1), got 2"),
+    "model_type_and_model": (dict(), ["--model", "{bad}/small_vocab"], "give either --model-type"),
+}
+if not torch.cuda.is_available():
+    PRETRAIN_CASES["fp16_on_the_cpu"] = (dict(), ["--mixed-precision", "fp16"], "needs a GPU")
+
+
+@pytest.mark.parametrize("case", sorted(PRETRAIN_CASES))
+def test_pretrain_refuses_bad_input_before_any_work(data, bad, case, capsys, no_training):
+    options, extra, expected = PRETRAIN_CASES[case]
+    options = {k: v.replace("{bad}", str(bad)) for k, v in options.items()}
+    # a repeated option replaces the earlier one (argparse keeps the last)
+    args = scratch(data, bad, *[str(a).replace("{bad}", str(bad)) for a in extra], **options)
+    fails_cleanly(pretrain_main, args, expected, bad, capsys)
+
+
+def test_pretrain_refuses_a_checkpoint_whose_tokenizer_outgrows_it_and_a_missing_model(data, bad, capsys,
+                                                                                         no_training):
+    common = ["--train-file", bad / "small.txt", "--max-seq-length", SEQ, "--max-train-steps", 2, "--output",
+              bad / "out"]
+    fails_cleanly(pretrain_main, ["--model", bad / "small_vocab", *common],
+                  "has 30522 tokens but the model's vocab_size is 100", bad, capsys)
+    fails_cleanly(pretrain_main, common, "give either --model-type", bad, capsys)
+
+
+FINETUNE_CASES = {
+    "unknown_task": (["--task", "squad"], "unknown GLUE task 'squad'"),
+    "columns_do_not_fit": (["--task", "rte", "--data-dir", "{bad}/bad_glue"], "lacks the rte column(s)"),
+    "validation_split_2": (["--task", "rte", "--validation-split", "2"], "strictly between 0 and 1, got 2.0"),
+    "stsb_without_split": (["--task", "stsb"], "pass --validation-split"),
+    "output_not_empty": (["--task", "rte", "--output", "{bad}/used_output"], "exists and is not empty"),
+    "resume_without_checkpoint": (["--task", "rte", "--resume"], "--resume: no complete checkpoint"),
+}
+if not torch.cuda.is_available():
+    FINETUNE_CASES["fp16_on_the_cpu"] = (["--task", "rte", "--mixed-precision", "fp16"], "needs a GPU")
+
+
+@pytest.mark.parametrize("case", sorted(FINETUNE_CASES))
+def test_finetune_refuses_bad_input_before_any_work(tiny_bert_encoder, bad, case, capsys, no_training):
+    extra, expected = FINETUNE_CASES[case]
+    args = ["--model", tiny_bert_encoder, "--data-dir", GLUE, "--max-seq-length", SEQ, "--max-train-steps", 2,
+            "--output", bad / "out", *[str(a).replace("{bad}", str(bad)) for a in extra]]
+    fails_cleanly(finetune_main, args, expected, bad, capsys)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_resume_after_a_hard_kill_matches_an_uninterrupted_run(data, tmp_path, loop_spy):
+    def args(output, *extra):
+        return pretrain_args(data, output, "sym_bert", 8, 4, 2, "--checkpoint-every", "3", "--seed", "5",
+                             "--learning-rate", "1e-3", *extra)
+
+    killed = tmp_path / "killed"
+    checkpoint = tmp_path / "killed.pretrain-checkpoints" / "step_3" / "progress.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # as this process runs (one_thread)
+    with open(tmp_path / "log.txt", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "leanbert.training.pretrain", *args(killed)], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "log.txt").read_text()[-2000:]
+    assert checkpoint.exists() and not killed.exists()
+
+    assert pretrain_main(args(killed, "--resume")) == 0
+    assert loop_spy[0]["step"] in (3, 6), "the resumed run did not continue from a checkpoint"
+    assert pretrain_main(args(tmp_path / "straight")) == 0
+    assert loop_spy[1]["step"] == 0
+    resumed, straight = (read_json(tmp_path / name / "pretraining_curve.json") for name in ("killed", "straight"))
+    assert [p["step"] for p in resumed["train"]] == list(range(1, 9))
+    assert [p["loss"] for p in resumed["train"]] == [p["loss"] for p in straight["train"]]
+    assert [p["samples"] for p in resumed["train"]] == [p["samples"] for p in straight["train"]]
+    assert not [p.name for p in tmp_path.iterdir() if ".leanbert-" in p.name], "the killed run's leftovers remain"
+    weights = [load_file(tmp_path / name / "model.safetensors") for name in ("killed", "straight")]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], atol=1e-6, rtol=0, msg=name)
+    assert not (tmp_path / "killed.pretrain-checkpoints").exists()
