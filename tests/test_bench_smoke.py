@@ -65,3 +65,36 @@ def test_bench_speed_quick(tmp_path):
         assert "keeping freed memory" in results["machine"]["allocator"]
     assert (tmp_path / "speed.md").read_text().count("\n| ") == len(rows) + 1
     assert (tmp_path / "speed.png").stat().st_size > 0
+
+
+def test_bench_training_quick(tmp_path):
+    """bench/bench_training.py at a tiny size without the cache part: the JSON's summaries agree with its raw
+    times, and the PNG is written."""
+    script = REPO / "bench" / "bench_training.py"
+    steps, rounds, batch, seq = 2, 2, 2, 16
+    subprocess.run([sys.executable, str(script), "--quick", "--skip-cache", "--layers", "1", "--hidden", "32",
+                    "--heads", "2", "--vocab", "512", "--batch", str(batch), "--seq", str(seq), "--steps", str(steps),
+                    "--rounds", str(rounds), "--warmup", "0", "--output-dir", str(tmp_path)],
+                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    results = json.loads((tmp_path / "training.json").read_text())
+    over = results["overhead"]
+    assert len(over["bare_s"]) == len(over["loop_s"]) == rounds
+    assert over["ratios"] == pytest.approx([loop / bare for loop, bare in zip(over["loop_s"], over["bare_s"])])
+    assert over["ratio_median"] == pytest.approx(statistics.median(over["ratios"]))
+    assert [over["ratio_q1"], over["ratio_q3"]] == pytest.approx(statistics.quantiles(over["ratios"], n=4)[::2])
+    assert over["bare_ms_per_step"] == pytest.approx(1e3 * statistics.median(over["bare_s"]) / steps)
+    assert all(0 < later < whole for later, whole in zip(over["steady_loop_s"], over["loop_s"]))
+    throughput = results["throughput"]
+    rows = {row["model_type"]: row for row in throughput["rows"]}
+    assert list(rows) == ["bert", "sym_bert", "shared_bert", "shatter"]
+    assert throughput["tokens_per_run"] == steps * batch * seq
+    assert [order[0] for order in throughput["orders"]] == ["bert", "sym_bert"]  # rotated every round
+    for row in rows.values():
+        assert row["tokens_per_s"] == pytest.approx([steps * batch * seq / s for s in row["run_s"]])
+        assert row["ratio_to_bert"] == pytest.approx([own / bert for own, bert in
+                                                      zip(row["tokens_per_s"], rows["bert"]["tokens_per_s"])])
+        assert row["ratio_median"] == pytest.approx(statistics.median(row["ratio_to_bert"]))
+        assert row["params"] > 0
+    assert rows["bert"]["model_class"] == "BertForMaskedLM" and rows["shatter"]["model_class"] == "ShatterForMaskedLM"
+    assert results["cache"] is None
+    assert (tmp_path / "training.png").stat().st_size > 0
