@@ -40,8 +40,8 @@ from tqdm import tqdm
 import leanbert
 
 # name -> (config class, ForMaskedLM class), from the package's registry of architectures
-MODELS = {config_class.__name__.removesuffix("Config"): (config_class, classes[1])
-          for config_class, classes in leanbert.ARCHITECTURES.items()}
+MODELS = {architecture.name: (architecture.config_class, architecture.classes["AutoModelForMaskedLM"])
+          for architecture in leanbert.ARCHITECTURES}
 
 VOCAB_SIZE = 30522
 FULL = dict(layers=12, steps=10, warmup=2, models=list(MODELS))

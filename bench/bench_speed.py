@@ -72,34 +72,26 @@ REFERENCE = "BertModel"
 MIB = 2**20
 
 
-class ArchitectureUnavailable(Exception):
-    """The architecture's classes are not (yet) part of the installed leanbert."""
-
-
 def bert_model(fields: dict) -> torch.nn.Module:
     return BertModel(BertConfig(**fields, attn_implementation="sdpa"), add_pooling_layer=False)
 
 
-def leanbert_model(model_name: str, config_name: str, **extra):
-    """Factory for `leanbert.<model_name>(leanbert.<config_name>(**fields, **extra))`, looked up when called."""
+def leanbert_model(architecture: leanbert.Architecture, **extra):
+    """Factory for the architecture's bare encoder with its config's `extra` fields."""
 
     def build(fields: dict) -> torch.nn.Module:
-        model_class, config_class = getattr(leanbert, model_name, None), getattr(leanbert, config_name, None)
-        if model_class is None or config_class is None:
-            raise ArchitectureUnavailable(f"leanbert {leanbert.__version__} has no {model_name} / {config_name} yet")
-        return model_class(config_class(**fields, **extra, attn_implementation="sdpa"), add_pooling_layer=False)
+        config = architecture.config_class(**fields, **extra, attn_implementation="sdpa")
+        return architecture.classes["AutoModel"](config, add_pooling_layer=False)
 
     return build
 
 
-# name -> factory(BERT-shape fields) -> bare encoder. The first entry is the reference of every ratio.
+# name -> factory(BERT-shape fields) -> bare encoder: BERT, the reference of every ratio, then every declared
+# architecture in each of its variants ("SymBert pairwise", "SymBert symmetric", "SharedBert", "Shatter P=2", ...)
 ARCHITECTURES = {
     REFERENCE: bert_model,
-    "SymBert pairwise": leanbert_model("SymBertModel", "SymBertConfig", attention_mode="pairwise"),
-    "SymBert symmetric": leanbert_model("SymBertModel", "SymBertConfig", attention_mode="symmetric"),
-    "SharedBert": leanbert_model("SharedBertModel", "SharedBertConfig"),
-    "Shatter P=3": leanbert_model("ShatterModel", "ShatterConfig", num_parts=3),
-    "Shatter P=2": leanbert_model("ShatterModel", "ShatterConfig", num_parts=2),
+    **{f"{architecture.name} {label}".strip(): leanbert_model(architecture, **extra)
+       for architecture in leanbert.ARCHITECTURES for label, extra in architecture.variants.items()},
 }
 
 # Defaults of the shape and run arguments: the full benchmark (BERT-base) and --quick.
@@ -251,23 +243,20 @@ def allocation_events(nodes) -> list[tuple[int, int]]:
     return events
 
 
-def build_runners(args, dropout: float, skipped: dict) -> dict:
-    """A `Runner` per available architecture, each built from the same seed; unavailable ones go to `skipped`."""
+def build_runners(args, dropout: float) -> dict:
+    """A `Runner` per architecture, each built from the same seed."""
     runners = {}
     for name in args.models:
         torch.manual_seed(args.seed)
-        try:
-            runners[name] = Runner(ARCHITECTURES[name](model_fields(args, dropout)), torch.device(args.device),
-                                   args.dtype, args.optimizer)
-        except ArchitectureUnavailable as error:
-            skipped[name] = str(error)
+        runners[name] = Runner(ARCHITECTURES[name](model_fields(args, dropout)), torch.device(args.device),
+                               args.dtype, args.optimizer)
     return runners
 
 
-def bench_setting(args, seq_len: int, batch_size: int, dropout: float, skipped: dict) -> list[dict]:
-    """Measure every available model at this dropout on one random batch of shape (batch_size, seq_len)."""
+def bench_setting(args, seq_len: int, batch_size: int, dropout: float) -> list[dict]:
+    """Measure every model at this dropout on one random batch of shape (batch_size, seq_len)."""
     device = torch.device(args.device)
-    runners = build_runners(args, dropout, skipped)
+    runners = build_runners(args, dropout)
     generator = torch.Generator().manual_seed(args.seed)
     input_ids = torch.randint(1, args.vocab, (batch_size, seq_len), generator=generator).to(device)
     desc = f"seq {seq_len} x batch {batch_size}, dropout {dropout}"
@@ -346,7 +335,6 @@ def markdown(results: dict) -> str:
             f"| {row['infer_tokens_per_s']:.0f} | {fmt_ratio(row['infer_tokens_per_s_ratio'])} "
             f"| {row['peak_bytes'] / MIB:.1f} | {row['activation_bytes'] / MIB:.1f} "
             f"| {fmt_ratio(row['activation_bytes_ratio'])} |")
-    lines += [f"\nSkipped {name}: {reason}" for name, reason in results["skipped"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -386,15 +374,15 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.allocator = "system malloc" if args.system_malloc else keep_freed_memory()
-    skipped, rows = {}, []
+    rows = []
     shapes = list(zip(args.seq_lens, args.batch_sizes))
     for (seq_len, batch_size), dropout in tqdm(list(itertools.product(shapes, args.dropouts)), desc="settings"):
-        rows += bench_setting(args, seq_len, batch_size, dropout, skipped)
+        rows += bench_setting(args, seq_len, batch_size, dropout)
         gc.collect()
     results = dict(machine=machine_info(args),
                    shape=f"d={args.hidden}, {args.layers} layers, {args.heads} heads, ffn {args.intermediate}, "
                          f"vocab {args.vocab}",
-                   steps=args.steps, warmup=args.warmup, rows=rows, skipped=skipped)
+                   steps=args.steps, warmup=args.warmup, rows=rows)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)

@@ -20,12 +20,12 @@ TINY = dict(
     attention_probs_dropout_prob=0.0,
 )
 
-# name -> (config class, extra config fields, class-name prefix)
+# name -> (config class, extra config fields, class-name prefix): every declared architecture with its default
+# config, under its model_type, plus variants worth testing on their own
 ARCHITECTURES = {
-    "sym_pairwise": (leanbert.SymBertConfig, {"attention_mode": "pairwise"}, "SymBert"),
+    **{architecture.model_type: (architecture.config_class, {}, architecture.name)
+       for architecture in leanbert.ARCHITECTURES},
     "sym_symmetric": (leanbert.SymBertConfig, {"attention_mode": "symmetric"}, "SymBert"),
-    "shared": (leanbert.SharedBertConfig, {}, "SharedBert"),
-    "shatter": (leanbert.ShatterConfig, {}, "Shatter"),
     "shatter_learned": (leanbert.ShatterConfig, {"partition": "learned", "distance_scale": 8}, "Shatter"),
     "shatter_sigmoid": (leanbert.ShatterConfig, {"attention_normalizer": "sigmoid", "key_projection": True,
                                                  "absolute_position_embeddings": True, "num_parts": 3}, "Shatter"),

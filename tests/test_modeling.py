@@ -268,9 +268,9 @@ def test_token_classification_question_answering_multiple_choice(arch, batch):
 # a d x d linear is d² + d; r = d / H). Shatter: query d² + d and P value matrices P(d² + d) replace BERT's query,
 # key, value and output projections 4(d² + d); no absolute position embeddings.
 BERT_BASE_FROM_BERT = {
-    "sym_pairwise": lambda bert, L, d, H, positions, P: bert - L * (d * d + d) + L * H * (d // H) ** 2,
+    "sym_bert": lambda bert, L, d, H, positions, P: bert - L * (d * d + d) + L * H * (d // H) ** 2,
     "sym_symmetric": lambda bert, L, d, H, positions, P: bert - L * (d * d + d),
-    "shared": lambda bert, L, d, H, positions, P: bert - 2 * L * (d * d + d) + 3 * L * d,
+    "shared_bert": lambda bert, L, d, H, positions, P: bert - 2 * L * (d * d + d) + 3 * L * d,
     "shatter": lambda bert, L, d, H, positions, P: (bert - 4 * L * (d * d + d) + (1 + P) * L * (d * d + d)
                                                     - positions * d),
 }
@@ -305,7 +305,7 @@ def test_shared_bert_attention_block_shrinks_by_two_thirds():
 def test_shared_bert_attention_follows_the_paper_equations():
     """q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v with s = x W_s + b_s, written out per head, against the module."""
     torch.manual_seed(0)
-    config = tiny_config("shared", attn_implementation="eager")
+    config = tiny_config("shared_bert", attn_implementation="eager")
     attention = leanbert.SharedBertModel(config).encoder.layer[0].attention.self
     with torch.no_grad():
         for scale in (attention.query_scale, attention.key_scale, attention.value_scale):
@@ -349,7 +349,7 @@ def test_sequences_stop_at_max_position_embeddings(arch):
         model(inputs_embeds=model.get_input_embeddings()(input_ids))
 
 
-@pytest.mark.parametrize("arch", ["sym_pairwise", "shared", "shatter"])
+@pytest.mark.parametrize("arch", ["sym_bert", "shared_bert", "shatter"])
 def test_torch_export_with_dynamic_sequence_length(arch):
     """The length check is a shape guard: export keeps the sequence dimension dynamic up to the limit, the exported
     program refuses longer inputs, and a range beyond the limit is refused at export."""
@@ -370,6 +370,6 @@ def test_torch_export_with_dynamic_sequence_length(arch):
 
 
 def test_pairwise_init_follows_config(batch):
-    model = build("sym_pairwise", pairwise_init_std=0.5)
+    model = build("sym_bert", pairwise_init_std=0.5)
     pairwise = torch.cat([layer.attention.self.pairwise.flatten() for layer in model.encoder.layer])
     assert abs(pairwise.std().item() - 0.5) < 0.1

@@ -53,7 +53,7 @@ def assert_fill_mask_top5(predictions_tokens, predictions_scores, model, tokeniz
     torch.testing.assert_close(predictions_scores, scores, atol=0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["sym_pairwise", "shared", "shatter"])
+@pytest.mark.parametrize("arch", ["sym_bert", "shared_bert", "shatter"])
 def test_remote_code_loads_without_leanbert(arch, tmp_path):
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
@@ -84,7 +84,7 @@ def test_remote_code_loads_without_leanbert(arch, tmp_path):
 
 def test_fill_mask_pipeline_with_leanbert_installed(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
-    model = model_class("sym_pairwise", "ForMaskedLM")(tiny_config("sym_pairwise", vocab_size=tokenizer.vocab_size))
+    model = model_class("sym_bert", "ForMaskedLM")(tiny_config("sym_bert", vocab_size=tokenizer.vocab_size))
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     fill = pipeline("fill-mask", model=str(tmp_path))

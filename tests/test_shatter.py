@@ -81,11 +81,11 @@ def test_one_call_expansion_equals_explicit_sum_over_parts(num_parts, normalizer
     torch.testing.assert_close(output, explicit, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["shatter", "shatter_learned", "shatter_sigmoid", "sym_pairwise", "shared"])
+@pytest.mark.parametrize("arch", ["shatter", "shatter_learned", "shatter_sigmoid", "sym_bert", "shared_bert"])
 def test_no_information_flows_from_padding(arch):
     torch.manual_seed(0)
     model = getattr(leanbert, "ShatterModel" if arch.startswith("shatter") else
-                    {"sym_pairwise": "SymBertModel", "shared": "SharedBertModel"}[arch])(tiny_config(arch)).eval()
+                    {"sym_bert": "SymBertModel", "shared_bert": "SharedBertModel"}[arch])(tiny_config(arch)).eval()
     input_ids = torch.randint(1, 99, (1, 12))
     mask = torch.ones_like(input_ids)
     mask[:, 8:] = 0

@@ -54,7 +54,7 @@ def test_sparse_loss_gradients_and_logits_equal_dense(arch, batch):
 def test_sparse_pred_ignore_index_marks_the_unlabelled_positions(batch):
     """Positions labelled -1 are left out when `sparse_pred_ignore_index=-1`; the loss is the dense one on -100s."""
     input_ids, attention_mask = batch
-    model = masked_lm("sym_pairwise", sparse_prediction=True, sparse_pred_ignore_index=-1)
+    model = masked_lm("sym_bert", sparse_prediction=True, sparse_pred_ignore_index=-1)
     sparse = model(input_ids=input_ids, attention_mask=attention_mask, labels=make_labels(input_ids, -1))
     model.config.sparse_prediction = False
     dense = model(input_ids=input_ids, attention_mask=attention_mask, labels=make_labels(input_ids))
@@ -73,7 +73,7 @@ def test_without_labels_logits_are_dense(arch, batch):
     torch.testing.assert_close(logits, reference)
 
 
-@pytest.mark.parametrize("config_class", list(leanbert.ARCHITECTURES))
+@pytest.mark.parametrize("config_class", [architecture.config_class for architecture in leanbert.ARCHITECTURES])
 def test_config_fields_round_trip(config_class, tmp_path):
     assert (config_class().sparse_prediction, config_class().sparse_pred_ignore_index) == (False, -100)
     config_class(sparse_prediction=True, sparse_pred_ignore_index=-1).save_pretrained(tmp_path)
@@ -82,7 +82,7 @@ def test_config_fields_round_trip(config_class, tmp_path):
         assert (type(loaded), loaded.sparse_prediction, loaded.sparse_pred_ignore_index) == (config_class, True, -1)
 
 
-@pytest.mark.parametrize("config_class", list(leanbert.ARCHITECTURES))
+@pytest.mark.parametrize("config_class", [architecture.config_class for architecture in leanbert.ARCHITECTURES])
 @pytest.mark.parametrize("field,value", [
     ("sparse_prediction", "yes"), ("sparse_prediction", 1), ("sparse_prediction", None),
     ("sparse_pred_ignore_index", True), ("sparse_pred_ignore_index", -100.0), ("sparse_pred_ignore_index", "-100"),

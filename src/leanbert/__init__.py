@@ -1,116 +1,34 @@
 """leanbert: leaner BERT encoders for Hugging Face transformers.
 
 Importing the package registers every architecture with the Auto classes, so that
-`AutoModel.from_pretrained("./symbert-minilm")` works like it does for BERT.
+`AutoModel.from_pretrained("./symbert-minilm")` works like it does for BERT, and, when PEFT is installed, gives PEFT
+each architecture's default LoRA target modules. Both derive from the declarations in `architectures.py`.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+import transformers
 
-from .configuration_shared_bert import SharedBertConfig
-from .configuration_shatter import ShatterConfig
-from .configuration_sym_bert import SymBertConfig
-from .modeling_shared_bert import (
-    SharedBertForMaskedLM,
-    SharedBertForMultipleChoice,
-    SharedBertForQuestionAnswering,
-    SharedBertForSequenceClassification,
-    SharedBertForTokenClassification,
-    SharedBertModel,
-    SharedBertPreTrainedModel,
-)
-from .modeling_shatter import (
-    ShatterForMaskedLM,
-    ShatterForMultipleChoice,
-    ShatterForQuestionAnswering,
-    ShatterForSequenceClassification,
-    ShatterForTokenClassification,
-    ShatterModel,
-    ShatterPreTrainedModel,
-)
-from .modeling_sym_bert import (
-    SymBertForMaskedLM,
-    SymBertForMultipleChoice,
-    SymBertForQuestionAnswering,
-    SymBertForSequenceClassification,
-    SymBertForTokenClassification,
-    SymBertModel,
-    SymBertPreTrainedModel,
-)
+from .architectures import ARCHITECTURES, Architecture
 
 __version__ = "0.1.0"
 
-ARCHITECTURES = {
-    SymBertConfig: (
-        SymBertModel,
-        SymBertForMaskedLM,
-        SymBertForSequenceClassification,
-        SymBertForTokenClassification,
-        SymBertForQuestionAnswering,
-        SymBertForMultipleChoice,
-    ),
-    SharedBertConfig: (
-        SharedBertModel,
-        SharedBertForMaskedLM,
-        SharedBertForSequenceClassification,
-        SharedBertForTokenClassification,
-        SharedBertForQuestionAnswering,
-        SharedBertForMultipleChoice,
-    ),
-    ShatterConfig: (
-        ShatterModel,
-        ShatterForMaskedLM,
-        ShatterForSequenceClassification,
-        ShatterForTokenClassification,
-        ShatterForQuestionAnswering,
-        ShatterForMultipleChoice,
-    ),
-}
+__all__ = ["ARCHITECTURES", "Architecture"]
+for _architecture in ARCHITECTURES:
+    transformers.AutoConfig.register(_architecture.model_type, _architecture.config_class, exist_ok=True)
+    for _auto_name, _model_class in _architecture.classes.items():
+        getattr(transformers, _auto_name).register(_architecture.config_class, _model_class, exist_ok=True)
+    for _export in _architecture.exports:
+        globals()[_export.__name__] = _export
+        __all__.append(_export.__name__)
 
-_AUTO_MODEL_CLASSES = (
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoModelForQuestionAnswering,
-    AutoModelForMultipleChoice,
-)
 
-for _config_class, _model_classes in ARCHITECTURES.items():
-    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
-    for _auto_class, _model_class in zip(_AUTO_MODEL_CLASSES, _model_classes):
-        _auto_class.register(_config_class, _model_class, exist_ok=True)
+def _register_lora_targets() -> None:
+    """PEFT's `LoraConfig` without `target_modules` looks the model type up in this table."""
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as targets
+    except ImportError:
+        return
+    for architecture in ARCHITECTURES:
+        targets.setdefault(architecture.model_type, list(architecture.lora_target_modules))
 
-__all__ = [
-    "SharedBertConfig",
-    "SharedBertForMaskedLM",
-    "SharedBertForMultipleChoice",
-    "SharedBertForQuestionAnswering",
-    "SharedBertForSequenceClassification",
-    "SharedBertForTokenClassification",
-    "SharedBertModel",
-    "SharedBertPreTrainedModel",
-    "ShatterConfig",
-    "ShatterForMaskedLM",
-    "ShatterForMultipleChoice",
-    "ShatterForQuestionAnswering",
-    "ShatterForSequenceClassification",
-    "ShatterForTokenClassification",
-    "ShatterModel",
-    "ShatterPreTrainedModel",
-    "SymBertConfig",
-    "SymBertForMaskedLM",
-    "SymBertForMultipleChoice",
-    "SymBertForQuestionAnswering",
-    "SymBertForSequenceClassification",
-    "SymBertForTokenClassification",
-    "SymBertModel",
-    "SymBertPreTrainedModel",
-]
+
+_register_lora_targets()

@@ -10,6 +10,8 @@ Shapes: B batch, L sequence length, d hidden size, H heads, d_h = d / H.
 This file ships next to each checkpoint (remote code): it imports only torch, transformers and its siblings.
 """
 
+import sys
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -268,23 +270,16 @@ class LeanPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
-AUTO_CLASS_SUFFIXES = {
-    "AutoModel": "Model",
-    "AutoModelForMaskedLM": "ForMaskedLM",
-    "AutoModelForSequenceClassification": "ForSequenceClassification",
-    "AutoModelForTokenClassification": "ForTokenClassification",
-    "AutoModelForQuestionAnswering": "ForQuestionAnswering",
-    "AutoModelForMultipleChoice": "ForMultipleChoice",
-}
-
-
 def full_auto_map(model_class: type[LeanPreTrainedModel]) -> dict[str, str]:
-    """`{"AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel", ...}` for an architecture X."""
+    """`{"AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel", ...}` for an architecture X:
+    every class of its modeling module that names an Auto class (`_auto_class`) for the same config."""
     config_class = model_class.config_class
-    name = config_class.__name__.removesuffix("Config")
+    module = sys.modules[model_class.__module__]
     modeling = model_class.__module__.rsplit(".", 1)[-1]
     auto_map = {"AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}"}
-    auto_map.update({auto: f"{modeling}.{name}{suffix}" for auto, suffix in AUTO_CLASS_SUFFIXES.items()})
+    for cls in (getattr(module, name) for name in module.__all__):
+        if getattr(cls, "_auto_class", None) and cls.config_class is config_class:
+            auto_map[cls._auto_class] = f"{modeling}.{cls.__name__}"
     return auto_map
 
 
@@ -337,6 +332,14 @@ class LeanForMaskedLM(LeanPreTrainedModel):
     """Encoder with BERT's masked-LM head; the decoder is tied to the word embeddings."""
 
     _auto_class = "AutoModelForMaskedLM"
+
+    def __init_subclass__(cls, **kwargs):
+        """Each architecture's head ties its decoder to its own word embeddings, found by its `base_model_prefix`."""
+        super().__init_subclass__(**kwargs)
+        cls._tied_weights_keys = {
+            "cls.predictions.decoder.weight": f"{cls.base_model_prefix}.embeddings.word_embeddings.weight",
+            "cls.predictions.decoder.bias": "cls.predictions.bias",
+        }
 
     def __init__(self, config):
         super().__init__(config)

@@ -93,10 +93,6 @@ class SharedBertModel(LeanModel, SharedBertPreTrainedModel):
 
 class SharedBertForMaskedLM(LeanForMaskedLM, SharedBertPreTrainedModel):
     base_model_class = SharedBertModel
-    _tied_weights_keys = {
-        "cls.predictions.decoder.weight": "shared_bert.embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.bias": "cls.predictions.bias",
-    }
 
 
 class SharedBertForSequenceClassification(LeanForSequenceClassification, SharedBertPreTrainedModel):

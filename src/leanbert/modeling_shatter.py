@@ -187,10 +187,6 @@ class ShatterModel(LeanModel, ShatterPreTrainedModel):
 
 class ShatterForMaskedLM(LeanForMaskedLM, ShatterPreTrainedModel):
     base_model_class = ShatterModel
-    _tied_weights_keys = {
-        "cls.predictions.decoder.weight": "shatter.embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.bias": "cls.predictions.bias",
-    }
 
 
 class ShatterForSequenceClassification(LeanForSequenceClassification, ShatterPreTrainedModel):

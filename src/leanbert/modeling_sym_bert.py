@@ -93,10 +93,6 @@ class SymBertModel(LeanModel, SymBertPreTrainedModel):
 
 class SymBertForMaskedLM(LeanForMaskedLM, SymBertPreTrainedModel):
     base_model_class = SymBertModel
-    _tied_weights_keys = {
-        "cls.predictions.decoder.weight": "sym_bert.embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.bias": "cls.predictions.bias",
-    }
 
 
 class SymBertForSequenceClassification(LeanForSequenceClassification, SymBertPreTrainedModel):

@@ -29,7 +29,7 @@ from ..common.passages import read_passages
 from ..training import TrainingLoop, TrainingRun, TrainingSettings
 from ..training.curves import write_curves
 
-LEANBERT_TYPES = {config.model_type: config for config in leanbert.ARCHITECTURES}
+LEANBERT_TYPES = {architecture.model_type: architecture for architecture in leanbert.ARCHITECTURES}
 REPORT = "conversion_report.json"
 MIN_PASSAGE_CHARS = 40
 MAX_SEED = 2**32 - 1  # what numpy's and accelerate's seeding accept

@@ -24,7 +24,7 @@ from .glue import compute_metrics, get_task, load_task, main_metric
 from .loop import TrainingLoop, TrainingSettings
 from .run import TrainingRun
 
-MODEL_TYPES = ("bert", *(config.model_type for config in leanbert.ARCHITECTURES))
+MODEL_TYPES = ("bert", *(architecture.model_type for architecture in leanbert.ARCHITECTURES))
 NEW_HEAD = ("classifier.", "pooler.")  # what a checkpoint without a classification head lacks
 
 

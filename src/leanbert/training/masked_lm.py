@@ -24,7 +24,7 @@ from .loop import TrainingLoop, TrainingSettings, process_state
 from .run import TrainingRun
 from .text import SeededMasking, packed_blocks, text_source
 
-MODEL_TYPES = ("bert", *(config.model_type for config in leanbert.ARCHITECTURES))
+MODEL_TYPES = ("bert", *(architecture.model_type for architecture in leanbert.ARCHITECTURES))
 
 
 def override_config(config, overrides: str):
