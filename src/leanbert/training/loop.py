@@ -162,9 +162,9 @@ class TrainingLoop:
         eval_loader = None if eval_data is None else torch.utils.data.DataLoader(
             eval_data, batch_size=settings.batch_size, shuffle=False, collate_fn=eval_collate_fn or collate_fn)
         optimizer = torch.optim.AdamW(parameter_groups(model, settings.weight_decay), lr=settings.learning_rate)
-        self.steps_per_epoch = math.ceil(math.ceil(len(train_data) / settings.batch_size /
-                                                   self.accelerator.num_processes)
-                                         / settings.gradient_accumulation_steps)
+        # what the prepared loader will yield per process (accelerate evens the last batches out over processes)
+        batches_per_process = math.ceil(len(train_data) / (settings.batch_size * self.accelerator.num_processes))
+        self.steps_per_epoch = math.ceil(batches_per_process / settings.gradient_accumulation_steps)
         if self.steps_per_epoch == 0:
             raise TrainingError("the training data is empty")
         self.total_steps = settings.steps or max(1, math.ceil(settings.epochs * self.steps_per_epoch))
