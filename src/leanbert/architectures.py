@@ -4,7 +4,8 @@ An `Architecture` names its config class and its modeling module; everything els
 classes (every class of the module's `__all__` that names an Auto class in `_auto_class`), the Auto registration
 (`leanbert/__init__.py`), the saved `auto_map` (`modeling_encoder.full_auto_map`, from the same `_auto_class`
 attributes), the tied MLM decoder (`LeanForMaskedLM`, from `base_model_prefix`), PEFT's default LoRA targets and
-the model card's facts; tests and benchmarks iterate over `ARCHITECTURES` (and `variants`). A new architecture adds its config, its modeling file and one entry here.
+the model card's facts; tests and benchmarks iterate over `ARCHITECTURES` (and `variants`). A new architecture
+adds its config, its modeling file and one entry here.
 """
 
 from dataclasses import dataclass, field

@@ -26,7 +26,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, batch_size: int, 
                        help="fp16 needs a GPU; bf16 runs on CPUs too")
     group.add_argument("--eval-every", type=positive_int, help="evaluate every N steps (default: at the end)")
     group.add_argument("--checkpoint-every", type=positive_int, help="save a checkpoint every N steps")
-    group.add_argument("--checkpoint-dir", help="folder of its own for checkpoints (default: <output>.<task>-checkpoints)")
+    group.add_argument("--checkpoint-dir",
+                       help="folder of its own for checkpoints (default: <output>.<task>-checkpoints)")
     group.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     group.add_argument("--seed", type=seed, default=42)
     parser.add_argument("--force", action="store_true", help="replace an output folder that leanbert wrote before")

@@ -112,7 +112,8 @@ def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
             data[key].append(fields[index])
         data["label"].append(_parse_label(task, fields[label_index], where))
     features = {"text_a": datasets.Value("string"), "text_b": datasets.Value("string"),
-                "label": datasets.Value("float32") if task.is_regression else datasets.ClassLabel(names=list(task.labels))}
+                "label": (datasets.Value("float32") if task.is_regression
+                          else datasets.ClassLabel(names=list(task.labels)))}
     if len(text_indices) == 1:
         del data["text_b"], features["text_b"]
     return datasets.Dataset.from_dict(data, features=datasets.Features(features))

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import (DistributedType, is_mps_available, is_npu_available, is_xpu_available, parse_flag_from_env,
-                              set_seed)
+from accelerate.utils import (DistributedType, is_mps_available, is_npu_available, is_xpu_available,
+                              parse_flag_from_env, set_seed)
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -139,8 +139,9 @@ class TrainingLoop:
     `compute_loss(model, batch)` gives the loss of a batch from the prepared model (default: `model(**batch).loss`);
     `evaluate(model, loader, accelerator)` gives metrics on `eval_data` (every `eval_every` steps and at the end),
     by default the mean loss (`eval_collate_fn` batches `eval_data`, by default `collate_fn`). `dropout=False`
-    trains in eval mode (distillation matches a teacher's deterministic outputs). A `collate_fn` with `set_epoch(epoch)` is told the epoch before each one starts, so
-    that its randomness (masking) can depend on the epoch and the samples only, and be the same after a resume.
+    trains in eval mode (distillation matches a teacher's deterministic outputs). A `collate_fn` with
+    `set_epoch(epoch)` is told the epoch before each one starts, so that its randomness (masking) can depend on the
+    epoch and the samples only, and be the same after a resume.
     """
 
     def __init__(self, model: nn.Module, settings: TrainingSettings, train_data, collate_fn: Callable, *,
@@ -152,7 +153,8 @@ class TrainingLoop:
         self.evaluate = evaluate or evaluate_loss(compute_loss)
         fresh_state(settings.mixed_precision)
         self.accelerator = Accelerator(
-            cpu=on_cpu_only(), mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            cpu=on_cpu_only(), mixed_precision=settings.mixed_precision,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed))
         check_requested_plugin(self.accelerator)
         set_seed(settings.seed)
