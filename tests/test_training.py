@@ -510,7 +510,7 @@ def bad(data):
     (root / "bad_glue" / "RTE" / "dev.tsv").write_text("index\tpremise\thypothesis\tlabel\n0\ta\tb\tentailment\n")
     (root / "used_output").mkdir()
     (root / "used_output" / "notes.txt").write_text("someone's files")
-    config = tiny_config("sym_pairwise", vocab_size=100, max_position_embeddings=64)
+    config = tiny_config("sym_bert", vocab_size=100, max_position_embeddings=64)
     leanbert.SymBertForMaskedLM(config).save_pretrained(root / "small_vocab")
     AutoTokenizer.from_pretrained(data["tokenizer"]).save_pretrained(root / "small_vocab")
     return root

@@ -11,6 +11,7 @@ from ..conversion.convert import TARGETS, Conversion
 from ..healing.distill import Healing
 from ..training import TrainingRun
 from .heal import add_healing_arguments, healing_kwargs
+from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     healing.add_argument("--heal", action="store_true", help="heal after converting; needs --heal-text")
     healing.add_argument("--heal-text", help="text file (one passage per line) or folder of .txt files")
     add_healing_arguments(healing, prefix="heal-")
+    add_hub_arguments(parser)
     args = parser.parse_args(argv)
     if args.heal and not args.heal_text:
         parser.error("--heal needs --heal-text")
@@ -50,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def convert_command(argv=None) -> int:
     args = parse_args(argv)
+    check_hub_arguments(args)
     inputs = [("source", args.source), ("calibration text", args.calibration_text), ("healing text", args.heal_text)]
     inputs = [(name, path) for name, path in inputs if path is not None]
     healing = None
@@ -76,6 +79,8 @@ def convert_command(argv=None) -> int:
                "note": report["note"]}
     if "healing" in report:
         summary["fidelity_after_healing"] = report["healing"]["fidelity_after"]
+    if pushed := push_output(args, args.output):
+        summary["hub"] = pushed
     print(json.dumps(summary, indent=2))
     return 0
 

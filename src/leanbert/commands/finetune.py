@@ -7,6 +7,7 @@ from ..common.cli import ArgumentParser, positive_int, run
 from ..training.classification import finetune
 from ..training.glue import TASKS
 from ..training.loop import process_state
+from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 from .training_arguments import add_training_arguments, training_kwargs
 
 
@@ -23,17 +24,20 @@ def parse_args(argv=None):
     parser.add_argument("--max-seq-length", type=positive_int, default=128)
     parser.add_argument("--output", required=True, help="folder for the fine-tuned model and results.json")
     add_training_arguments(parser, batch_size=32, learning_rate=2e-5, weight_decay=0.01, warmup_ratio=0.1)
+    add_hub_arguments(parser)
     return parser.parse_args(argv)
 
 
 def finetune_command(argv=None) -> int:
     args = parse_args(argv)
+    check_hub_arguments(args)
     results = finetune(args.output, model=args.model, task=args.task, data_dir=args.data_dir,
                        validation_split=args.validation_split, max_seq_length=args.max_seq_length,
                        **training_kwargs(args, default_epochs=3))
+    pushed = push_output(args, args.output)
     if process_state().is_main_process:
         print(json.dumps({"task": results["task"], "metrics": results["metrics"], "best": results["best"],
-                          "seconds": results["seconds"]}, indent=2))
+                          "seconds": results["seconds"], **({"hub": pushed} if pushed else {})}, indent=2))
     return 0
 
 

@@ -6,6 +6,7 @@ import sys
 
 from ..common.cli import ArgumentParser, non_negative_float, positive_float, positive_int, run, seed
 from ..healing.distill import heal
+from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 
 
 def add_healing_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -47,17 +48,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also read a teacher's pytorch_model.bin (pickle can run code: only for files you trust)")
     parser.add_argument("--seed", type=seed, default=0)
+    add_hub_arguments(parser)
     return parser.parse_args(argv)
 
 
 def heal_command(argv=None) -> int:
     args = parse_args(argv)
+    check_hub_arguments(args)
     report = heal(args.teacher, args.student, args.text, args.output, checkpoint_every=args.checkpoint_every,
                   checkpoint_dir=args.checkpoint_dir, resume=args.resume, force=args.force,
                   allow_pickle=args.allow_pickle, seed=args.seed, **healing_kwargs(args))
     healing = report["healing"]
-    print(json.dumps({key: healing[key] for key in ("fidelity_before", "fidelity_after", "seconds", "final_loss")},
-                     indent=2))
+    summary = {key: healing[key] for key in ("fidelity_before", "fidelity_after", "seconds", "final_loss")}
+    if pushed := push_output(args, args.output):
+        summary["hub"] = pushed
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -6,6 +6,7 @@ import sys
 from ..common.cli import ArgumentParser, positive_float, positive_int, run
 from ..training.loop import process_state
 from ..training.masked_lm import MODEL_TYPES, pretrain
+from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 from .training_arguments import add_training_arguments, training_kwargs
 
 
@@ -31,20 +32,23 @@ def parse_args(argv=None):
     data.add_argument("--cache-dir", help="where datasets caches the tokenised text (default: its own cache)")
     parser.add_argument("--output", required=True, help="folder for the pretrained model")
     add_training_arguments(parser, batch_size=32, learning_rate=5e-4, weight_decay=0.01, warmup_ratio=0.06)
+    add_hub_arguments(parser)
     return parser.parse_args(argv)
 
 
 def pretrain_command(argv=None) -> int:
     args = parse_args(argv)
+    check_hub_arguments(args)
     report = pretrain(args.output, train_file=args.train_file, model_type=args.model_type,
                       config_overrides=args.config_overrides, model=args.model, tokenizer=args.tokenizer,
                       validation_file=args.validation_file, validation_split=args.validation_split,
                       max_seq_length=args.max_seq_length, mlm_probability=args.mlm_probability,
                       whole_word_masking=args.whole_word_masking, cache_dir=args.cache_dir,
                       **training_kwargs(args, default_epochs=1))
+    pushed = push_output(args, args.output)
     if process_state().is_main_process:
-        print(json.dumps({key: report[key] for key in ("steps", "samples", "tokens", "seconds", "final_loss",
-                                                       "validation")}, indent=2))
+        summary = {key: report[key] for key in ("steps", "samples", "tokens", "seconds", "final_loss", "validation")}
+        print(json.dumps({**summary, **({"hub": pushed} if pushed else {})}, indent=2))
     return 0
 
 

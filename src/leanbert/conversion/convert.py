@@ -16,10 +16,12 @@ from tqdm.auto import tqdm
 
 import leanbert
 
+from ..common.cards import write_model_card
 from ..common.errors import check_integer
 from ..common.models import embedding_cosines, load_bert, tokenize, weights_checksum
 from ..common.output import SafeOutput
 from ..common.passages import read_passages
+from ..common.sentence_transformers import read_setup, write_setup
 from .calibration import check_calibration_size, check_calibration_tokens, layer_inputs
 from .metrics import attention_logit_rel_error
 from .source import HEADS, ConversionError, leanbert_config_fields, transfer_weights
@@ -65,6 +67,7 @@ class Conversion:
         self.calibration_text, self.refine_steps, self.max_length = calibration_text, refine_steps, max_length
         self.calibration, available = read_passages(calibration_text, limit=calibration_passages, seed=seed,
                                                     what="calibration text")
+        self.sentence_transformers = read_setup(source, allow_pickle=allow_pickle)  # checked before the weights
         self.teacher, self.tokenizer = load_bert(source, allow_pickle)
         self.config_class, self.prefix, self.approximated = TARGETS[to]
         self.extra = {"attention_mode": attention_mode} if to == "sym" else {}
@@ -140,7 +143,9 @@ class Conversion:
         }
         student.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+        write_setup(self.sentence_transformers, folder)  # modules.json, pooling, ...: see common.sentence_transformers
         (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        write_model_card(folder, kind="converted", source=self.source)
         return report
 
 

@@ -21,11 +21,13 @@ import torch
 
 import leanbert
 
+from ..common.cards import write_model_card
 from ..common.checkpoints import CheckpointFolder
 from ..common.errors import LeanbertError, check_integer
 from ..common.models import (embedding_cosines, load_bert, load_config, load_tokenizer, load_weights,
                              mean_pool, read_json, tokenize, weights_checksum)
 from ..common.passages import read_passages
+from ..common.sentence_transformers import read_setup, write_setup
 from ..training import TrainingLoop, TrainingRun, TrainingSettings
 from ..training.curves import write_curves
 
@@ -149,6 +151,7 @@ class Healing:
         self.checkpoint_every = checkpoint_every
         self.passages, self.available = read_passages(text, limit=steps * batch_size, seed=seed,
                                                       min_chars=MIN_PASSAGE_CHARS, what="healing text")
+        self.teacher_setup = read_setup(teacher, "teacher", allow_pickle)  # sentence-transformers modules, if any
         self.teacher, self.teacher_tokenizer = load_bert(teacher, allow_pickle, what="teacher")
         self.teacher_checksum = weights_checksum(self.teacher)
         positions = self.teacher.config.max_position_embeddings
@@ -169,6 +172,7 @@ class Healing:
     def set_student(self, student: str | Path) -> None:
         self.student_path = Path(student)
         self.student, self.tokenizer, self.report = load_student(student, self.teacher_checksum)
+        self.sentence_transformers = read_setup(student, "student") or self.teacher_setup
         check_pair(self.teacher, self.teacher_tokenizer, self.student, self.tokenizer)
         self.settings["student_checksum"] = weights_checksum(self.student)
 
@@ -239,8 +243,10 @@ class Healing:
         if loop.accelerator.is_main_process and folder is not None:
             student.cpu().save_pretrained(folder)
             tokenizer.save_pretrained(folder)
+            write_setup(self.sentence_transformers, folder)
             (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
             write_curves(history, folder, "healing", ylabel="distillation loss")
+            write_model_card(folder, kind="healed", source=self.teacher_path)
         loop.accelerator.wait_for_everyone()
         return report
 

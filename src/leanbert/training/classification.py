@@ -5,7 +5,9 @@ Checked before any work: the settings, the task and its files (`glue.load_task`)
 the model (BERT or leanbert; a classification head of another size is refused, a missing one starts from random
 values as in transformers) and its tokenizer. Evaluation runs after every epoch (or every `eval_every` steps) with
 the task's metric; the output holds the model, its tokenizer, `results.json` (every evaluation, the final metrics
-and every setting) and the curves (`finetuning_curve.json`, `.png`).
+and every setting) and the curves (`finetuning_curve.json`, `.png`). A sentence-transformers set-up of the
+model (`modules.json`, pooling, ...) is not carried over: a classifier outputs logits, not sentence
+embeddings (see `leanbert.common.sentence_transformers`).
 """
 
 import json
@@ -17,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 import leanbert
 
+from ..common.cards import write_model_card
 from ..common.errors import LeanbertError
 from ..common.models import load_config, load_tokenizer, load_weights
 from .curves import write_curves
@@ -46,7 +49,8 @@ def load_classifier(model: str | Path, task, allow_pickle: bool):
     except LeanbertError as error:
         if "do not fit" in str(error):
             raise LeanbertError(f"model {str(model)!r} has a classification head of another size than the "
-                                f"{task.num_labels} labels of {task.name}; start from a checkpoint without it") from None
+                                f"{task.num_labels} labels of {task.name}; start from a checkpoint without "
+                                "it") from None
         raise
     return net, tokenizer
 
@@ -96,6 +100,7 @@ def finetune(output: str | Path, *, model: str | Path, task: str, data_dir: str 
         tokenizer.save_pretrained(folder)
         (folder / "results.json").write_text(json.dumps(summarize(history), indent=2) + "\n")
         write_curves(history, folder, "finetuning")
+        write_model_card(folder, kind="finetuned", source=model)
 
     return summarize(run.train(loop, write, callback))
 

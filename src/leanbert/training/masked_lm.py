@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM
 
 import leanbert
 
+from ..common.cards import write_model_card
 from ..common.errors import LeanbertError, first_line
 from ..common.models import load_config, load_tokenizer, load_weights
 from .curves import write_curves
@@ -101,7 +102,8 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
         raise LeanbertError(f"max_seq_length must be between 8 and the model's max_position_embeddings "
                             f"({net.config.max_position_embeddings}), got {max_seq_length}")
     recorded = {"model_type": net.config.model_type, "config_overrides": config_overrides,
-                "model": None if model is None else str(model), "tokenizer": None if tokenizer is None else str(tokenizer),
+                "model": None if model is None else str(model),
+                "tokenizer": None if tokenizer is None else str(tokenizer),
                 "train_file": str(Path(train_file).resolve()),
                 "validation_file": None if validation_file is None else str(Path(validation_file).resolve()),
                 "validation_split": validation_split, "max_seq_length": max_seq_length,
@@ -139,6 +141,7 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
         tok.save_pretrained(folder)
         (folder / "training_report.json").write_text(json.dumps(summarize(history), indent=2) + "\n")
         write_curves(history, folder, "pretraining", ylabel="masked-LM loss")
+        write_model_card(folder, kind="pretrained", source=model)
 
     return summarize(run.train(loop, write, callback))
 

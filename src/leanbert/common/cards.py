@@ -1,0 +1,422 @@
+"""Model cards (`README.md`) for every folder leanbert writes: converted, healed, pretrained and fine-tuned models.
+
+`write_model_card(folder, kind=...)` is called by each writer inside its staging folder, after the model and its
+report are written and before the folder is published, so the card is part of the output (and of its manifest).
+Everything it says is read from what the folder holds: `config.json` (architecture, head, sizes), the reports
+(`conversion_report.json`, `training_report.json`, `results.json`) and the declaration in
+`leanbert.architectures` (paper, what is reconstructed). Only the licence comes from elsewhere: the `license:` in the
+YAML of the source's own card, when the source has one (a local `README.md`, or the Hub's, read from the cache or
+downloaded; a failure leaves the licence out). The source's card itself is never copied.
+
+Metadata (YAML, through `huggingface_hub.ModelCardData`):
+
+- `library_name: transformers`; `pipeline_tag` from the saved class: fill-mask (`...ForMaskedLM`),
+  text-classification, token-classification, question-answering, feature-extraction (`...Model`); none for
+  multiple choice, which has no Hub task;
+- `tags`: `leanbert`, the model type, `sentence-transformers` if the folder has a `modules.json`;
+- `base_model`: the model this one derives from, only when that is a Hub id (a Hub source, or a local folder in the
+  Hugging Face cache, `models--org--name`), or inherited from a local start folder's own leanbert card; a local
+  path is not a Hub id (the Hub checks `base_model` when a card is committed), so it is named in the body instead;
+- `base_model_relation: finetune`. The Hub knows four relations: adapter, merge, quantized, finetune. A converted
+  model has new attention weights fitted to the source (and healing, pretraining and fine-tuning train them): its
+  weights changed by fitting, which is what "finetune" says; it is not an adapter (the weights stand alone), not a
+  merge (one parent) and not quantized (same precision, another architecture);
+- `license` inherited as above; `datasets: [nyu-mll/glue]` for GLUE fine-tuning (the GLUE task by name) and
+  `metrics`; local text (calibration, healing, pretraining) is named in the body only.
+
+The body: the architecture and its paper (arXiv link; for Shatter the declaration's note on what is reconstructed),
+the lineage (source, settings, leanbert version), parameter counts, fidelity to the source (mean and minimum cosine
+of sentence embeddings, before and after healing), training results, and snippets that load the model, with
+leanbert and with `trust_remote_code=True` without it (and with sentence-transformers, for a folder that has a
+`modules.json`). The snippets read `model_id = "path/to/this/model"`;
+`for_repo(text, repo_id)` puts the Hub id there (`leanbert.common.hub` does so in the card it uploads).
+"""
+
+import json
+from pathlib import Path
+
+from .models import is_local
+
+PLACEHOLDER = "path/to/this/model"
+CARD = "README.md"
+KINDS = ("converted", "healed", "pretrained", "finetuned")
+RELATION = "finetune"  # see the module docstring
+GLUE_DATASET = "nyu-mll/glue"
+# class-name suffix -> (Auto class, Hub pipeline tag); the longest suffix that matches wins
+HEADS = {
+    "ForMaskedLM": ("AutoModelForMaskedLM", "fill-mask"),
+    "ForSequenceClassification": ("AutoModelForSequenceClassification", "text-classification"),
+    "ForTokenClassification": ("AutoModelForTokenClassification", "token-classification"),
+    "ForQuestionAnswering": ("AutoModelForQuestionAnswering", "question-answering"),
+    "ForMultipleChoice": ("AutoModelForMultipleChoice", None),
+    "Model": ("AutoModel", "feature-extraction"),
+}
+HUB_METRICS = {"pearson": "pearsonr", "spearmanr": "spearmanr", "accuracy": "accuracy", "f1": "f1",
+               "matthews_correlation": "matthews_correlation"}
+REPORTS = ("conversion_report.json", "training_report.json", "results.json")
+
+
+def for_repo(text: str, repo_id: str) -> str:
+    """The card `text` with its snippets pointing at the Hub repository `repo_id` instead of a local folder."""
+    return text.replace(f'model_id = "{PLACEHOLDER}"', f'model_id = "{repo_id}"')
+
+
+def read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def hub_id(source: str | None) -> str | None:
+    """The Hub id of `source`: itself when it is one, the repository of a folder in the Hugging Face cache
+    (`.../models--org--name/snapshots/<commit>`), else None."""
+    from huggingface_hub.utils import validate_repo_id
+
+    if not source:
+        return None
+    candidate = None
+    if is_local(source):
+        for part in reversed(Path(source).expanduser().resolve().parts):
+            if part.startswith("models--"):
+                candidate = part.removeprefix("models--").replace("--", "/")
+                break
+    else:
+        candidate = source
+    try:
+        validate_repo_id(candidate)
+    except Exception:  # HFValidationError, or None
+        return None
+    return candidate or None
+
+
+def source_card(source: str | None):
+    """The source's own card (`ModelCard`), or None: a local folder's README.md, else the Hub's (from the cache, or
+    downloaded unless offline). Never fails: a card is a nicety, the conversion or training is what counts."""
+    from huggingface_hub import ModelCard
+
+    if not source:
+        return None
+    path = Path(source).expanduser() / CARD if is_local(source) else None
+    try:
+        if path is None:
+            from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, CARD)
+            if isinstance(cached, str):
+                path = Path(cached)
+            elif not constants.HF_HUB_OFFLINE:
+                path = Path(hf_hub_download(source, CARD))
+        return ModelCard.load(path) if path is not None and path.is_file() else None
+    except Exception:  # no card, a card without YAML, no network: the licence stays unknown
+        return None
+
+
+def display(path: str | None) -> str:
+    """How a source or data path appears on a card: a Hub id as is, a local path by its name (the card is meant to
+    be published; the full path is in the report)."""
+    if not path:
+        return "(none)"
+    path = str(path)
+    if path == "bundled":
+        return "the passages bundled with leanbert"
+    if is_local(path):
+        return f"`{Path(path).name or path}` (local {'folder' if Path(path).is_dir() else 'file'})"
+    return f"[`{path}`](https://huggingface.co/{path})"
+
+
+def number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def head_of(class_name: str) -> tuple[str, str | None]:
+    for suffix in sorted(HEADS, key=len, reverse=True):
+        if class_name.endswith(suffix):
+            return HEADS[suffix]
+    return "AutoModel", "feature-extraction"
+
+
+def auto_class(class_name: str, architecture) -> str:
+    """The Auto class that loads `class_name`: from the declaration for leanbert classes, by suffix for BERT's."""
+    if architecture is not None:
+        for auto, cls in architecture.classes.items():
+            if cls.__name__ == class_name:
+                return auto
+    return head_of(class_name)[0]
+
+
+def snippet(auto: str, architecture, remote: bool) -> str:
+    """A runnable example for the head `auto`, loading with leanbert imported or with remote code."""
+    example = {
+        "AutoModelForMaskedLM": [
+            'inputs = tokenizer(f"Paris is the {tokenizer.mask_token} of France.", return_tensors="pt")',
+            "with torch.no_grad():",
+            "    logits = model(**inputs).logits",
+            'position = inputs["input_ids"][0].tolist().index(tokenizer.mask_token_id)',
+            "print(tokenizer.decode(logits[0, position].argmax()))"],
+        "AutoModelForSequenceClassification": [
+            'inputs = tokenizer("A man is playing a guitar.", "Someone plays music.", return_tensors="pt")',
+            "with torch.no_grad():",
+            "    logits = model(**inputs).logits",
+            "print(logits if model.config.problem_type == \"regression\" else "
+            "model.config.id2label[int(logits.argmax(-1))])"],
+        "AutoModelForMultipleChoice": [
+            'pairs = tokenizer(["The sky is", "The sky is"], ["blue.", "made of cheese."], padding=True, '
+            'return_tensors="pt")',
+            "with torch.no_grad():",
+            "    logits = model(**{key: value.unsqueeze(0) for key, value in pairs.items()}).logits",
+            "print(logits.softmax(-1))"],
+        "AutoModel": [
+            'inputs = tokenizer(["A first sentence.", "Another one."], padding=True, return_tensors="pt")',
+            "with torch.no_grad():",
+            "    hidden = model(**inputs).last_hidden_state",
+            'mask = inputs["attention_mask"].unsqueeze(-1)',
+            "embeddings = (hidden * mask).sum(1) / mask.sum(1)  # mean pooling: one vector per sentence",
+            "print(embeddings.shape)"],
+    }.get(auto, [
+        'inputs = tokenizer("Paris is the capital of France.", return_tensors="pt")',
+        "with torch.no_grad():",
+        "    outputs = model(**inputs)",
+        "print({key: tuple(value.shape) for key, value in outputs.items()})"])
+    lines = ["import torch", f"from transformers import {auto}, AutoTokenizer", ""]
+    if architecture is not None and not remote:
+        lines += [f"import leanbert  # registers {architecture.name} with transformers' Auto classes", ""]
+    lines += [f'model_id = "{PLACEHOLDER}"  # this folder, or its id on the Hub',
+              "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+              f"model = {auto}.from_pretrained(model_id{', trust_remote_code=True' if remote else ''}).eval()",
+              *example]
+    return "```python\n" + "\n".join(lines) + "\n```"
+
+
+def local_card_title(start: str | None) -> str | None:
+    """The title of a local start folder's leanbert card ("ShatterForMaskedLM, pretrained with masked-LM")."""
+    if not start or not is_local(start):
+        return None
+    card = source_card(start)
+    if card is None or "leanbert" not in (getattr(card.data, "tags", None) or []):
+        return None
+    title = next((line[2:].strip() for line in card.text.splitlines() if line.startswith("# ")), None)
+    return title or None
+
+
+def inherited_base_model(start: str | None) -> str | None:
+    """A local start folder's own `base_model` (a leanbert card in it), so that lineage survives local steps."""
+    if not start or not is_local(start):
+        return None
+    card = source_card(start)
+    value = getattr(card.data, "base_model", None) if card is not None else None
+    return value if isinstance(value, str) else None
+
+
+def write_model_card(folder: str | Path, *, kind: str, source: str | Path | None = None) -> Path:
+    """Write `folder/README.md` for the model saved in `folder`; `kind` is how it was made ("converted", "healed",
+    "pretrained", "finetuned"), `source` the model it started from (a folder or Hub id; for converted and healed
+    models the conversion report's source by default). Returns the card's path."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    import leanbert
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    conversion, training, results = (read_json(folder / name) for name in REPORTS)
+    if source is None and kind in ("converted", "healed"):
+        source = conversion.get("source")
+    source = None if source is None else str(source)
+    model_type = config.get("model_type", "")
+    architecture = next((a for a in leanbert.ARCHITECTURES if a.model_type == model_type), None)
+    class_name = (config.get("architectures") or [f"{architecture.name if architecture else 'Bert'}Model"])[0]
+    auto = auto_class(class_name, architecture)
+    pipeline_tag = head_of(class_name)[1]
+
+    base_model = hub_id(source) or inherited_base_model(source)
+    origin = source_card(source)
+    license_ = getattr(origin.data, "license", None) if origin is not None else None
+    tags = ["leanbert", model_type] + (["sentence-transformers"] if (folder / "modules.json").is_file() else [])
+    data = ModelCardData(
+        library_name="transformers", pipeline_tag=pipeline_tag, tags=[tag for tag in tags if tag],
+        base_model=base_model, base_model_relation=RELATION if base_model else None,
+        license=license_ if isinstance(license_, str) else None,
+        datasets=[GLUE_DATASET] if kind == "finetuned" else None,
+        metrics=[HUB_METRICS[m] for m in results.get("metrics", {}) if m in HUB_METRICS] or None)
+
+    name = architecture.name if architecture else "BERT"
+    title = {"converted": f"{class_name}, converted from {display(source)}",
+             "healed": f"{class_name}, converted from {display(source)} and healed by distillation",
+             "pretrained": f"{class_name}, pretrained with masked-LM",
+             "finetuned": f"{class_name}, fine-tuned on GLUE {str(results.get('task', '')).upper()}"}[kind]
+    body = [f"# {title}", ""]
+    body += about(name, architecture, config)
+    body += lineage(source, base_model, conversion, training, results, license_)
+    body += parameters(conversion, training or results)
+    body += fidelity(conversion)
+    body += training_results(kind, training, results)
+    body += usage(auto, architecture, sentence_transformers=(folder / "modules.json").is_file())
+    text = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body).rstrip() + "\n"
+    path = folder / CARD
+    ModelCard(text).save(path)
+    return path
+
+
+def about(name: str, architecture, config: dict) -> list[str]:
+    sizes = (f"{config.get('num_hidden_layers')} layers, hidden size {config.get('hidden_size')}, "
+             + (f"{config['num_attention_heads']} attention heads, " if "num_attention_heads" in config else "")
+             + f"vocabulary {number(config.get('vocab_size'))}, up to {config.get('max_position_embeddings')} tokens")
+    if architecture is None:
+        return ["## Model", "", f"A BERT encoder ({sizes}) written by leanbert.", ""]
+    arxiv = architecture.arxiv
+    lines = ["## Model", "",
+             f"**{name}** (`model_type: {architecture.model_type}`): {architecture.title[0].lower()}"
+             f"{architecture.title[1:]}. Paper: [arXiv {arxiv}](https://arxiv.org/abs/{arxiv}). "
+             f"Everything outside self-attention is BERT's. This model: {sizes}.", ""]
+    if architecture.reconstruction:
+        lines += [f"**What is the paper's and what is leanbert's.** {architecture.reconstruction}", ""]
+    return lines
+
+
+def lineage(source, base_model, conversion: dict, training: dict, results: dict, license_) -> list[str]:
+    lines = ["## Lineage", ""]
+    if conversion:
+        settings = conversion.get("settings", {})
+        mode = f", attention_mode `{conversion['attention_mode']}`" if "attention_mode" in conversion else ""
+        lines += [f"- Converted from {display(conversion.get('source'))}, a "
+                  f"{conversion.get('source_architecture')}, by `leanbert-convert` (leanbert "
+                  f"{conversion.get('leanbert_version')}): calibrated on "
+                  f"{settings.get('calibration_passages')} passages of {display(settings.get('calibration_text'))}, "
+                  f"max length {settings.get('max_length')}, {settings.get('refine_steps')} refinement steps, seed "
+                  f"{settings.get('seed')}{mode}."]
+        if conversion.get("note"):
+            lines.append(f"- {conversion['note']}")
+        healing = conversion.get("healing")
+        if healing:
+            lines.append(f"- Healed by distillation from {display(healing.get('teacher'))} on "
+                         f"{healing.get('passages_used')} passages of {display(healing.get('text'))}: "
+                         f"{healing.get('steps')} steps of {healing.get('batch_size')}, learning rate "
+                         f"{healing.get('learning_rate')}, parameters trained: {healing.get('train')}, objective "
+                         f"{healing.get('objective')}, attention weight {healing.get('attention_weight')}, seed "
+                         f"{healing.get('seed')}.")
+    if training:
+        settings = training.get("settings", {})
+        start = (f"continued from {display(settings['model'])}" if settings.get("model") else
+                 f"from scratch (`{settings.get('model_type')}`"
+                 + (f", config overrides `{settings['config_overrides']}`" if settings.get("config_overrides") else "")
+                 + ")")
+        lines.append(f"- Masked-LM pretraining {start} by `leanbert-pretrain` (leanbert "
+                     f"{training.get('leanbert_version')}) on {display(settings.get('train_file'))}: "
+                     f"{training.get('steps')} steps, {number(training.get('tokens'))} tokens in blocks of "
+                     f"{settings.get('max_seq_length')}, batch {settings.get('batch_size')} × "
+                     f"{settings.get('gradient_accumulation_steps')} accumulation per process, learning rate "
+                     f"{settings.get('learning_rate')} ({settings.get('scheduler')}), masking probability "
+                     f"{settings.get('mlm_probability')}, seed {settings.get('seed')}.")
+    if results:
+        settings = results.get("settings", {})
+        lines.append(f"- Fine-tuned from {display(settings.get('model'))} on GLUE "
+                     f"{str(results.get('task')).upper()} (data: {display(settings.get('data_dir'))}) by "
+                     f"`leanbert-finetune` (leanbert {results.get('leanbert_version')}): {results.get('steps')} "
+                     f"steps, batch {settings.get('batch_size')}, learning rate {settings.get('learning_rate')}, "
+                     f"max length {settings.get('max_seq_length')}, seed {settings.get('seed')}.")
+    origin = local_card_title(source)
+    if origin:
+        lines.append(f"- {display(source)} is itself a leanbert model: {origin}"
+                     + (f", derived from {display(base_model)}" if base_model else "") + ".")
+    if isinstance(license_, str):
+        lines.append(f"- Licence: `{license_}`, as stated by the source's card.")
+    elif source:
+        lines.append("- Licence: the source's card states none; the source's terms apply to what derives from it.")
+    else:
+        lines.append("- Licence: none stated; the training text's terms may apply.")
+    reports = [f"`{name}`" for name, report in zip(REPORTS, (conversion, training, results)) if report]
+    if reports:
+        lines += ["", f"{', '.join(reports)} in this repository hold{'s' if len(reports) == 1 else ''} every "
+                      "setting and measurement."]
+    return lines + [""]
+
+
+def parameters(conversion: dict, report: dict) -> list[str]:
+    counts = conversion.get("parameters")
+    if isinstance(counts, dict) and "source" in counts:
+        return ["## Parameters", "", "| model | parameters |", "|---|---|",
+                f"| source ({conversion.get('source_architecture')}) | {number(counts['source'])} |",
+                f"| this model ({conversion.get('target_architecture')}) | {number(counts['converted'])} |",
+                f"| saved | {number(counts['saved'])} ({100 * counts['saved_fraction']:.2f}%) |", ""]
+    if isinstance(report.get("parameters"), int):
+        return ["## Parameters", "", "| model | parameters |", "|---|---|",
+                f"| this model | {number(report['parameters'])} |", ""]
+    return []
+
+
+def fidelity(conversion: dict) -> list[str]:
+    measured = conversion.get("fidelity")
+    if not isinstance(measured, dict):
+        return []
+    lines = ["## Fidelity to the source", "",
+             f"Measured on {measured.get('heldout_passages')} passages: the {measured.get('measure')}.", "",
+             "| | mean cosine | min cosine |", "|---|---|---|",
+             f"| converted | {measured['mean_cosine']:.4f} | {measured['min_cosine']:.4f} |"]
+    after = (conversion.get("healing") or {}).get("fidelity_after")
+    if isinstance(after, dict):
+        lines.append(f"| after healing | {after['mean_cosine']:.4f} | {after['min_cosine']:.4f} |")
+    return lines + [""]
+
+
+def training_results(kind: str, training: dict, results: dict) -> list[str]:
+    lines = []
+    if training:
+        validation = training.get("validation") or {}
+        lines += ["## Pretraining results", "", "| | value |", "|---|---|",
+                  f"| steps | {number(training.get('steps'))} |", f"| samples | {number(training.get('samples'))} |",
+                  f"| final training loss | {training.get('final_loss', float('nan')):.4f} |"]
+        if validation:
+            lines += [f"| validation loss | {validation['loss']:.4f} |",
+                      f"| validation perplexity | {validation['perplexity']:.2f} |"]
+        lines += ["", "![pretraining curve](pretraining_curve.png)", ""]
+    if results:
+        metrics, best = results.get("metrics", {}), results.get("best", {})
+        names = [key for key in metrics if key not in ("step", "samples", "seconds", "loss")]
+        lines += [f"## Results on GLUE {str(results.get('task')).upper()} (validation: "
+                  f"{number(results.get('validation_examples'))} examples)", "",
+                  "| | " + " | ".join(names) + " | loss | step |", "|---" * (len(names) + 3) + "|",
+                  "| final | " + " | ".join(f"{metrics[n]:.4f}" for n in names)
+                  + f" | {metrics.get('loss', float('nan')):.4f} | {metrics.get('step')} |"]
+        if best:
+            lines.append("| best | " + " | ".join(f"{best.get(n, float('nan')):.4f}" for n in names)
+                         + f" | {best.get('loss', float('nan')):.4f} | {best.get('step')} |")
+        lines += ["", f"The main metric is {results.get('main_metric')}; the saved model is the final one.", "",
+                  "![fine-tuning curve](finetuning_curve.png)", ""]
+    if kind == "healed":
+        lines += ["![healing curve](healing_curve.png)", ""]
+    return lines
+
+
+def sentence_snippet(architecture, remote: bool) -> str:
+    """A runnable sentence-transformers example (the folder holds a modules.json)."""
+    lines = ["from sentence_transformers import SentenceTransformer", ""]
+    if architecture is not None and not remote:
+        lines += [f"import leanbert  # registers {architecture.name} with transformers' Auto classes", ""]
+    lines += [f'model_id = "{PLACEHOLDER}"  # this folder, or its id on the Hub',
+              f"model = SentenceTransformer(model_id{', trust_remote_code=True' if remote else ''})",
+              'embeddings = model.encode(["A man is playing a guitar.", "Someone plays music."])',
+              "print(model.similarity(embeddings, embeddings))"]
+    return "```python\n" + "\n".join(lines) + "\n```"
+
+
+def usage(auto: str, architecture, sentence_transformers: bool = False) -> list[str]:
+    lines = ["## Use", ""]
+    if architecture is None:
+        lines += ["With transformers alone:", "", snippet(auto, None, remote=False), ""]
+        if sentence_transformers:
+            lines += ["With sentence-transformers (its modules, pooling and settings are in this repository):", "",
+                      sentence_snippet(None, remote=False), ""]
+        return lines
+    lines += ["With leanbert installed:", "", snippet(auto, architecture, remote=False), ""]
+    if sentence_transformers:
+        lines += ["As a sentence-transformers model (its modules, pooling and settings are in this repository), "
+                  "with leanbert installed:", "", sentence_snippet(architecture, remote=False), ""]
+    lines += ["Without leanbert: the model's code is in this repository (`configuration_*.py`, `modeling_*.py`) and "
+              "`config.json` maps every Auto class to it. `trust_remote_code=True` runs that code: read it first, and "
+              "pin a `revision` when loading from the Hub.", "", snippet(auto, architecture, remote=True), ""]
+    if sentence_transformers:
+        lines += ["With sentence-transformers, without leanbert:", "", sentence_snippet(architecture, remote=True), ""]
+    return lines
