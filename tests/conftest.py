@@ -1,5 +1,7 @@
-"""Shared fixtures: tiny configs of every architecture, so that each test runs in well under a second."""
+"""Shared fixtures: tiny configs of every architecture, so that each test runs in well under a second, and the
+checks of bad input shared by the command tests."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,33 @@ def attention_block_mse(teacher: torch.nn.Module, student: torch.nn.Module, hidd
         block.train(was_training)
     valid = mask.bool()
     return (outputs[1] - outputs[0])[valid].square().mean().item()
+
+
+def snapshot(root: Path) -> dict[str, str | None]:
+    """Every path under `root` (folders too: an empty output folder counts) with its files' SHA-256."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+def fails_cleanly(main, args, expected: str, root: Path, capsys) -> None:
+    """`main(args)` exits 2 with exactly one stderr line containing `expected`, and nothing under `root` changed (no
+    output, no checkpoint folder, no leftovers of the failed run)."""
+    before = snapshot(root)
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2, lines
+    assert len(lines) == 1 and ": error: " in lines[0] and expected in lines[0], lines
+    assert snapshot(root) == before
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models: on a loaded machine with few cores, two threads spinning on
+    tiny matrices run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,28 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
+from conftest import fails_cleanly, snapshot
 from leanbert.commands.convert import main as convert_main
 from leanbert.commands.heal import main as heal_main
 from leanbert.conversion import convert
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def fails_cleanly(main, args, expected: str, root: Path, capsys) -> None:
-    """`main(args)` exits 2 with exactly one stderr line containing `expected`, and nothing under `root` changed."""
-    before = snapshot(root)
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit:  # argparse's usage errors
-        code = exit.code
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code == 2, lines
-    assert len(lines) == 1 and ": error: " in lines[0] and expected in lines[0], lines
-    assert snapshot(root) == before
-    assert not [p for p in root.rglob(".*.leanbert-*")], "leftovers of the failed run"
 
 
 @pytest.fixture(scope="module")

@@ -49,13 +49,7 @@ def expected_modules(targets, num_layers: int = TINY["num_hidden_layers"]) -> se
     return {f"encoder.layer.{i}.attention.self.{target}" for i in range(num_layers) for target in targets}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models are tiny: one intra-op thread is fastest, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

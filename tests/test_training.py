@@ -6,7 +6,6 @@ scratch and from a checkpoint, bf16, whole-word masking, resume after a hard kil
 Every model has 2 layers of width 32 and sees blocks of 32 tokens; the MiniLM tokenizer (30522 tokens) is real.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -25,7 +24,7 @@ from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceC
                           BertConfig, BertModel)
 
 import leanbert
-from conftest import SHARED_DATA, model_class, real_minilm_path, tiny_config
+from conftest import SHARED_DATA, fails_cleanly, model_class, real_minilm_path, snapshot, tiny_config
 from leanbert.commands.finetune import main as finetune_main
 from leanbert.commands.pretrain import main as pretrain_main
 from leanbert.training import TrainingLoop
@@ -60,13 +59,7 @@ def text_slice(source: Path, target: Path, size: int, skip: int = 0) -> Path:
     return target
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a loaded machine with few cores, two threads spinning on tiny matrices run ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -444,7 +437,7 @@ def test_finetuning_stsb_with_a_validation_split(tiny_bert_encoder, tmp_path):
 # ------------------------------------------------------------------------------------------------ Trainer
 
 
-@pytest.mark.parametrize("arch", ["sym_symmetric", "shared", "shatter"])
+@pytest.mark.parametrize("arch", ["sym_symmetric", "shared_bert", "shatter"])
 def test_transformers_trainer_trains_a_leanbert_classifier(arch, tmp_path):
     from transformers import Trainer, TrainingArguments
 
@@ -466,12 +459,6 @@ def test_transformers_trainer_trains_a_leanbert_classifier(arch, tmp_path):
 # ------------------------------------------------------------------------------------------------ bad input
 
 
-def snapshot(root: Path) -> dict[str, str | None]:
-    """Every path under `root` (folders too: an empty output folder counts) with its files' digests."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-            for p in sorted(root.rglob("*"))}
-
-
 @pytest.fixture
 def no_training(monkeypatch):
     """Training makes the test fail: bad input is refused before any work."""
@@ -480,20 +467,6 @@ def no_training(monkeypatch):
 
     monkeypatch.setattr(TrainingLoop, "run", refuse)
     monkeypatch.setattr(TrainingLoop, "__init__", refuse)
-
-
-def fails_cleanly(main, args, expected: str, root: Path, capsys) -> None:
-    """`main(args)` exits 2 with exactly one stderr line naming the problem, and nothing under `root` changed (no
-    output, no checkpoint folder, no leftovers)."""
-    before = snapshot(root)
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit:  # argparse's usage errors
-        code = exit.code
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code == 2, lines
-    assert len(lines) == 1 and ": error: " in lines[0] and expected in lines[0], lines
-    assert snapshot(root) == before
 
 
 @pytest.fixture(scope="module")
