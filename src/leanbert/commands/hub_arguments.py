@@ -6,6 +6,7 @@ import argparse
 
 from ..common.errors import LeanbertError
 from ..common.hub import check_access, push_folder
+from ..training.loop import process_state
 
 
 def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +36,6 @@ def push_output(args: argparse.Namespace, folder) -> dict | None:
     """Push the published output `folder` if asked (main process only); the push's summary, else None."""
     if args.push_to_hub is None:
         return None
-    from ..training.loop import process_state
-
     if not process_state().is_main_process:
         return None
     pushed = push_folder(folder, args.push_to_hub, private=args.private, revision=args.revision,

@@ -20,12 +20,11 @@ import json
 import re
 from pathlib import Path
 
-from .cards import CARD, for_repo
+from .cards import CARD, REPORTS, for_repo
 from .errors import LeanbertError, first_line
 from .models import VOCABULARY_FILES
 from .output import MANIFEST, STAGING_MARK
 
-REPORTS = ("conversion_report.json", "training_report.json", "results.json")
 TEMPORARY = re.compile(r"\..+\.tmp-\d+")  # common.output.write_text_atomically's temporary files
 NOT_UPLOADED_FOLDERS = (".git", ".cache")  # as upload_folder skips them
 TOKEN_HELP = "run `hf auth login` or set HF_TOKEN to a token with write access"
