@@ -8,6 +8,7 @@ import leanbert
 from conftest import attention_block_mse, layer_activations
 from leanbert.conversion.refine import split_holdout
 from leanbert.conversion.sym_fit import attention_logit_rel_error, fit_sym_attention
+from leanbert.conversion.whitening import EIGENVALUE_FLOOR, whitening
 
 D, HEADS, HEAD_SIZE = 32, 4, 8
 
@@ -136,3 +137,25 @@ def test_logit_error_ignores_row_constants_only():
     with torch.no_grad():
         student.self.query_key.bias.add_(0.1)
     assert attention_logit_rel_error(teacher, student, hidden, mask) > 1e-3
+
+
+def test_whitening_is_exact_above_its_floor():
+    """On a calibration-like second moment S, S^{1/2} squares to S and S^{-1/2} whitens it exactly (as `_LogitFit`
+    and SharedBert's subspace step assume); with a direction projected out, S^{-1/2} stays finite, no larger than
+    the floor allows, and still whitens the rest."""
+    hidden, mask = layer_activations(D)
+    x = hidden[mask].double()
+    moment = x.T @ x / len(x)
+    root, inverse = whitening(moment)
+    eye = torch.eye(D, dtype=torch.float64)
+    assert torch.allclose(root @ root, moment, rtol=0, atol=1e-12)
+    assert torch.allclose(inverse @ moment @ inverse, eye, rtol=0, atol=1e-9)
+    direction = torch.nn.functional.normalize(torch.randn(D, generator=torch.Generator().manual_seed(3),
+                                                          dtype=torch.float64), dim=0)
+    projection = eye - torch.outer(direction, direction)
+    singular = projection @ moment @ projection
+    inverse = whitening(singular)[1]
+    largest = torch.linalg.eigvalsh(singular)[-1]
+    assert torch.isfinite(inverse).all()
+    assert torch.linalg.eigvalsh(inverse)[-1] <= (EIGENVALUE_FLOOR * largest) ** -0.5 * (1 + 1e-9)
+    assert torch.allclose(projection @ inverse @ singular @ inverse @ projection, projection, rtol=0, atol=1e-6)

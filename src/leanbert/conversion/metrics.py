@@ -1,4 +1,5 @@
-"""How close a converted attention block is to its source: the relative error of the attention logits."""
+"""How close a converted attention block is to its source: the relative errors of the attention logits and of the
+value-output path, written out from the weights in float64 as an independent check of the modules' forward."""
 
 import math
 
@@ -34,6 +35,36 @@ def attention_logits(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
     count = attention.num_attention_heads  # transformers' BertSelfAttention
     q, k = heads(_linear(attention.query, x), count), heads(_linear(attention.key, x), count)
     return q @ k.transpose(-1, -2) * attention.scaling
+
+
+def attention_values(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The values (n, H, L, d_h) of a BERT or SharedBert self-attention module on x (n, L, d), in float64."""
+    x = x.double()
+    if hasattr(attention, "shared"):  # SharedBert: s ⊙ d_v
+        count = attention.config.num_attention_heads
+        v = _linear(attention.shared, x) * attention.value_scale.double()
+    else:
+        count = attention.num_attention_heads
+        v = _linear(attention.value, x)
+    return v.view(*v.shape[:2], count, -1).transpose(1, 2)
+
+
+@torch.no_grad()
+def value_rel_error(teacher: nn.Module, student: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
+                    chunk: int = 16) -> float:
+    """‖dense'(P v') − dense(P v)‖ / ‖dense(P v)‖ over real tokens, P the teacher's attention probabilities: how
+    well the student's value-output path carries the teacher's, whatever its own attention maps. `teacher` /
+    `student`: BERT / SharedBert attention blocks (`.self` and `.output.dense`)."""
+    error = reference = 0.0
+    for start in range(0, hidden.shape[0], chunk):
+        x, valid = hidden[start : start + chunk], mask[start : start + chunk].bool()
+        logits = attention_logits(teacher.self, x).masked_fill(~valid[:, None, None, :], float("-inf"))
+        probs = logits.softmax(-1)  # (n, H, L, L)
+        target, estimate = (_linear(block.output.dense, (probs @ attention_values(block.self, x)).transpose(1, 2)
+                                    .flatten(2))[valid] for block in (teacher, student))
+        error += (estimate - target).square().sum().item()
+        reference += target.square().sum().item()
+    return math.sqrt(error / reference)
 
 
 @torch.no_grad()

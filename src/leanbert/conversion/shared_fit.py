@@ -29,18 +29,20 @@ Closed form, in float64 on the valid tokens of the training sequences (μ = E[x]
       attention output, refitted to the attention the student actually has. (As a start for refinement it is worse
       than (4): Adam from there ends at a higher error.)
 
-Refinement (`refine_steps > 0`): Adam (lr 1e-3, 16 sequences a step) on W_s, b_s, d_q, d_k, d_v, W'_o, b'_o,
-LayerNorm frozen, minimising the MSE of the block output (after LayerNorm) plus 0.03 × KL(teacher ‖ student) of the
-attention probabilities per query. A quarter of the sequences is held out and the best held-out state is kept.
-Steps (5) and refinement also see every training sequence cut to a random shorter length (later keys and queries
-masked), so that the fit carries over to short inputs such as single sentences.
+Refinement (`refine_steps > 0`): `refine.refine_block` (Adam, lr 1e-3, 16 sequences a step drawn with replacement)
+on W_s, b_s, d_q, d_k, d_v, W'_o, b'_o, LayerNorm frozen, minimising the MSE of the block output (after LayerNorm)
+plus, as its extra loss, 0.03 × KL(teacher ‖ student) of the attention probabilities per query; both blocks run
+their own forward (eager attention, which returns the probabilities). A quarter of the sequences is held out and the
+best held-out state is kept. Steps (5) and refinement also see every training sequence cut to a random shorter
+length (later keys and queries masked), so that the fit carries over to short inputs such as single sentences.
 """
 
 import torch
 from torch import nn
 
-from .metrics import attention_logit_rel_error
-from .refine import EVAL_EVERY, masked_mse, split_holdout
+from .metrics import attention_logit_rel_error, value_rel_error
+from .refine import ExtraLoss, additive_mask, block_output, eager_attention, evaluating, refine_block, split_holdout
+from .whitening import whitening
 
 BIAS_RIDGE = 1e-3  # λ of step (2), relative to tr(P Σ_w P) / d_h
 LSTSQ_RIDGE = 1e-8  # ridge of the least squares of steps (4) and (5), relative to the Gram matrix's mean diagonal
@@ -57,31 +59,31 @@ def fit_shared_attention(teacher: nn.Module, student: nn.Module, hidden: torch.T
 
     Returns plain floats: `logit_rel_error` / `logit_rel_error_closed_form` (softmax-invariant relative error of the
     attention logits, `metrics.attention_logit_rel_error`, after refinement / after the closed form),
-    `value_rel_error` (relative error of the value-output path dense(P v), both blocks with the teacher's attention
-    probabilities P), `output_mse_before` / `output_mse_after` (held-out MSE of the block output after the closed
-    form / after refinement).
+    `value_rel_error` (`metrics.value_rel_error`: the value-output path dense(P v), both blocks with the teacher's
+    attention probabilities P), `output_mse_before` / `output_mse_after` (held-out MSE of the block output after the
+    closed form / after refinement).
     """
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     hidden, mask = hidden.float(), mask.bool()
     train, holdout = (index.to(hidden.device) for index in split_holdout(len(hidden), generator))
-    rows = torch.cat([train, train])  # every training sequence twice: whole, and cut short
-    masks = torch.cat([mask[train], _cut_short(mask[train], generator)])  # (2 N_train, L)
+    # rows N + i repeat the training sequences cut short: training sees every one twice, whole and short
+    rows, row_masks = torch.cat([hidden, hidden[train]]), torch.cat([mask, _cut_short(mask[train], generator)])
+    train_rows = torch.cat([train, len(hidden) + torch.arange(len(train), device=hidden.device)])
     with torch.no_grad():
         _closed_form(teacher, student, hidden[train], mask[train])
         if refine_steps == 0:
-            _refit_output(teacher, student, hidden[rows], masks)
-        holdout_target = _block_output(teacher, hidden[holdout], mask[holdout])
-        before = masked_mse(_block_output(student, hidden[holdout], mask[holdout]), holdout_target,
-                            mask[holdout]).item()
+            _refit_output(teacher, student, rows[train_rows], row_masks[train_rows])
     closed_form_error = attention_logit_rel_error(teacher, student, hidden, mask)
-    after = before
-    if refine_steps > 0:
-        after = _refine(teacher, student, hidden, rows, masks, (hidden[holdout], mask[holdout], holdout_target),
-                        before, refine_steps, generator)
+    target = block_output(teacher, rows, row_masks)
+    parameters = [*student.self.parameters(), *student.output.dense.parameters()]
+    with torch.enable_grad(), eager_attention(teacher, student):
+        before, after = refine_block(student, parameters, rows, row_masks, target, train_rows, holdout, refine_steps,
+                                     generator, lr=LEARNING_RATE, batch_size=BATCH_SIZE,
+                                     extra_loss=_attention_kl(teacher), with_replacement=True)
     return {
         "logit_rel_error": attention_logit_rel_error(teacher, student, hidden, mask),
         "logit_rel_error_closed_form": closed_form_error,
-        "value_rel_error": _value_rel_error(teacher, student, hidden, mask),
+        "value_rel_error": value_rel_error(teacher, student, hidden, mask),
         "output_mse_before": before,
         "output_mse_after": after,
     }
@@ -96,7 +98,7 @@ def _closed_form(teacher: nn.Module, student: nn.Module, hidden: torch.Tensor, m
     eye = torch.eye(r + 1, dtype=x.dtype, device=x.device)
     mu = x.mean(0)
     sigma = torch.cov(x.T, correction=0)  # Σ (d, d)
-    root, inv_root = _sqrt_and_inverse_sqrt(sigma + torch.outer(mu, mu) / 2)  # S^{1/2}, S^{-1/2}
+    root, inv_root = whitening(sigma + torch.outer(mu, mu) / 2)  # S^{1/2}, S^{-1/2}
     x1 = torch.cat([x, torch.ones_like(x[:, :1])], 1)  # x̂ (n, d + 1)
     moment = x1.T @ x1 / n  # E[x̂ x̂^T] (d + 1, d + 1)
     w_q, b_q = _weights(teacher.self.query)
@@ -140,103 +142,39 @@ def _closed_form(teacher: nn.Module, student: nn.Module, hidden: torch.Tensor, m
     output.LayerNorm.load_state_dict(teacher.output.LayerNorm.state_dict())
 
 
+@torch.no_grad()
 def _refit_output(teacher: nn.Module, student: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
                   chunk: int = 32) -> None:
-    """Step (5): the student's output projection by least squares on its own attention output."""
+    """Step (5): the student's output projection by least squares on its own attention output, against the
+    teacher's projected attention output (both from the modules' own forward)."""
     gram = rhs = 0
-    for start in range(0, len(hidden), chunk):
-        x, m = hidden[start : start + chunk], mask[start : start + chunk]
-        ctx = _attend(*_qkv(student.self, x), m)[0][m].double()  # (n, d)
-        ctx = torch.cat([ctx, torch.ones_like(ctx[:, :1])], 1)
-        target = teacher.output.dense(_attend(*_qkv(teacher.self, x), m)[0])[m].double()
-        gram, rhs = gram + ctx.T @ ctx, rhs + ctx.T @ target
+    with evaluating(teacher, student):
+        for start in range(0, len(hidden), chunk):
+            x, m = hidden[start : start + chunk], mask[start : start + chunk]
+            additive = additive_mask(m, x.dtype)
+            ctx = student.self(x, attention_mask=additive)[0][m].double()  # (n, d)
+            ctx = torch.cat([ctx, torch.ones_like(ctx[:, :1])], 1)
+            target = teacher.output.dense(teacher.self(x, attention_mask=additive)[0])[m].double()
+            gram, rhs = gram + ctx.T @ ctx, rhs + ctx.T @ target
     g = _ridge_solve(gram, rhs)  # (d + 1, d)
     student.output.dense.weight.copy_(g[:-1].T)
     student.output.dense.bias.copy_(g[-1])
 
 
-def _refine(teacher, student, hidden, rows, masks, holdout, best, steps, generator) -> float:
-    """Adam against MSE(block output) + KL_WEIGHT · KL(teacher attention ‖ student attention), averaged over real
-    queries and heads; keeps the state with the best held-out MSE (`best`, the start's, included) and returns it."""
-    parameters = [*student.self.parameters(), *student.output.dense.parameters()]
-    flags = {p: p.requires_grad for p in student.parameters()}
-    for p in student.parameters():
-        p.requires_grad_(any(p is q for q in parameters))
-    best_state = [p.detach().clone() for p in parameters]
-    optimizer = torch.optim.Adam(parameters, lr=LEARNING_RATE)
-    holdout_hidden, holdout_mask, holdout_target = holdout
-    with torch.enable_grad():
-        for step in range(1, steps + 1):
-            pick = torch.randint(len(rows), (BATCH_SIZE,), generator=generator).to(rows.device)
-            x, m = hidden[rows[pick]], masks[pick]
-            with torch.no_grad():
-                target, teacher_logp = _block_output(teacher, x, m, log_probs=True)
-            output, logp = _block_output(student, x, m, log_probs=True)
-            kl = (teacher_logp.exp() * (teacher_logp - logp)).masked_fill(~m[:, None, None, :], 0.0).sum(-1)
-            loss = masked_mse(output, target, m) + KL_WEIGHT * kl.transpose(1, 2)[m].mean()  # kl: (B, H, L)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step % EVAL_EVERY == 0 or step == steps:
-                with torch.no_grad():
-                    error = masked_mse(_block_output(student, holdout_hidden, holdout_mask), holdout_target,
-                                       holdout_mask).item()
-                if error < best:
-                    best, best_state = error, [p.detach().clone() for p in parameters]
-    with torch.no_grad():
-        for p, value in zip(parameters, best_state):
-            p.copy_(value)
-            p.grad = None
-    for p, flag in flags.items():
-        p.requires_grad_(flag)
-    return best
+def _attention_kl(teacher: nn.Module) -> ExtraLoss:
+    """The refinement's extra loss: KL_WEIGHT · KL(teacher ‖ student) of the attention probabilities of each real
+    query, averaged over those queries and the heads; the teacher's probabilities from its own forward. The
+    student's are floored at the smallest normal float, so that one underflowing to 0 cannot make the loss
+    infinite; padded keys have probability 0 on both sides and add nothing."""
 
+    def loss(hidden: torch.Tensor, mask: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            reference = teacher.self(hidden, attention_mask=additive_mask(mask, hidden.dtype))[1]  # (B, H, L, L)
+        log_ratio = torch.xlogy(reference, reference) - reference * probabilities.clamp_min(
+            torch.finfo(probabilities.dtype).tiny).log()
+        return KL_WEIGHT * log_ratio.sum(-1).transpose(1, 2)[mask].mean()  # sum over keys: (B, L, H)
 
-def _block_output(attention: nn.Module, x: torch.Tensor, mask: torch.Tensor, log_probs: bool = False,
-                  chunk: int = 32):
-    """LN(dense(softmax(q k^T / √d_h) v) + x) (B, L, d) of a BERT or SharedBert attention block, without dropout;
-    with `log_probs`, also the attention log-probabilities (B, H, L, L)."""
-    outputs, logps = [], []
-    for start in range(0, len(x), chunk):
-        part, m = x[start : start + chunk], mask[start : start + chunk]
-        ctx, logp = _attend(*_qkv(attention.self, part), m)
-        outputs.append(attention.output.LayerNorm(attention.output.dense(ctx) + part))
-        logps.append(logp if log_probs else None)
-    output = torch.cat(outputs)
-    return (output, torch.cat(logps)) if log_probs else output
-
-
-def _qkv(attention: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries, keys and values (B, H, L, d_h) of transformers' `BertSelfAttention` or of `SharedBertSelfAttention`."""
-    if hasattr(attention, "shared"):
-        s = attention.shared(x)  # (B, L, d)
-        qkv, heads = (s * attention.query_scale, s * attention.key_scale, s * attention.value_scale), \
-            attention.config.num_attention_heads
-    else:
-        qkv, heads = (attention.query(x), attention.key(x), attention.value(x)), attention.num_attention_heads
-    return tuple(t.view(*x.shape[:2], heads, -1).transpose(1, 2) for t in qkv)
-
-
-def _attend(q, k, v, mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """Context (B, L, d) and log-probabilities (B, H, L, L) of softmax(q k^T / √d_h) v over the real keys."""
-    logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, L, L)
-    logp = logits.masked_fill(~mask[:, None, None, :], float("-inf")).log_softmax(-1)
-    return (logp.exp() @ v).transpose(1, 2).flatten(2), logp
-
-
-@torch.no_grad()
-def _value_rel_error(teacher, student, hidden, mask, chunk: int = 16) -> float:
-    """‖dense'(P v') − dense(P v)‖ / ‖dense(P v)‖ over real tokens, P the teacher's attention probabilities."""
-    error = reference = 0.0
-    for start in range(0, len(hidden), chunk):
-        x, m = hidden[start : start + chunk], mask[start : start + chunk]
-        q, k, v = _qkv(teacher.self, x)
-        probs = _attend(q, k, v, m)[1].exp()  # (B, H, L, L)
-        target = teacher.output.dense((probs @ v).transpose(1, 2).flatten(2))[m].double()
-        estimate = student.output.dense((probs @ _qkv(student.self, x)[2]).transpose(1, 2).flatten(2))[m].double()
-        error += (estimate - target).square().sum().item()
-        reference += target.square().sum().item()
-    return (error / reference) ** 0.5
+    return loss
 
 
 def _cut_short(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -255,10 +193,3 @@ def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 def _weights(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """(W, b) of `y = x W + b` in float64."""
     return linear.weight.detach().double().T, linear.bias.detach().double()
-
-
-def _sqrt_and_inverse_sqrt(matrix: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric square root and inverse square root; eigenvalues floored at `floor` times the largest."""
-    eigenvalues, vectors = torch.linalg.eigh(matrix)
-    eigenvalues = eigenvalues.clamp_min(floor * eigenvalues.max())
-    return (vectors * eigenvalues.sqrt()) @ vectors.T, (vectors / eigenvalues.sqrt()) @ vectors.T

@@ -53,6 +53,7 @@ from torch import nn
 
 from .metrics import attention_logit_rel_error
 from .refine import block_output, heldout_mse, refine_block, split_holdout
+from .whitening import whitening
 
 QK_STEPS = 200  # A3 Adam steps (converged to ~0.5% of the error on MiniLM)
 QK_LR = 3e-3
@@ -162,10 +163,7 @@ class _LogitFit:
         query, key = teacher.self.query, teacher.self.key
         q_hat = _heads(torch.cat([query.weight.T, query.bias[None]], 0), heads)  # (H, d+1, r), [W_q; b_q]
         w_k = _heads(key.weight.T, heads)  # (H, d, r)
-        values, vectors = torch.linalg.eigh((c_hat[:d, :d] + sigma) / 2)
-        values = values.clamp_min(1e-12 * values[-1])
-        self.s_half = (vectors * values.sqrt()) @ vectors.T
-        self.s_inv_half = (vectors / values.sqrt()) @ vectors.T
+        self.s_half, self.s_inv_half = whitening((c_hat[:d, :d] + sigma) / 2)
         self.sigma = self.s_inv_half @ sigma @ self.s_inv_half  # Σ̃
         self.mean = self.s_inv_half @ c_hat[:d, d:]  # (d, 1), S^{-1/2} E[x]
         self.cq = self.s_inv_half @ c_hat[:d] @ q_hat  # (H, d, r), Cq = [U^T cq; cq_last]
