@@ -418,6 +418,20 @@ def test_finetuning_the_output_of_pretraining_directly(pretrained, tmp_path, cap
     assert code == 0, capsys.readouterr().err
 
 
+def test_finetuning_on_the_first_examples_only(tiny_bert_encoder, tmp_path):
+    # as transformers' run_glue: --max-train-samples / --max-eval-samples keep the first N rows of each file
+    output = tmp_path / "rte"
+    extra = ["--max-train-samples", 20, "--max-eval-samples", 30, "--num-train-epochs", 2]
+    args = [a for a in finetune_args(tiny_bert_encoder, "rte", output, 1, *extra)]
+    del args[args.index("--max-train-steps"): args.index("--max-train-steps") + 2]
+    assert finetune_main(args) == 0
+    results = read_json(output / "results.json")
+    assert results["train_examples"] == 20 and results["validation_examples"] == 30
+    assert results["steps"] == 2 * math.ceil(20 / 8)  # two epochs of 20 examples in batches of 8
+    logits, gold, _ = rte_dev_predictions(output)
+    assert results["metrics"]["accuracy"] == pytest.approx(accuracy_score(gold[:30], logits[:30].argmax(-1)))
+
+
 def test_finetuning_stsb_with_a_validation_split(tiny_bert_encoder, tmp_path):
     output = tmp_path / "stsb"
     assert finetune_main(finetune_args(tiny_bert_encoder, "stsb", output, 3, "--validation-split", "0.1")) == 0
@@ -509,6 +523,7 @@ PRETRAIN_CASES = {
     "vocabulary_beyond_the_model": (dict(), ["--config-overrides", overrides("sym_bert") + ",vocab_size=1000"],
                                     "its ids would fall outside the embeddings"),
     "validation_split_2": (dict(), ["--validation-split", "2"], "validation_split must be in [0, 1), got 2"),
+    "no_training_samples": (dict(), ["--max-train-samples", "0"], "--max-train-samples: must be a positive integer, got 0"),
     "model_type_and_model": (dict(), ["--model", "{bad}/small_vocab"], "give either --model-type"),
 }
 if not torch.cuda.is_available():

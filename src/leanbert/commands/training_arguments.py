@@ -30,6 +30,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, batch_size: int, 
                        help="folder of its own for checkpoints (default: <output>.<task>-checkpoints)")
     group.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     group.add_argument("--seed", type=seed, default=42)
+    group.add_argument("--max-train-samples", type=positive_int,
+                       help="train on the first N examples only (quick runs, as in transformers' example scripts)")
+    group.add_argument("--max-eval-samples", type=positive_int, help="evaluate on the first N examples only")
     parser.add_argument("--force", action="store_true", help="replace an output folder that leanbert wrote before")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also read a model's pytorch_model.bin (pickle can run code: only for files you trust)")
@@ -41,6 +44,7 @@ def training_kwargs(args: argparse.Namespace, default_epochs: float) -> dict:
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": args.learning_rate,
             "weight_decay": args.weight_decay, "scheduler": args.lr_scheduler, "warmup_ratio": args.warmup_ratio,
             "max_grad_norm": args.max_grad_norm, "mixed_precision": args.mixed_precision,
-            "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every, "seed": args.seed,
+            "eval_every": args.eval_every, "max_train_samples": args.max_train_samples,
+            "max_eval_samples": args.max_eval_samples, "checkpoint_every": args.checkpoint_every, "seed": args.seed,
             "checkpoint_dir": args.checkpoint_dir, "resume": args.resume, "force": args.force,
             "allow_pickle": args.allow_pickle}

@@ -86,7 +86,7 @@ def finetune(output: str | Path, *, model: str | Path, task: str, data_dir: str 
     if settings.eval_every is None:
         loop.eval_every = loop.steps_per_epoch
     results = {"task": spec.name, "main_metric": main_metric(spec.name), "settings": recorded,
-               "train_examples": len(train), "validation_examples": len(validation),
+               "train_examples": len(loop.train_data), "validation_examples": len(loop.eval_data),
                "parameters": sum(p.numel() for p in net.parameters()), "leanbert_version": leanbert.__version__}
 
     def summarize(history: dict) -> dict:

@@ -57,13 +57,16 @@ class TrainingSettings:
     eval_every: int | None = None  # steps; None: once, at the end
     checkpoint_every: int | None = None  # steps; None: no checkpoints
     seed: int = 0
+    max_train_samples: int | None = None  # train / evaluate on the first N examples only (None: all)
+    max_eval_samples: int | None = None
 
     def __post_init__(self):
         """Checked before anything is loaded; one `TrainingError` naming the first bad setting."""
         if self.steps is None and self.epochs is None:
             raise TrainingError("give the length of training: steps or epochs")
         for name, low, high in (("steps", 1, None), ("batch_size", 1, None), ("gradient_accumulation_steps", 1, None),
-                                ("eval_every", 1, None), ("checkpoint_every", 1, None), ("seed", 0, MAX_SEED)):
+                                ("eval_every", 1, None), ("checkpoint_every", 1, None), ("seed", 0, MAX_SEED),
+                                ("max_train_samples", 1, None), ("max_eval_samples", 1, None)):
             value = getattr(self, name)
             if value is not None or name in ("batch_size", "gradient_accumulation_steps", "seed"):
                 check_integer(name, value, low, high)
@@ -85,6 +88,14 @@ class TrainingSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def first(data, count: int | None):
+    """The first `count` examples of a map-style dataset (all of them when None or fewer), as transformers' example
+    scripts cut theirs (`--max_train_samples`): `datasets.Dataset.select`, or a `torch.utils.data.Subset`."""
+    if data is None or count is None or count >= len(data):
+        return data
+    return data.select(range(count)) if hasattr(data, "select") else torch.utils.data.Subset(data, range(count))
 
 
 def on_cpu_only() -> bool:
@@ -158,6 +169,8 @@ class TrainingLoop:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed))
         check_requested_plugin(self.accelerator)
         set_seed(settings.seed)
+        self.train_data = train_data = first(train_data, settings.max_train_samples)
+        self.eval_data = eval_data = first(eval_data, settings.max_eval_samples)
         generator = torch.Generator().manual_seed(settings.seed)
         train_loader = torch.utils.data.DataLoader(train_data, batch_size=settings.batch_size, shuffle=True,
                                                    collate_fn=collate_fn, generator=generator)

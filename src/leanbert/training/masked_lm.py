@@ -127,7 +127,8 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
     loop = TrainingLoop(net, settings, train, masking, eval_data=validation, name="pretraining",
                         eval_collate_fn=SeededMasking(tok, mlm_probability, whole_word_masking, settings.seed + 1),
                         evaluate=evaluate_perplexity)
-    report = {"settings": recorded, "train_blocks": len(train), "validation_blocks": len(validation or []),
+    report = {"settings": recorded, "train_blocks": len(loop.train_data),
+              "validation_blocks": len(loop.eval_data or []),
               "parameters": sum(p.numel() for p in net.parameters()), "leanbert_version": leanbert.__version__}
 
     def summarize(history: dict) -> dict:
