@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-quick clean
 
 install: $(STAMP)
 
@@ -24,8 +24,23 @@ demo: install
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra
 
+# Every benchmark, then BENCHMARKS.md from their JSON (bench/report.py). The pretraining and fine-tuning runs are
+# resumable: stop `make bench` at any point and run it again to continue (see BENCHMARKS.md for the time it takes).
 bench: install
-	$(BIN)/python bench/bench_speed.py
+	$(BIN)/python bench/bench_parameters.py
+	$(BIN)/python bench/bench_speed.py --resume
+	$(BIN)/python bench/bench_convergence.py
+	$(BIN)/python bench/bench_downstream.py
+	$(BIN)/python bench/report.py
+
+# A first look in under 10 minutes: tiny models, few steps, into bench/results/quick/ (the real results stay).
+QUICK := bench/results/quick
+bench-quick: install
+	$(BIN)/python bench/bench_parameters.py --output-dir $(QUICK)
+	$(BIN)/python bench/bench_speed.py --quick --output-dir $(QUICK)
+	$(BIN)/python bench/bench_convergence.py --quick
+	$(BIN)/python bench/bench_downstream.py --quick
+	$(BIN)/python bench/report.py --results $(QUICK) --runs-dir bench/runs-quick --output $(QUICK)/BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out build src/*.egg-info

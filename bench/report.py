@@ -1,0 +1,142 @@
+"""BENCHMARKS.md, generated from the JSON results of the benchmarks (never edited by hand).
+
+    python bench/report.py                                   # bench/results/*.json -> BENCHMARKS.md
+    python bench/report.py --results bench/results/quick --output bench/results/quick/BENCHMARKS.md
+
+Each benchmark module gives its own `markdown_section(results)` and `claims(results)`; this script puts them
+together: one line per claim of the three papers with its verdict at our scale, then a section per measurement.
+A benchmark that has not run yet is listed as pending, with the command that produces it.
+"""
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+
+import bench_convergence
+import bench_downstream
+import bench_parameters
+import bench_speed
+from runs import REPO, RUNS, wall_seconds
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# (title, module, results file, command that produces it, what it answers)
+SECTIONS = [
+    ("Parameters", bench_parameters, "parameters.json", "python bench/bench_parameters.py",
+     "total and attention-block parameters at BERT-base and all-MiniLM-L6-v2 sizes, against the papers' figures"),
+    ("Speed and memory", bench_speed, "speed.json", "python bench/bench_speed.py",
+     "training-step and inference throughput and memory at BERT-base size, full and padded batches"),
+    ("Speed and memory on a GPU", bench_speed, "gpu/speed.json", "bash bench/gpu.sh",
+     "the same on a GPU in bf16"),
+    ("Convergence", bench_convergence, "convergence.json", "python bench/bench_convergence.py",
+     "masked-LM pretraining from scratch: validation loss against steps and time"),
+    ("Downstream", bench_downstream, "downstream.json", "python bench/bench_downstream.py",
+     "GLUE fine-tuning of the pretrained models, and of all-MiniLM-L6-v2 against its converted versions"),
+]
+
+SCALE = """\
+## What our scale cannot test
+
+The papers pretrain BERT-base (110M parameters) on billions of tokens and report GLUE on fully trained models.
+Here the convergence runs pretrain models of a few million parameters for a few million tokens on 2 CPU cores, and
+fine-tune them on GLUE tasks they are far too small to solve well. So the GLUE claims (SymBert 79.36 vs 78.74,
+SharedBert +0.38) are tested only in direction and within the seeds' spread, at a scale where differences under a
+point cannot be resolved; the absolute GLUE numbers are not comparable with the papers'. Shatter's speed and
+memory claims were measured on TPUs; here they are tested on a CPU (and on a GPU when `bench/gpu.sh` has been
+run). Speed ratios on a shared CPU are noisy: each is given with the interquartile range of its round-by-round
+ratios, and a verdict holds only when that range supports it.
+"""
+
+
+def load(results_dir: Path, name: str) -> dict | None:
+    path = results_dir / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def claims_table(entries: list[dict]) -> str:
+    lines = ["| paper | claim | measured here | verdict |", "|---|---|---|---|"]
+    lines += [f"| {e['paper']} | {e['claim']} | {e['measured']} | **{e['verdict']}** |" for e in entries]
+    return "\n".join(lines) + "\n"
+
+
+def machine_lines(loaded: dict) -> list[str]:
+    """The machine and versions each result was measured with (they may differ between sittings)."""
+    lines = []
+    for title, results in loaded.items():
+        info = results.get("machine", {})
+        if info:
+            lines.append(f"- {title}: {info.get('date', '?')}; torch {info.get('torch')}, transformers "
+                         f"{info.get('transformers')}, leanbert {info.get('leanbert')}; {info.get('platform')}, "
+                         f"{info.get('cpu_count')} CPUs" + (f", {info['gpu']}" if info.get("gpu") else ""))
+    return lines
+
+
+def section(module, results: dict, results_file: Path, report_folder: Path) -> str:
+    """A benchmark's markdown section, its images linked from where the report lies."""
+    folder = os.path.relpath(results_file.parent, report_folder)
+    return re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({Path(folder, m[1]).as_posix()})",
+                  module.markdown_section(results))
+
+
+def current(module, results: dict) -> bool:
+    """Whether results were written by this version of the benchmark (an older one lacks fields it now reports)."""
+    try:
+        module.markdown_section(results)
+        module.claims(results)
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+def build(results_dir: Path, runs_dir: Path, report_folder: Path) -> str:
+    found = {title: (module, results) for title, module, file, _, _ in SECTIONS
+             if (results := load(results_dir, file))}
+    stale = {title for title, (module, results) in found.items() if not current(module, results)}
+    loaded = {title: results for title, (_, results) in found.items() if title not in stale}
+    entries = []
+    for title, module, file, command, what in SECTIONS:  # a benchmark not run yet: one pending line for its claims
+        entries += module.claims(loaded[title]) if title in loaded else [
+            {"paper": f"all ({title.lower()})", "claim": f"the claims on {what}", "verdict": "pending",
+             "measured": f"not measured yet: `{command}`"}]
+    hours = wall_seconds(runs_dir) / 3600
+    shown = results_dir.relative_to(REPO) if results_dir.is_relative_to(REPO) else results_dir
+    parts = ["# leanbert benchmarks: the papers' claims, measured\n",
+             f"Generated by `python bench/report.py` from `{shown}/*.json` (`make bench` "
+             "runs every benchmark, then this; `make bench-quick` gives a first look in under 10 minutes). Do not "
+             "edit by hand.\n",
+             f"The long runs (pretraining and fine-tuning) took {hours:.1f} hours of wall time on this machine so "
+             "far (the sum over every run and sitting, from the runs' ledgers); they are resumable, so "
+             "`make bench` can be stopped and run again to continue.\n",
+             "## Machines and versions\n", "\n".join(machine_lines(loaded) or ["- nothing measured yet"]) + "\n",
+             "## The claims\n",
+             claims_table(entries) if entries else "No claim measured yet.\n",
+             "Verdicts are computed from the numbers by the rule each benchmark states (`claims()` in its "
+             "script); *pending* means the run has not happened yet.\n", SCALE]
+    for title, module, file, command, what in SECTIONS:
+        parts.append(f"## {title}\n\n{what[0].upper() + what[1:]}.\n")
+        if title in loaded:
+            parts.append(section(module, loaded[title], results_dir / file, report_folder))
+        elif title in stale:
+            parts.append(f"Pending: `{file}` was written by an older version of the benchmark; run `{command}` "
+                         "again.\n")
+        else:
+            parts.append(f"Pending: `{command}` has not written `{file}` yet.\n")
+    return "\n".join(parts)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON results (bench/results)")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS, help="folder of the runs (bench/runs)")
+    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    text = build(args.results.resolve(), args.runs_dir, args.output.resolve().parent)
+    args.output.write_text(text)
+    print(f"wrote {args.output}")
+    return text
+
+
+if __name__ == "__main__":
+    main()

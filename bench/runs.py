@@ -1,0 +1,121 @@
+"""What the long benchmarks (convergence, downstream) share: running one of leanbert's commands so that an
+interrupted run continues where it stopped, the spread over seeds, and the facts about the machine.
+
+Each run is one command writing one output folder under a runs folder (`bench/runs/` by default, not tracked by
+git): a finished run is never repeated, an interrupted one continues from its newest checkpoint (`--resume`), so
+`make bench` can be stopped at any point and started again, in another sitting.
+"""
+
+import contextlib
+import datetime
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+import leanbert
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RUNS = Path(__file__).resolve().parent / "runs"
+QUICK_RUNS = Path(__file__).resolve().parent / "runs-quick"  # --quick runs: apart, so they never count as the real ones
+
+
+def run_command(command, args: list, output: Path, done_file: str, task: str | None = None) -> bool:
+    """Run a leanbert command line (`command`: the `main(argv)` of `leanbert.commands.<name>`, in this process, so
+    that a hundred short runs do not each pay for importing torch) with `args + ["--output", output]`, unless
+    `output/done_file` exists (then it is skipped and False returned); with `--resume` when an earlier attempt left
+    a checkpoint in `<output>.<task>-checkpoints` (the training commands' default folder; `task`: pretrain,
+    finetune, heal). Raises if the command fails (it has printed why)."""
+    if (output / done_file).is_file():
+        return False
+    checkpoints = output.with_name(f"{output.name}.{task}-checkpoints")
+    complete = checkpoints.is_dir() and any(re.fullmatch(r"step_\d+", p.name) for p in checkpoints.iterdir())
+    argv = [*map(str, args), "--output", str(output), *(["--resume"] if complete else [])]
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the command's JSON summary; its progress bars stay on stderr
+        code = command(argv)
+    record_time(output, time.perf_counter() - started)
+    if code != 0:
+        raise RuntimeError(f"{command.__module__} {' '.join(argv)} failed with exit code {code}")
+    return True
+
+
+def use_device(device: str) -> None:
+    """Run every command of this process on `device`: "cpu" keeps them on the CPU where a GPU exists (accelerate's
+    ACCELERATE_USE_CPU); models and data are read offline (nothing here comes from the Hub)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
+def record_time(output: Path, seconds: float) -> None:
+    """Add a command's wall time (start-up, data, training, evaluation, saving) to `wall_seconds.json` beside its
+    output, summed over the sittings an interrupted run took: what the full benchmark costs."""
+    ledger = output.parent / "wall_seconds.json"
+    times = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    times[output.name] = round(times.get(output.name, 0.0) + seconds, 1)
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_text(json.dumps(times, indent=2) + "\n")
+
+
+def wall_seconds(runs_dir: Path) -> float:
+    """The summed wall time of every command run under `runs_dir` (all its ledgers)."""
+    return sum(sum(json.loads(path.read_text()).values()) for path in runs_dir.rglob("wall_seconds.json"))
+
+
+def spread(values: list) -> dict:
+    """Mean, sample standard deviation, min and max of the seeds' values, and how many there are (None values, e.g.
+    a target never reached, are counted but left out of the statistics)."""
+    present = [v for v in values if v is not None]
+    return {"mean": statistics.fmean(present) if present else None,
+            "std": statistics.stdev(present) if len(present) > 1 else None,
+            "min": min(present, default=None), "max": max(present, default=None),
+            "n": len(values), "missing": len(values) - len(present)}
+
+
+def fmt_spread(entry: dict, digits: int = 3, scale: float = 1.0) -> str:
+    """"mean ± std (n)" for a table cell; "–" when no seed has a value, and how many lack one."""
+    if entry["mean"] is None:
+        return "–"
+    text = f"{entry['mean'] * scale:.{digits}f}"
+    if entry["std"] is not None:
+        text += f" ± {entry['std'] * scale:.{digits}f}"
+    if entry["missing"]:
+        text += f" ({entry['n'] - entry['missing']} of {entry['n']})"
+    return text
+
+
+def save(results: dict, folder: Path, name: str, plot) -> dict:
+    """`<name>.json` and `<name>.png` (drawn by `plot(results, path)`) in `folder`, each replaced atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}.json.partial"
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    partial.replace(folder / f"{name}.json")
+    plot(results, folder / f".{name}.partial.png")
+    (folder / f".{name}.partial.png").replace(folder / f"{name}.png")
+    return results
+
+
+def machine() -> dict:
+    """Date, versions and hardware, recorded with every result."""
+    info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "leanbert": leanbert.__version__,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return info
+
+
+def command_line() -> str:
+    """The command that produced a result, as a user would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
+    return " ".join(["python", str(shown), *sys.argv[1:]])

@@ -1,0 +1,144 @@
+"""The long benchmarks at toy size, end to end: bench_convergence.py (pretraining with leanbert-pretrain, resumable
+run by run), bench_downstream.py (fine-tuning its models with leanbert-finetune) and report.py (BENCHMARKS.md from
+their JSON). Their numbers are checked against the runs' own outputs and against independent computations; the
+real runs take hours and are not part of the tests."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import bench_convergence  # noqa: E402
+import bench_downstream  # noqa: E402
+import report  # noqa: E402
+
+TEXT = REPO.parent / "shared" / "data" / "text" / "gutenberg-pd"
+MODELS = ["BERT", "SymBert pairwise"]
+TOY = ["--hidden", "16", "--layers", "1", "--heads", "2", "--seq-len", "32", "--batch-size", "4", "--steps", "6",
+       "--eval-every", "2", "--eval-blocks", "8", "--learning-rate", "3e-3", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def convergence(tmp_path_factory):
+    """A toy convergence run of two models and two seeds on slices of the real text."""
+    root = tmp_path_factory.mktemp("bench")
+    text = root / "text"
+    text.mkdir()
+    for name, count in (("train.txt", 400), ("valid.txt", 150)):
+        lines = (TEXT / name).read_text(encoding="utf-8").splitlines()[:count]
+        (text / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = [*TOY, "--models", *MODELS, "--seeds", "0", "1", "--text", str(text), "--runs-dir", str(root / "runs"),
+            "--output-dir", str(root / "results")]
+    return root, args, bench_convergence.main(args)
+
+
+def unigram_by_hand(root: Path) -> float:
+    """The plateau from the text itself: lines tokenised as the packing does ([CLS] a [SEP] per line), blocks of 32
+    tokens, the remainder dropped; the validation side limited to the first 8 blocks."""
+    tokenizer = AutoTokenizer.from_pretrained(bench_convergence.TOKENIZER)
+    counts = []
+    for name, blocks in (("train.txt", None), ("valid.txt", 8)):
+        lines = [line for line in (root / "text" / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+        ids = [token for line in lines for token in tokenizer(line)["input_ids"]]
+        ids = ids[: len(ids) // 32 * 32][: None if blocks is None else blocks * 32]
+        counts.append(np.bincount(ids, minlength=len(tokenizer)).astype(float))
+    train, valid = counts
+    keep = np.ones(len(train), bool)
+    keep[tokenizer.all_special_ids] = False
+    p_train, p_valid = train[keep] / train[keep].sum(), valid[keep] / valid[keep].sum()
+    return float(-(p_valid * np.log(np.maximum(p_train, 1e-300))).sum())
+
+
+def test_convergence_reports_each_runs_curve_and_the_analysis_follows_from_it(convergence):
+    root, _, results = convergence
+    assert results["models"] == MODELS and set(results["runs"]) == set(MODELS)
+    assert json.loads((root / "results" / "convergence.json").read_text()) == json.loads(json.dumps(results))
+    assert (root / "results" / "convergence.png").read_bytes().startswith(b"\x89PNG")
+    for name, seeds in results["runs"].items():
+        assert set(seeds) == {0, 1}
+        for seed, run in seeds.items():
+            curve = json.loads((Path(run["folder"]) / "pretraining_curve.json").read_text())["eval"]
+            assert [p["step"] for p in run["curve"]] == [2, 4, 6] == [p["step"] for p in curve]
+            assert [p["loss"] for p in run["curve"]] == [p["loss"] for p in curve]
+            assert run["final_loss"] == curve[-1]["loss"]
+    # the same seed gives BERT and SymBert the same batches and masks: their first validation losses differ only
+    # through the models, and the two seeds of one model differ
+    assert results["runs"]["BERT"][0]["curve"][0]["loss"] != results["runs"]["BERT"][1]["curve"][0]["loss"]
+    for seed in (0, 1):
+        bert, sym = results["runs"]["BERT"][seed], results["runs"]["SymBert pairwise"][seed]
+        target = bert["final_loss"]
+        steps = [p["step"] for p in sym["curve"]]
+        losses = [p["loss"] for p in sym["curve"]]
+        below = [i for i, loss in enumerate(losses) if loss <= target]
+        expected = None
+        if below:  # interpolated between the evaluation before the first one below the target and that one
+            i = below[0]
+            expected = float(steps[0]) if i == 0 else float(np.interp(target, [losses[i], losses[i - 1]],
+                                                                        [steps[i], steps[i - 1]]))
+        assert bench_convergence.reach(sym["curve"], target, "step") == pytest.approx(expected)
+    assert results["unigram_plateau"] == pytest.approx(unigram_by_hand(root), rel=1e-9)
+    analysis = results["analysis"]["SymBert pairwise"]["final_loss"]
+    finals = [results["runs"]["SymBert pairwise"][s]["final_loss"] for s in (0, 1)]
+    assert analysis["mean"] == pytest.approx(np.mean(finals)) and analysis["std"] == pytest.approx(np.std(finals,
+                                                                                                         ddof=1))
+
+
+def test_convergence_never_repeats_a_finished_run_and_redoes_a_missing_one(convergence):
+    root, args, first = convergence
+    ledger = root / "runs" / "wall_seconds.json"
+    before = json.loads(ledger.read_text())
+    assert set(before) == {bench_convergence.run_folder(bench_convergence.parse_args(args), name, seed).name
+                           for name in MODELS for seed in (0, 1)}
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/model.safetensors")}
+    again = bench_convergence.main(args)
+    assert json.loads(ledger.read_text()) == before  # nothing ran
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert again["runs"] == first["runs"]
+    # a run that never finished (its output folder absent: outputs are written atomically) is run again, alone
+    missing = Path(first["runs"]["SymBert pairwise"][1]["folder"])
+    shutil.rmtree(missing)
+    third = bench_convergence.main(args)
+    after = json.loads(ledger.read_text())
+    assert after[missing.name] > before[missing.name]
+    assert {k: v for k, v in after.items() if k != missing.name} == {k: v for k, v in before.items()
+                                                                     if k != missing.name}
+    losses = [[p["loss"] for p in run["runs"]["SymBert pairwise"][1]["curve"]] for run in (first, third)]
+    assert losses[0] == losses[1]  # the same seed repeats the same run
+
+
+def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claims(convergence, tmp_path):
+    root, _, _ = convergence
+    results_dir = root / "results"
+    args = ["--quick", "--groups", "pretrained", "--tasks", "rte", "stsb", "--seeds", "0", "--device", "cpu",
+            "--runs-dir", str(tmp_path / "runs"), "--output-dir", str(results_dir)]
+    results = bench_downstream.main(args)
+    assert set(results["scores"]["pretrained"]) == set(MODELS)
+    for name in MODELS:
+        for task in ("rte", "stsb"):
+            run = results["scores"]["pretrained"][name][task]["0"]
+            folder = tmp_path / "runs" / "pretrained" / f"{bench_downstream.slug(name)}-{task}-seed0"
+            saved = json.loads((folder / "results.json").read_text())
+            assert run["score"] == saved["metrics"][saved["main_metric"]]
+            assert saved["settings"]["model"] == str(root / "runs" / bench_convergence.run_folder(
+                bench_convergence.parse_args(["--runs-dir", str(root / "runs")]), name, 0).name)
+            assert saved["train_examples"] == 64 and saved["validation_examples"] == 64
+        mean = results["summary"]["pretrained"][name]["mean"]["mean"]
+        assert mean == pytest.approx((results["scores"]["pretrained"][name]["rte"]["0"]["score"]
+                                      + results["scores"]["pretrained"][name]["stsb"]["0"]["score"]) / 2)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "runs" / "pretrained" / "bert-rte-seed0")
+    assert model.config.model_type == "bert" and model.config.num_labels == 2
+    text = report.build(results_dir, root / "runs", tmp_path)
+    # every claim of every benchmark that ran is one line of the claims table, with its verdict
+    for module, name in ((bench_convergence, "convergence.json"), (bench_downstream, "downstream.json")):
+        for entry in module.claims(json.loads((results_dir / name).read_text())):
+            assert f"| {entry['paper']} | {entry['claim']} | {entry['measured']} | **{entry['verdict']}** |" in text
+    assert "Pending: `python bench/bench_speed.py` has not written `speed.json` yet." in text
+    # images linked from where the report lies
+    assert f"![validation loss]({os.path.relpath(results_dir, tmp_path)}/convergence.png)" in text
