@@ -142,3 +142,15 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
     assert "Pending: `python bench/bench_speed.py` has not written `speed.json` yet." in text
     # images linked from where the report lies
     assert f"![validation loss]({os.path.relpath(results_dir, tmp_path)}/convergence.png)" in text
+
+
+@pytest.mark.parametrize("ratios, verdict", [([0.45, 0.55], "reproduced"), ([0.5, 0.8], "partly"),
+                                             ([0.7, 1.1], "not reproduced"), ([0.5, None], "not reproduced")])
+def test_convergence_verdicts_follow_the_step_ratios(ratios, verdict):
+    from runs import spread
+
+    results = {"models": ["BERT", "SymBert pairwise"],
+               "analysis": {"SymBert pairwise": {"step_ratio": spread(ratios)}}}
+    claim = next(c for c in bench_convergence.claims(results) if c["claim"].startswith("about half"))
+    assert claim["verdict"] == verdict
+    assert f"{sum(r is not None for r in ratios)} of {len(ratios)} seeds" in claim["measured"]
