@@ -2,7 +2,7 @@
 
 Every architecture in `flops.MODELS` (BERT, then each declared architecture in each of its variants) is built from
 one shared dict of BERT fields and measured side by side with `BertModel(attn_implementation="sdpa")` in the same
-run (DESIGN.md section 5). Absolute numbers on shared CPU machines are noisy: read the paired ratios against BERT.
+run. Absolute numbers on shared CPU machines are noisy: read the paired ratios against BERT.
 
 Run (from the repository root):
 

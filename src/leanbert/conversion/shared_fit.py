@@ -1,7 +1,7 @@
 """Fit one SharedBert attention block to one BERT attention block, calibrated on the teacher's activations.
 
 Lossy by nature: each student head has one d_h-dimensional projection for BERT's value path and for both sides of
-its scores, subspaces that barely overlap in BERT (CONVERSION_NOTES.md). The closed form picks a compromise
+its scores, subspaces that barely overlap in BERT. The closed form picks a compromise
 subspace per head and absorbs a per-head change of basis R_h into the output projection; refinement then trains
 the whole block on the teacher's outputs.
 

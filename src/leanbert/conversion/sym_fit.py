@@ -1,6 +1,6 @@
 """Fit one SymBert self-attention layer to one BERT self-attention layer, calibrated on that layer's real inputs.
 
-Math (full derivation and measurements: `CONVERSION_NOTES.md`, methods A2-A4). Per head h, with r = d_h, and up to
+Math (the derivation in brief; methods A2-A4). Per head h, with r = d_h, and up to
 the common factor 1/sqrt(r), BERT's attention logit, dropping every term that is constant over the keys j (softmax
 ignores those; this removes the key bias entirely), is the bilinear form
 
