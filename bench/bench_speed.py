@@ -577,7 +577,9 @@ def main(argv=None) -> dict:
     results = start_or_resume(args, command, settings)
     done = [setting_of(row) for row in results["rows"]]
     for setting in tqdm([setting for setting in settings if setting not in done], desc="settings"):
+        started = time.perf_counter()
         results["rows"] += bench_setting(args, setting, make_batches(args, setting, lengths))
+        results["seconds"] = results.get("seconds", 0.0) + time.perf_counter() - started  # over all sittings
         save_json(results, args.output_dir / "speed.json")
         gc.collect()
     save_json(results, args.output_dir / "speed.json")

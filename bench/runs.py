@@ -8,6 +8,7 @@ git): a finished run is never repeated, an interrupted one continues from its ne
 
 import contextlib
 import datetime
+import fcntl
 import io
 import json
 import os
@@ -61,10 +62,14 @@ def record_time(output: Path, seconds: float) -> None:
     """Add a command's wall time (start-up, data, training, evaluation, saving) to `wall_seconds.json` beside its
     output, summed over the sittings an interrupted run took: what the full benchmark costs."""
     ledger = output.parent / "wall_seconds.json"
-    times = json.loads(ledger.read_text()) if ledger.is_file() else {}
-    times[output.name] = round(times.get(output.name, 0.0) + seconds, 1)
     ledger.parent.mkdir(parents=True, exist_ok=True)
-    ledger.write_text(json.dumps(times, indent=2) + "\n")
+    with open(output.parent / ".wall_seconds.lock", "w") as lock:  # two benchmark processes may share a ledger
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        times = json.loads(ledger.read_text()) if ledger.is_file() else {}
+        times[output.name] = round(times.get(output.name, 0.0) + seconds, 1)
+        partial = ledger.with_suffix(".partial")
+        partial.write_text(json.dumps(times, indent=2) + "\n")
+        partial.replace(ledger)
 
 
 def wall_seconds(runs_dir: Path) -> float:

@@ -156,6 +156,7 @@ def test_bench_speed_resume(tmp_path):
     assert resumed["rows"][:len(kept)] == kept
     assert [bench_speed.setting_of(row) for row in resumed["rows"][len(kept):]] == [last] * len(MODELS)
     assert len(resumed["sittings"]) == 2 and resumed["command"] == first["command"]
+    assert resumed["seconds"] > first["seconds"] > 0  # the time spent adds up over the sittings
     refused = subprocess.run(command + ["--resume", "--rounds", "4"], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
     assert refused.returncode != 0 and "rounds: 3 there, 4 now" in refused.stderr
