@@ -111,8 +111,8 @@ def finetune(args, group: str, model: Path, name: str, task: str, seed: int) -> 
     settings = QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group]
     length = args.convergence["seq_len"] if group == "pretrained" else 128  # the pretrained models' positions
     run_command(finetune_command.main, [
-        "--model", model, "--task", task, "--data-dir", GLUE, "--max-seq-length", length, *TASKS[task], *settings, "--seed", seed,
-        "--checkpoint-every", 200, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
+        "--model", model, "--task", task, "--data-dir", GLUE, "--max-seq-length", length, *TASKS[task], *settings,
+        "--seed", seed, "--checkpoint-every", 200, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
         output, "results.json", "finetune")
     return output
 
