@@ -159,7 +159,8 @@ def collect(args) -> dict:
             report = json.loads((folder / "training_report.json").read_text())
             curve = json.loads((folder / "pretraining_curve.json").read_text())["eval"]
             runs.setdefault(name, {})[seed] = {
-                "folder": str(folder), "parameters": report["parameters"], "seconds": report["seconds"], "steps": report["steps"],
+                "folder": str(folder), "parameters": report["parameters"], "seconds": report["seconds"],
+                "steps": report["steps"],
                 "seconds_per_step": report["seconds"] / report["steps"], "final_loss": curve[-1]["loss"],
                 "curve": [{key: point[key] for key in ("step", "seconds", "loss")} for point in curve]}
     analysis = {}

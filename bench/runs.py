@@ -112,7 +112,8 @@ def save(results: dict, folder: Path, name: str, plot) -> dict:
 
 def machine() -> dict:
     """Date, versions and hardware, recorded with every result."""
-    info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "python": platform.python_version(),
+    info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "leanbert": leanbert.__version__,
             "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}

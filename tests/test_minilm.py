@@ -15,7 +15,8 @@ from leanbert.common.models import mean_pool
 from leanbert.common.passages import read_passages
 
 # Floors for the mean held-out embedding cosine to the source: SymBert's issue target; for SharedBert, below the
-# measured 0.922 and well above the recipes it replaced (0.41 and 0.66 for the first recipes tried; 0.815 for our first fit).
+# measured 0.922 and well above the recipes it replaced (0.41 and 0.66 for the first ones tried; 0.815 for our
+# first fit).
 TARGET_COSINE = {"sym": 0.985, "shared": 0.9}
 
 

@@ -523,7 +523,8 @@ PRETRAIN_CASES = {
     "vocabulary_beyond_the_model": (dict(), ["--config-overrides", overrides("sym_bert") + ",vocab_size=1000"],
                                     "its ids would fall outside the embeddings"),
     "validation_split_2": (dict(), ["--validation-split", "2"], "validation_split must be in [0, 1), got 2"),
-    "no_training_samples": (dict(), ["--max-train-samples", "0"], "--max-train-samples: must be a positive integer, got 0"),
+    "no_training_samples": (dict(), ["--max-train-samples", "0"],
+                            "--max-train-samples: must be a positive integer, got 0"),
     "model_type_and_model": (dict(), ["--model", "{bad}/small_vocab"], "give either --model-type"),
 }
 if not torch.cuda.is_available():
