@@ -432,6 +432,19 @@ def test_finetuning_on_the_first_examples_only(tiny_bert_encoder, tmp_path):
     assert results["metrics"]["accuracy"] == pytest.approx(accuracy_score(gold[:30], logits[:30].argmax(-1)))
 
 
+def test_finetuning_cuts_inputs_to_the_models_positions_unless_told(tiny_bert_encoder, tmp_path, capsys):
+    # the tiny encoder has 64 positions: without --max-seq-length inputs are cut to 64, as run_glue clamps 128
+    args = [a for a in finetune_args(tiny_bert_encoder, "rte", tmp_path / "rte", 1)]
+    del args[args.index("--max-seq-length"): args.index("--max-seq-length") + 2]
+    assert finetune_main(args) == 0
+    assert read_json(tmp_path / "rte" / "results.json")["settings"]["max_seq_length"] == 64
+    # a length the model cannot take, asked for, is refused
+    capsys.readouterr()
+    fails_cleanly(finetune_main, [*args, "--max-seq-length", "65", "--output", str(tmp_path / "long")],
+                  "max_seq_length must be between 2 and the model's max_position_embeddings (64), got 65", tmp_path,
+                  capsys)
+
+
 def test_finetuning_stsb_with_a_validation_split(tiny_bert_encoder, tmp_path):
     output = tmp_path / "stsb"
     assert finetune_main(finetune_args(tiny_bert_encoder, "stsb", output, 3, "--validation-split", "0.1")) == 0

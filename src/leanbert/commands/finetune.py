@@ -21,7 +21,8 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", required=True, help="GLUE folder with one sub-folder of TSV files per task")
     parser.add_argument("--validation-split", type=float,
                         help="hold out this fraction of train for validation (needed where the task has no dev file)")
-    parser.add_argument("--max-seq-length", type=positive_int, default=128)
+    parser.add_argument("--max-seq-length", type=positive_int,
+                        help="tokens per input (default 128, or the model's maximum where it is smaller)")
     parser.add_argument("--output", required=True, help="folder for the fine-tuned model and results.json")
     add_training_arguments(parser, batch_size=32, learning_rate=2e-5, weight_decay=0.01, warmup_ratio=0.1)
     add_hub_arguments(parser)

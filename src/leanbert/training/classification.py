@@ -28,7 +28,8 @@ from .loop import TrainingLoop, TrainingSettings, first
 from .run import TrainingRun
 
 MODEL_TYPES = ("bert", *(architecture.model_type for architecture in leanbert.ARCHITECTURES))
-NEW_HEAD = ("classifier.", "pooler.")  # what a checkpoint without a classification head lacks
+NEW_HEAD = ("classifier.", "pooler.")
+DEFAULT_MAX_SEQ_LENGTH = 128  # what a checkpoint without a classification head lacks
 
 
 def load_classifier(model: str | Path, task, allow_pickle: bool):
@@ -56,11 +57,12 @@ def load_classifier(model: str | Path, task, allow_pickle: bool):
 
 
 def finetune(output: str | Path, *, model: str | Path, task: str, data_dir: str | Path,
-             validation_split: float | None = None, max_seq_length: int = 128, checkpoint_dir=None,
+             validation_split: float | None = None, max_seq_length: int | None = None, checkpoint_dir=None,
              resume: bool = False, force: bool = False, allow_pickle: bool = False, callback=None,
              **training) -> dict:
     """Fine-tune `model` on the GLUE `task` read from `data_dir`; `training` are `TrainingSettings` (with
-    `eval_every=None` evaluation runs once per epoch). Returns the results written to `results.json`."""
+    `eval_every=None` evaluation runs once per epoch). Inputs are cut to `max_seq_length` tokens (default 128, or
+    the model's position count where it is smaller). Returns the results written to `results.json`."""
     settings = TrainingSettings(**training)
     spec = get_task(task)
     train, validation = load_task(spec.name, data_dir, validation_split=validation_split, seed=settings.seed)
@@ -68,6 +70,8 @@ def finetune(output: str | Path, *, model: str | Path, task: str, data_dir: str 
                       command="leanbert-finetune", task="finetune", checkpoint_dir=checkpoint_dir, force=force)
     set_seed(settings.seed)
     net, tokenizer = load_classifier(model, spec, allow_pickle)
+    if max_seq_length is None:  # as transformers' run_glue: 128, or the model's positions if it has fewer
+        max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, net.config.max_position_embeddings)
     if not 2 <= max_seq_length <= net.config.max_position_embeddings:
         raise LeanbertError(f"max_seq_length must be between 2 and the model's max_position_embeddings "
                             f"({net.config.max_position_embeddings}), got {max_seq_length}")
