@@ -19,21 +19,26 @@ continues from its last checkpoint, so the full run can span several sittings. T
 Analysis, per seed and then mean ± standard deviation over seeds: the final validation loss; the unigram plateau
 (the cross-entropy of the training text's token frequencies on the validation tokens: the loss of a model that
 ignores the context, which BERT must clearly leave); the steps and the training time each model needs to reach
-BERT's final validation loss of the same seed (linear interpolation between evaluations). Training time is the
-loop's measured time (evaluation excluded) on this machine, which other work on it disturbs; steps are exact.
+BERT's final validation loss of the same seed (linear interpolation between evaluations). Steps are exact. Time
+is steps × the model's training-step time, measured once per runs folder with every model side by side (the same
+batch, round by round, the order alternating: `step_times.json`), because the runs themselves happen at different
+times, in different sittings, on a machine whose load changes; each run's own measured time is kept as well.
 """
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
 import leanbert
 from leanbert.commands import pretrain as pretrain_command
+from leanbert.training.masked_lm import override_config
 from leanbert.training.text import packed_blocks, text_source
+from bench_speed import round_robin
 from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, save, spread,
                   use_device)
 
@@ -73,7 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch CPU threads (default 1: runs made in different sittings, on a machine doing other "
                              "work too, stay comparable in time)")
     parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: write the results of the runs finished so far (while another process runs)")
+                        help="pretrain nothing: write the results of the runs finished so far (also while another "
+                             "process runs them)")
     parser.add_argument("--runs-dir", type=Path, help="where the runs' folders go (default bench/runs/convergence, "
                                                       "bench/runs-quick/convergence with --quick)")
     parser.add_argument("--output-dir", type=Path, help="default bench/results (bench/results/quick with --quick)")
@@ -148,8 +154,51 @@ def reach(curve: list[dict], target: float, key: str) -> float | None:
     return None
 
 
-def collect(args) -> dict:
-    """Every finished run's validation curve and report, and the analysis against BERT."""
+def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
+    """Seconds per training step (forward, masked-LM loss, backward, AdamW) of every model at the runs' shape and
+    batch, measured side by side in paired rounds (bench_speed's round robin): per model the median step time and
+    the median and quartiles of BERT's time / its time round by round. Measured once and kept in the runs folder
+    (`step_times.json`)."""
+    path = args.runs_dir / "step_times.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 8192, (args.batch_size, args.seq_len), generator=generator)
+    chosen = torch.rand(ids.shape, generator=generator) < 0.15
+    batch = {"input_ids": ids.to(device), "labels": ids.masked_fill(~chosen, -100).to(device)}
+    steps = {}
+    for name in args.models:
+        model_type, fields = MODELS[name]
+        config = override_config(AutoConfig.for_model(model_type, vocab_size=8192), overrides(args, model_type, fields))
+        torch.manual_seed(0)
+        model = AutoModelForMaskedLM.from_config(config).to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(batch, model=model, optimizer=optimizer):
+            with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bf16"):
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        steps[name] = step
+    times, _ = round_robin(steps, [batch] * (warmup + rounds), device, "step times")
+    times = {name: values[warmup:] for name, values in times.items()}
+    measured = {}
+    for name, values in times.items():
+        ratios = [bert / own for bert, own in zip(times[REFERENCE], values)]
+        q1, median, q3 = statistics.quantiles(ratios, n=4)
+        measured[name] = {"seconds": statistics.median(values), "ratio": statistics.median(ratios), "q1": q1,
+                          "q3": q3, "rounds": rounds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(measured, indent=2) + "\n")
+    return measured
+
+
+def collect(args, step_seconds: dict) -> dict:
+    """Every finished run's validation curve and report, and the analysis against BERT; each evaluation's "time" is
+    its step × the model's measured step time (`step_times`), or the run's own time where that is missing."""
     runs = {}
     for name in args.models:
         for seed in args.seeds:
@@ -162,7 +211,9 @@ def collect(args) -> dict:
                 "folder": str(folder), "parameters": report["parameters"], "seconds": report["seconds"],
                 "steps": report["steps"],
                 "seconds_per_step": report["seconds"] / report["steps"], "final_loss": curve[-1]["loss"],
-                "curve": [{key: point[key] for key in ("step", "seconds", "loss")} for point in curve]}
+                "curve": [{"step": point["step"], "loss": point["loss"], "seconds": point["seconds"],
+                           "time": point["step"] * step_seconds[name]["seconds"] if name in step_seconds
+                           else point["seconds"]} for point in curve]}
     analysis = {}
     for name, seeds in runs.items():
         rows = {"final_loss": [], "steps_to_bert": [], "seconds_to_bert": [], "step_ratio": [], "time_ratio": [],
@@ -174,8 +225,8 @@ def collect(args) -> dict:
             if bert is None:
                 continue
             target = bert["final_loss"]
-            steps, seconds = reach(run["curve"], target, "step"), reach(run["curve"], target, "seconds")
-            bert_steps, bert_seconds = reach(bert["curve"], target, "step"), reach(bert["curve"], target, "seconds")
+            steps, seconds = reach(run["curve"], target, "step"), reach(run["curve"], target, "time")
+            bert_steps, bert_seconds = reach(bert["curve"], target, "step"), reach(bert["curve"], target, "time")
             rows["steps_to_bert"].append(steps)
             rows["seconds_to_bert"].append(seconds)
             rows["step_ratio"].append(None if steps is None else steps / bert_steps)
@@ -196,10 +247,10 @@ def plot(results: dict, path: Path) -> None:
     colors = dict(zip(results["models"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for name, seeds in results["runs"].items():
         for index, (seed, run) in enumerate(sorted(seeds.items())):
-            for axis, key in zip(axes, ("step", "seconds")):
+            for axis, key in zip(axes, ("step", "time")):
                 axis.plot([p[key] for p in run["curve"]], [p["loss"] for p in run["curve"]], color=colors[name],
                           alpha=0.85, linestyle="-" if index == 0 else "--", label=f"{name} seed {seed}")
-    for axis, label in zip(axes, ("step", "training time (s)")):
+    for axis, label in zip(axes, ("step", "training time (s): steps × measured step time")):
         axis.axhline(results["unigram_plateau"], color="gray", linestyle=":", label="unigram plateau")
         axis.set(xlabel=label, ylabel="validation masked-LM loss")
     axes[0].legend(fontsize=7, ncol=2)
@@ -209,6 +260,12 @@ def plot(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def side_by_side(entry: dict | None) -> str:
+    if entry is None:
+        return "–"
+    return f"{entry['seconds']:.3f} (×{entry['ratio']:.2f}, {entry['q1']:.2f}–{entry['q3']:.2f})"
+
+
 def markdown_section(results: dict) -> str:
     """The convergence table for BENCHMARKS.md."""
     analysis, plateau = results["analysis"], results["unigram_plateau"]
@@ -216,15 +273,17 @@ def markdown_section(results: dict) -> str:
              f"over the seeds. Unigram plateau (validation loss of context-free token frequencies): {plateau:.3f}.",
              "", f"Command: `{results['command']}`", "",
              "| model | parameters | final validation loss | steps to BERT's final loss | × BERT's steps "
-             "| time to BERT's final loss (s) | × BERT's time | s/step |", "|---|---|---|---|---|---|---|---|"]
+             "| time to BERT's final loss (s) | × BERT's time | s/step, side by side (× BERT, q1–q3) "
+             "| s/step in the run |", "|---|---|---|---|---|---|---|---|---|"]
     for name in results["models"]:
         row = analysis.get(name)
         if row is None:
-            lines.append(f"| {name} | pending | | | | | | |")
+            lines.append(f"| {name} | pending | | | | | | | |")
             continue
         lines.append(f"| {name} | {row['parameters']:,} | {fmt_spread(row['final_loss'])} "
                      f"| {fmt_spread(row['steps_to_bert'], 0)} | {fmt_spread(row['step_ratio'], 2)} "
                      f"| {fmt_spread(row['seconds_to_bert'], 0)} | {fmt_spread(row['time_ratio'], 2)} "
+                     f"| {side_by_side(results.get('step_times', {}).get(name))} "
                      f"| {fmt_spread(row['seconds_per_step'], 3)} |")
     bert = analysis.get(REFERENCE)
     if bert is not None:
@@ -278,7 +337,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     use_device(args.device)
     torch.set_num_threads(args.threads)
-    plateau = unigram_plateau(args)
+    plateau, step_seconds = unigram_plateau(args), step_times(args)
 
     def report() -> dict:  # the results of every run finished so far
         return save({"command": command_line(), "machine": machine(), "models": args.models, "seeds": args.seeds,
@@ -288,7 +347,7 @@ def main(argv=None) -> dict:
                      "settings": f"batch {args.batch_size}, {args.steps} steps, AdamW lr {args.learning_rate} (6% "
                                  f"warm-up, linear decay), validation on {args.eval_blocks} blocks every "
                                  f"{args.eval_every} steps, {args.device} {args.dtype}, {args.threads} CPU thread(s)",
-                     "unigram_plateau": plateau, **collect(args)},
+                     "unigram_plateau": plateau, "step_times": step_seconds, **collect(args, step_seconds)},
                     args.output_dir, "convergence", plot)
 
     if not args.report_only:

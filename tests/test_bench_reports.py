@@ -84,6 +84,14 @@ def test_convergence_reports_each_runs_curve_and_the_analysis_follows_from_it(co
                                                                         [steps[i], steps[i - 1]]))
         assert bench_convergence.reach(sym["curve"], target, "step") == pytest.approx(expected)
     assert results["unigram_plateau"] == pytest.approx(unigram_by_hand(root), rel=1e-9)
+    # time = steps × the step time measured side by side; BERT against itself is exactly 1 every round
+    times = results["step_times"]
+    assert set(times) == set(MODELS) and times["BERT"]["ratio"] == times["BERT"]["q1"] == 1.0
+    assert json.loads((root / "runs" / "step_times.json").read_text()) == times
+    for name, seeds in results["runs"].items():
+        for run in seeds.values():
+            assert [p["time"] for p in run["curve"]] == pytest.approx([p["step"] * times[name]["seconds"]
+                                                                       for p in run["curve"]])
     analysis = results["analysis"]["SymBert pairwise"]["final_loss"]
     finals = [results["runs"]["SymBert pairwise"][s]["final_loss"] for s in (0, 1)]
     assert analysis["mean"] == pytest.approx(np.mean(finals)) and analysis["std"] == pytest.approx(np.std(finals,
