@@ -120,7 +120,10 @@ def pretrain(args, name: str, seed: int) -> bool:
         "--per-device-batch-size", args.batch_size, "--learning-rate", args.learning_rate,
         "--eval-every", args.eval_every, "--checkpoint-every", max(args.eval_every, args.steps // 10),
         "--seed", seed, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
-        run_folder(args, name, seed), "training_report.json", "pretrain")
+        run_folder(args, name, seed), "training_report.json", "pretrain",
+        settings={"config_overrides": overrides(args, model_type, fields), "steps": args.steps, "seed": seed,
+                  "batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_seq_length": args.seq_len,
+                  "max_eval_samples": args.eval_blocks, "eval_every": args.eval_every})
 
 
 def unigram_plateau(args) -> float:

@@ -113,7 +113,8 @@ def finetune(args, group: str, model: Path, name: str, task: str, seed: int) -> 
     run_command(finetune_command.main, [
         "--model", model, "--task", task, "--data-dir", GLUE, "--max-seq-length", length, *TASKS[task], *settings,
         "--seed", seed, "--checkpoint-every", 200, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
-        output, "results.json", "finetune")
+        output, "results.json", "finetune", settings={"model": str(model), "task": task, "seed": seed,
+                                                      "max_seq_length": length})
     return output
 
 

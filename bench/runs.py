@@ -30,13 +30,22 @@ RUNS = Path(__file__).resolve().parent / "runs"
 QUICK_RUNS = Path(__file__).resolve().parent / "runs-quick"  # --quick runs: apart, so they never count as the real ones
 
 
-def run_command(command, args: list, output: Path, done_file: str, task: str | None = None) -> bool:
+def run_command(command, args: list, output: Path, done_file: str, task: str | None = None,
+                settings: dict | None = None) -> bool:
     """Run a leanbert command line (`command`: the `main(argv)` of `leanbert.commands.<name>`, in this process, so
     that a hundred short runs do not each pay for importing torch) with `args + ["--output", output]`, unless
-    `output/done_file` exists (then it is skipped and False returned); with `--resume` when an earlier attempt left
-    a checkpoint in `<output>.<task>-checkpoints` (the training commands' default folder; `task`: pretrain,
-    finetune, heal). Raises if the command fails (it has printed why)."""
+    `output/done_file` exists (then it is skipped and False returned, after checking that the run recorded the
+    `settings` given, in the file's "settings": a finished run made otherwise is refused, never mixed in); with
+    `--resume` when an earlier attempt left a checkpoint in `<output>.<task>-checkpoints` (the training commands'
+    default folder; `task`: pretrain, finetune, heal). Raises if the command fails (it has printed why)."""
     if (output / done_file).is_file():
+        recorded = json.loads((output / done_file).read_text()).get("settings", {})
+        differ = {key: (recorded.get(key), value) for key, value in (settings or {}).items()
+                  if recorded.get(key) != value}
+        if differ:
+            raise SystemExit(f"{output} was made with other settings ("
+                             + "; ".join(f"{key}: {there!r} there, {now!r} now" for key, (there, now) in differ.items())
+                             + "): give another --runs-dir, or remove it to run it again")
         return False
     checkpoints = output.with_name(f"{output.name}.{task}-checkpoints")
     complete = checkpoints.is_dir() and any(re.fullmatch(r"step_\d+", p.name) for p in checkpoints.iterdir())

@@ -119,6 +119,9 @@ def test_convergence_never_repeats_a_finished_run_and_redoes_a_missing_one(conve
                                                                      if k != missing.name}
     losses = [[p["loss"] for p in run["runs"]["SymBert pairwise"][1]["curve"]] for run in (first, third)]
     assert losses[0] == losses[1]  # the same seed repeats the same run
+    # finished runs made with other settings are refused, not mixed in
+    with pytest.raises(SystemExit, match=r"made with other settings \(steps: 6 there, 8 now"):
+        bench_convergence.main([*args, "--steps", "8"])
 
 
 def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claims(convergence, tmp_path):
