@@ -28,8 +28,8 @@ from .loop import TrainingLoop, TrainingSettings, first
 from .run import TrainingRun
 
 MODEL_TYPES = ("bert", *(architecture.model_type for architecture in leanbert.ARCHITECTURES))
-NEW_HEAD = ("classifier.", "pooler.")
-DEFAULT_MAX_SEQ_LENGTH = 128  # what a checkpoint without a classification head lacks
+NEW_HEAD = ("classifier.", "pooler.")  # what a checkpoint without a classification head lacks
+DEFAULT_MAX_SEQ_LENGTH = 128
 
 
 def load_classifier(model: str | Path, task, allow_pickle: bool):
