@@ -29,8 +29,8 @@ test: install
 bench: install
 	$(BIN)/python bench/bench_parameters.py
 	$(BIN)/python bench/bench_speed.py --resume
-	$(BIN)/python bench/bench_convergence.py
-	$(BIN)/python bench/bench_downstream.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_downstream.py
 	$(BIN)/python bench/report.py
 
 # A first look in under 10 minutes: tiny models, few steps, into bench/results/quick/ (the real results stay).
@@ -38,8 +38,8 @@ QUICK := bench/results/quick
 bench-quick: install
 	$(BIN)/python bench/bench_parameters.py --output-dir $(QUICK)
 	$(BIN)/python bench/bench_speed.py --quick --output-dir $(QUICK)
-	$(BIN)/python bench/bench_convergence.py --quick
-	$(BIN)/python bench/bench_downstream.py --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_downstream.py --quick
 	$(BIN)/python bench/report.py --results $(QUICK) --runs-dir bench/runs-quick --output $(QUICK)/BENCHMARKS.md
 
 clean:

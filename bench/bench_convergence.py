@@ -16,9 +16,9 @@ Each run writes its own output folder under `--runs-dir`; a finished run is neve
 continues from its last checkpoint, so the full run can span several sittings. Then `bench/results/convergence.json`
 (every validation curve and the analysis) and `convergence.png` (validation loss against steps and against time).
 
-Analysis, per seed and then mean ± standard deviation over seeds: the final validation loss; the unigram plateau
-(the cross-entropy of the training text's token frequencies on the validation tokens: the loss of a model that
-ignores the context, which BERT must clearly leave); the steps and the training time each model needs to reach
+Analysis, per seed and then mean ± standard deviation over seeds: the final validation loss; the plateau of a model
+that ignores the context (`plateaus`: the unigram cross-entropy, and below it the best loss without context under
+BERT's 80/10/10 masking, which BERT must clearly leave); the steps and the training time each model needs to reach
 BERT's final validation loss of the same seed (linear interpolation between evaluations). Steps are exact. Time
 is steps × the model's training-step time, measured once per runs folder with every model side by side (the same
 batch, round by round, the order alternating: `step_times.json`), because the runs themselves happen at different
@@ -126,10 +126,10 @@ def pretrain(args, name: str, seed: int) -> bool:
                   "max_eval_samples": args.eval_blocks, "eval_every": args.eval_every})
 
 
-def unigram_plateau(args) -> float:
-    """Cross-entropy (nats) of the training blocks' token frequencies on the validation blocks' tokens, special
-    tokens left out: the validation loss of a model that predicts every masked token without looking at its
-    context. Read from the blocks `leanbert-pretrain` cached."""
+def token_frequencies(args) -> tuple[np.ndarray, np.ndarray]:
+    """Token frequencies of the training blocks (add-one smoothed, so that no word has probability 0) and of the
+    validation blocks (the first `eval_blocks`), special tokens left out (they are never masked), read from the
+    blocks `leanbert-pretrain` cached."""
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     counts = []
     for name, limit in (("train.txt", None), ("valid.txt", args.eval_blocks)):
@@ -137,15 +137,33 @@ def unigram_plateau(args) -> float:
                                cache_dir=str(args.runs_dir / "datasets-cache"), what=name)
         ids = np.asarray(blocks.select(range(min(limit or len(blocks), len(blocks))))["input_ids"]).ravel()
         counts.append(np.bincount(ids, minlength=len(tokenizer)).astype(np.float64))
-    train, valid = counts
-    special = tokenizer.all_special_ids
-    train[special] = valid[special] = 0
-    return float(-(valid / valid.sum() * np.log(np.maximum(train / train.sum(), 1e-300))).sum())
+    train, valid = counts[0] + 1, counts[1]
+    train[tokenizer.all_special_ids] = valid[tokenizer.all_special_ids] = 0
+    return train / train.sum(), valid / valid.sum()
+
+
+def plateaus(p: np.ndarray, r: np.ndarray) -> dict:
+    """What a model that ignores the context scores on the validation masked-LM loss, from the training text's
+    token frequencies `p` and the validation text's `r` (nats):
+    - "unigram": −Σ r log p, predicting every masked token from the frequencies alone;
+    - "context_free": the best a model can do that sees only the masked position's own input token. BERT's masking
+      (transformers' collator: of the chosen tokens 80% become [MASK], 10% a token drawn uniformly from the V-word
+      vocabulary, 10% stay) leaves the true token visible at a tenth of them, so such a model predicts p after
+      [MASK], and after a visible token s the posterior q(x | s) ∝ p(s)·[x = s] + p(x)/V. This is the plateau a
+      model must clearly leave to have learnt anything from context."""
+    V = len(p)
+    log_p = np.log(np.where(p > 0, p, 1.0))  # 0 where p = 0: multiplied by r = 0 there (special tokens)
+    cross = -(r * log_p).sum()
+    z = p + 1 / V  # Z_s, the posterior's normalizer after a visible token s
+    keep = np.where(r > 0, r * (1 + 1 / V) * -(log_p + np.log1p(1 / V) - np.log(z)), 0.0)  # x = s
+    other = (cross + r * log_p + (1 - r) * np.log(V * z)) / V  # Σ over x ≠ s, for each s
+    return {"unigram": float(cross), "context_free": float(0.8 * cross + 0.1 * keep.sum() + 0.1 * other.sum())}
 
 
 def reach(curve: list[dict], target: float, key: str) -> float | None:
-    """The `key` (step or seconds) at which the validation loss first reaches `target`, interpolated linearly
-    between the two evaluations around that point; None if it never does."""
+    """The `key` (step or time) at which the validation loss first reaches `target`, interpolated linearly between
+    the two evaluations around that point (at the first evaluation: that evaluation's, an upper bound); None if it
+    never does. A single evaluation at or below the target counts."""
     previous = None
     for point in curve:
         if point["loss"] <= target:
@@ -161,10 +179,14 @@ def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
     """Seconds per training step (forward, masked-LM loss, backward, AdamW) of every model at the runs' shape and
     batch, measured side by side in paired rounds (bench_speed's round robin): per model the median step time and
     the median and quartiles of BERT's time / its time round by round. Measured once and kept in the runs folder
-    (`step_times.json`)."""
+    (`step_times.json`, with the settings it was measured at: other settings or models measure it again); {} with
+    --report-only when it is missing, since measuring beside running work would fix skewed times for good."""
     path = args.runs_dir / "step_times.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    settings = {"models": args.models, "shape": overrides(args, "bert", {}), "batch_size": args.batch_size,
+                "device": args.device, "dtype": args.dtype, "threads": args.threads}
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    if kept.get("settings") == settings or args.report_only:
+        return kept.get("models", {}) if kept.get("settings") == settings else {}
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 8192, (args.batch_size, args.seq_len), generator=generator)
@@ -195,13 +217,14 @@ def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
         measured[name] = {"seconds": statistics.median(values), "ratio": statistics.median(ratios), "q1": q1,
                           "q3": q3, "rounds": rounds}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(measured, indent=2) + "\n")
+    path.with_suffix(".partial").write_text(json.dumps({"settings": settings, "models": measured}, indent=2) + "\n")
+    path.with_suffix(".partial").replace(path)
     return measured
 
 
 def collect(args, step_seconds: dict) -> dict:
     """Every finished run's validation curve and report, and the analysis against BERT; each evaluation's "time" is
-    its step × the model's measured step time (`step_times`), or the run's own time where that is missing."""
+    its step × the model's measured step time (`step_times`; None while that is not measured)."""
     runs = {}
     for name in args.models:
         for seed in args.seeds:
@@ -216,7 +239,7 @@ def collect(args, step_seconds: dict) -> dict:
                 "seconds_per_step": report["seconds"] / report["steps"], "final_loss": curve[-1]["loss"],
                 "curve": [{"step": point["step"], "loss": point["loss"], "seconds": point["seconds"],
                            "time": point["step"] * step_seconds[name]["seconds"] if name in step_seconds
-                           else point["seconds"]} for point in curve]}
+                           else None} for point in curve]}
     analysis = {}
     for name, seeds in runs.items():
         rows = {"final_loss": [], "steps_to_bert": [], "seconds_to_bert": [], "step_ratio": [], "time_ratio": [],
@@ -228,19 +251,21 @@ def collect(args, step_seconds: dict) -> dict:
             if bert is None:
                 continue
             target = bert["final_loss"]
-            steps, seconds = reach(run["curve"], target, "step"), reach(run["curve"], target, "time")
-            bert_steps, bert_seconds = reach(bert["curve"], target, "step"), reach(bert["curve"], target, "time")
+            steps, bert_steps = reach(run["curve"], target, "step"), reach(bert["curve"], target, "step")
             rows["steps_to_bert"].append(steps)
-            rows["seconds_to_bert"].append(seconds)
             rows["step_ratio"].append(None if steps is None else steps / bert_steps)
-            rows["time_ratio"].append(None if seconds is None else seconds / bert_seconds)
+            if name in step_seconds and REFERENCE in step_seconds:  # times only from step times measured
+                seconds, bert_seconds = reach(run["curve"], target, "time"), reach(bert["curve"], target, "time")
+                rows["seconds_to_bert"].append(seconds)
+                rows["time_ratio"].append(None if seconds is None else seconds / bert_seconds)
         analysis[name] = {key: spread(values) for key, values in rows.items()}
         analysis[name]["parameters"] = next(iter(seeds.values()))["parameters"]
     return {"runs": runs, "analysis": analysis}
 
 
 def plot(results: dict, path: Path) -> None:
-    """Validation loss against steps and against training time, every model and seed, the plateau marked."""
+    """Validation loss against steps and against training time, every model and seed, the context-free plateau
+    marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,11 +275,11 @@ def plot(results: dict, path: Path) -> None:
     colors = dict(zip(results["models"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for name, seeds in results["runs"].items():
         for index, (seed, run) in enumerate(sorted(seeds.items())):
-            for axis, key in zip(axes, ("step", "time")):
+            for axis, key in zip(axes, ("step", "time") if run["curve"][0]["time"] is not None else ("step",)):
                 axis.plot([p[key] for p in run["curve"]], [p["loss"] for p in run["curve"]], color=colors[name],
                           alpha=0.85, linestyle="-" if index == 0 else "--", label=f"{name} seed {seed}")
     for axis, label in zip(axes, ("step", "training time (s): steps × measured step time")):
-        axis.axhline(results["unigram_plateau"], color="gray", linestyle=":", label="unigram plateau")
+        axis.axhline(results["plateaus"]["context_free"], color="gray", linestyle=":", label="context-free plateau")
         axis.set(xlabel=label, ylabel="validation masked-LM loss")
     axes[0].legend(fontsize=7, ncol=2)
     figure.suptitle(f"masked-LM pretraining, {results['shape']}", fontsize=10)
@@ -271,9 +296,10 @@ def side_by_side(entry: dict | None) -> str:
 
 def markdown_section(results: dict) -> str:
     """The convergence table for BENCHMARKS.md."""
-    analysis, plateau = results["analysis"], results["unigram_plateau"]
+    analysis, plateau = results["analysis"], results["plateaus"]["context_free"]
     lines = [f"{results['shape']}; {results['settings']}. Seeds {results['seeds']}; mean ± standard deviation "
-             f"over the seeds. Unigram plateau (validation loss of context-free token frequencies): {plateau:.3f}.",
+             f"over the seeds. Without context a model scores {results['plateaus']['unigram']:.3f} from the token "
+             f"frequencies alone, {plateau:.3f} at best when it also copies the visible tokens (the plateau).",
              "", f"Command: `{results['command']}`", "",
              "| model | parameters | final validation loss | steps to BERT's final loss | × BERT's steps "
              "| time to BERT's final loss (s) | × BERT's time | s/step, side by side (× BERT, q1–q3) "
@@ -291,26 +317,46 @@ def markdown_section(results: dict) -> str:
     bert = analysis.get(REFERENCE)
     if bert is not None:
         margin = plateau - bert["final_loss"]["mean"]
-        lines += ["", f"BERT ends {abs(margin):.2f} nats {'below' if margin > 0 else 'above'} the unigram plateau"
-                      f"{': it has clearly left it' if margin > 0.5 else ': not clearly past it, train longer'}."]
+        lines += ["", f"BERT ends {abs(margin):.2f} nats {'below' if margin > 0 else 'above'} the plateau"
+                      + (": it has clearly left it." if left_plateau(results) else
+                         f": not {PLATEAU_MARGIN} nats past it in every seed, so no verdict is drawn (train longer).")]
     lines += ["", "![validation loss](convergence.png)"]
     return "\n".join(lines) + "\n"
 
 
+PLATEAU_MARGIN = 0.5  # nats below the context-free plateau that every BERT seed must end, for any verdict
+
+
+def left_plateau(results: dict) -> bool:
+    """Whether BERT has clearly learnt from context: every seed ends PLATEAU_MARGIN below the plateau."""
+    bert = results.get("analysis", {}).get(REFERENCE)
+    return bool(bert) and bert["final_loss"]["max"] < results["plateaus"]["context_free"] - PLATEAU_MARGIN
+
+
 def claims(results: dict) -> list[dict]:
-    """The papers' convergence claims against these runs. A claim "×c of BERT's steps (or time)" is reproduced when
-    every seed's ratio is below c, partly when every seed is below 1 (faster than BERT, not by the claimed factor),
-    and not reproduced otherwise (a seed slower than BERT, or never reaching BERT's final loss)."""
-    analysis, entries = results["analysis"], []
+    """The papers' convergence claims against these runs. Inconclusive unless at least two seeds of the model and of
+    BERT have finished and BERT has clearly left the context-free plateau (`left_plateau`): before that, reaching
+    BERT's loss only measures how fast a model learns token frequencies. Then a claim "×c of BERT's steps (or time)"
+    is reproduced when every seed's ratio is below c, partly when every seed is below 1 (faster than BERT, not by
+    the claimed factor), and not reproduced otherwise (a seed slower than BERT, or never reaching BERT's final loss).
+    Both models follow the same linear decay to zero over the same steps, so a model as good as BERT reaches BERT's
+    final loss only at the end: the step claims are read as "reaches BERT's quality sooner within one budget"."""
+    analysis, entries = results.get("analysis", {}), []
 
     def ratio_claim(paper, claim, name, key, bound):
         row = analysis.get(name, {}).get(key)
-        if row is None or row["mean"] is None:
-            return {"paper": paper, "claim": claim, "measured": "pending: not run yet", "verdict": "pending"}
+        if row is None or row["n"] == 0:
+            return {"paper": paper, "claim": claim, "verdict": "pending",
+                    "measured": "pending: not run yet" if row is None else "pending: step times not measured yet"}
+        what = "steps" if key == "step_ratio" else "time (steps × step time measured side by side)"
+        reached = row["n"] - row["missing"]
+        measured = (f"{fmt_spread({**row, 'missing': 0}, 2)} × BERT's {what} to BERT's final validation loss "
+                    f"({reached} of {row['n']} seeds reach it)" if reached else
+                    f"does not reach BERT's final validation loss ({row['n']} seeds)")
         worst = row["max"] if not row["missing"] else None
-        measured = f"{fmt_spread(row, 2)} × BERT's {'steps' if key == 'step_ratio' else 'time'} to BERT's final " \
-                   f"validation loss ({row['n'] - row['missing']} of {row['n']} seeds reach it)"
-        if worst is not None and worst < bound:
+        if row["n"] < 2 or not left_plateau(results):
+            verdict = "inconclusive"
+        elif worst is not None and worst < bound:
             verdict = "reproduced"
         elif worst is not None and worst < 1:
             verdict = "partly"
@@ -318,21 +364,25 @@ def claims(results: dict) -> list[dict]:
             verdict = "not reproduced"
         return {"paper": paper, "claim": claim, "measured": measured, "verdict": verdict}
 
-    entries.append(ratio_claim("SymBert (arXiv 2406.06366)", "about half the training steps of BERT to converge",
+    entries.append(ratio_claim("SymBert (arXiv 2406.06366)", "about half the pretraining steps of BERT to converge",
                                "SymBert pairwise", "step_ratio", 0.6))
-    entries.append(ratio_claim("SharedBert (arXiv 2412.00359)", "training time down by about a tenth",
+    entries.append(ratio_claim("SharedBert (arXiv 2412.00359)",
+                               "pretraining time down by about a tenth (time to BERT's final loss)",
                                "SharedBert", "time_ratio", 0.9))
-    entries.append(ratio_claim("Shatter (arXiv 2108.13032)", "fewer steps to converge than BERT",
-                               next((n for n in results["models"] if n.startswith("Shatter")), "Shatter"),
+    entries.append(ratio_claim("Shatter (arXiv 2108.13032)", "fewer pretraining steps to converge than BERT",
+                               next((n for n in results.get("models", []) if n.startswith("Shatter")), "Shatter P=2"),
                                "step_ratio", 1.0))
     symmetric, bert = analysis.get("SymBert symmetric"), analysis.get(REFERENCE)
-    if symmetric and bert:
+    claim = {"paper": "SymBert (arXiv 2406.06366)",
+             "claim": "symmetric attention without the pairwise matrix trains worse than BERT"}
+    if not (symmetric and bert):
+        entries.append({**claim, "measured": "pending: not run yet", "verdict": "pending"})
+    else:
         worse = symmetric["final_loss"]["min"] > bert["final_loss"]["max"]
-        entries.append({"paper": "SymBert (arXiv 2406.06366)",
-                        "claim": "symmetric attention without the pairwise matrix is worse than BERT",
-                        "measured": f"final validation loss {fmt_spread(symmetric['final_loss'])} vs BERT's "
-                                    f"{fmt_spread(bert['final_loss'])}",
-                        "verdict": "reproduced" if worse else "not reproduced"})
+        conclusive = symmetric["final_loss"]["n"] >= 2 and left_plateau(results)
+        entries.append({**claim, "measured": f"final validation loss {fmt_spread(symmetric['final_loss'])} vs "
+                                             f"BERT's {fmt_spread(bert['final_loss'])}",
+                        "verdict": ("reproduced" if worse else "not reproduced") if conclusive else "inconclusive"})
     return entries
 
 
@@ -340,7 +390,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     use_device(args.device)
     torch.set_num_threads(args.threads)
-    plateau, step_seconds = unigram_plateau(args), step_times(args)
+    baselines, step_seconds = plateaus(*token_frequencies(args)), step_times(args)
 
     def report() -> dict:  # the results of every run finished so far
         return save({"command": command_line(), "machine": machine(), "models": args.models, "seeds": args.seeds,
@@ -350,7 +400,7 @@ def main(argv=None) -> dict:
                      "settings": f"batch {args.batch_size}, {args.steps} steps, AdamW lr {args.learning_rate} (6% "
                                  f"warm-up, linear decay), validation on {args.eval_blocks} blocks every "
                                  f"{args.eval_every} steps, {args.device} {args.dtype}, {args.threads} CPU thread(s)",
-                     "unigram_plateau": plateau, "step_times": step_seconds, **collect(args, step_seconds)},
+                     "plateaus": baselines, "step_times": step_seconds, **collect(args, step_seconds)},
                     args.output_dir, "convergence", plot)
 
     if not args.report_only:

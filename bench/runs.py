@@ -6,10 +6,8 @@ git): a finished run is never repeated, an interrupted one continues from its ne
 `make bench` can be stopped at any point and started again, in another sitting.
 """
 
-import contextlib
 import datetime
 import fcntl
-import io
 import json
 import os
 import platform
@@ -51,9 +49,10 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
     complete = checkpoints.is_dir() and any(re.fullmatch(r"step_\d+", p.name) for p in checkpoints.iterdir())
     argv = [*map(str, args), "--output", str(output), *(["--resume"] if complete else [])]
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # the command's JSON summary; its progress bars stay on stderr
-        code = command(argv)
+    code = command(argv)
     record_time(output, time.perf_counter() - started)
+    if code == 130:  # the command caught Ctrl-C: stop here too, the run resumes from its checkpoint next time
+        raise KeyboardInterrupt
     if code != 0:
         raise RuntimeError(f"{command.__module__} {' '.join(argv)} failed with exit code {code}")
     return True
@@ -61,8 +60,8 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
 
 def use_device(device: str) -> None:
     """Run every command of this process on `device`: "cpu" keeps them on the CPU where a GPU exists (accelerate's
-    ACCELERATE_USE_CPU); models and data are read offline (nothing here comes from the Hub)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    ACCELERATE_USE_CPU). Nothing here comes from the Hub; the Makefile sets HF_HUB_OFFLINE=1 (it must be set
+    before huggingface_hub is imported)."""
     if device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"
 
