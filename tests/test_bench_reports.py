@@ -21,6 +21,7 @@ import bench_downstream  # noqa: E402
 import report  # noqa: E402
 
 TEXT = REPO.parent / "shared" / "data" / "text" / "gutenberg-pd"
+GLUE = REPO.parent / "shared" / "data" / "glue"
 MODELS = ["BERT", "SymBert pairwise"]
 TOY = ["--hidden", "16", "--layers", "1", "--heads", "2", "--seq-len", "32", "--batch-size", "4", "--steps", "6",
        "--eval-every", "2", "--eval-blocks", "8", "--learning-rate", "3e-3", "--device", "cpu"]
@@ -159,13 +160,20 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
             run = results["scores"]["pretrained"][name][task]["0"]
             folder = tmp_path / "runs" / "pretrained" / f"{bench_downstream.slug(name)}-{task}-seed0"
             saved = json.loads((folder / "results.json").read_text())
-            assert run["score"] == saved["metrics"][saved["main_metric"]]
+            metrics = saved["metrics"]  # GLUE's score: STS-B the mean of its two correlations, RTE accuracy
+            expected = (metrics["pearson"] + metrics["spearmanr"]) / 2 if task == "stsb" else metrics["accuracy"]
+            assert run["score"] == pytest.approx(expected)
             assert saved["settings"]["model"] == str(root / "runs" / bench_convergence.run_folder(
                 bench_convergence.parse_args(["--runs-dir", str(root / "runs")]), name, 0).name)
             assert saved["train_examples"] == 64 and saved["validation_examples"] == 64
         mean = results["summary"]["pretrained"][name]["mean"]["mean"]
         assert mean == pytest.approx((results["scores"]["pretrained"][name]["rte"]["0"]["score"]
                                       + results["scores"]["pretrained"][name]["stsb"]["0"]["score"]) / 2)
+    # chance on RTE: the majority training label's share of the 64 dev pairs used, counted from the files here
+    train_labels = [line.split("\t")[-1] for line in (GLUE / "RTE" / "train.tsv").read_text().splitlines()[1:]]
+    majority = max(set(train_labels), key=train_labels.count)
+    dev_labels = [line.split("\t")[-1] for line in (GLUE / "RTE" / "dev.tsv").read_text().splitlines()[1:65]]
+    assert results["chance"] == {"rte": pytest.approx(dev_labels.count(majority) / 64), "stsb": 0.0}
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "runs" / "pretrained" / "bert-rte-seed0")
     assert model.config.model_type == "bert" and model.config.num_labels == 2
     text = report.build(results_dir, root / "runs", tmp_path)
@@ -203,3 +211,24 @@ def test_reach_interpolates_between_evaluations():
     assert bench_convergence.reach(curve, 5.75, "step") == 250.0
     assert bench_convergence.reach(curve, 7.5, "step") == 100.0  # already at the first evaluation
     assert bench_convergence.reach(curve, 5.0, "step") is None
+
+
+def downstream_results(model_scores: list[list[float]], bert_scores: list[list[float]], chance: float = 0.5) -> dict:
+    """Downstream results of two tasks: per model, scores[seed][task]."""
+    def runs(scores):
+        return {task: {str(seed): {"score": by_task[i]} for seed, by_task in enumerate(scores)}
+                for i, task in enumerate(("rte", "sst2"))}
+    return {"tasks": ["rte", "sst2"], "chance": {"rte": chance, "sst2": chance},
+            "scores": {"pretrained": {"BERT": runs(bert_scores), "SymBert pairwise": runs(model_scores)}}}
+
+
+@pytest.mark.parametrize("model, bert, verdict", [
+    ([[0.62, 0.80], [0.60, 0.78]], [[0.60, 0.80], [0.61, 0.79]], "reproduced"),  # paired differences +0.01, -0.01
+    ([[0.55, 0.70], [0.56, 0.71]], [[0.60, 0.80], [0.61, 0.79]], "not reproduced"),  # -0.075 and -0.065
+    ([[0.62, 0.80]], [[0.60, 0.80]], "inconclusive"),  # one seed
+    ([[0.60, 0.52], [0.60, 0.52]], [[0.50, 0.51], [0.51, 0.50]], "inconclusive"),  # BERT at chance: nothing learnt
+])
+def test_downstream_verdicts_pair_seeds_and_need_a_reference_above_chance(model, bert, verdict):
+    claim = next(c for c in bench_downstream.claims(downstream_results(model, bert)) if c["paper"].startswith("SymBert"))
+    assert claim["verdict"] == verdict
+    assert f"paired over {len(model)} seed(s)" in claim["measured"]
