@@ -233,7 +233,7 @@ def collect(args, step_seconds: dict) -> dict:
                 continue
             report = json.loads((folder / "training_report.json").read_text())
             curve = json.loads((folder / "pretraining_curve.json").read_text())["eval"]
-            runs.setdefault(name, {})[seed] = {
+            runs.setdefault(name, {})[str(seed)] = {  # str: as the JSON file has it
                 "folder": str(folder), "parameters": report["parameters"], "seconds": report["seconds"],
                 "steps": report["steps"],
                 "seconds_per_step": report["seconds"] / report["steps"], "final_loss": curve[-1]["loss"],
