@@ -123,7 +123,8 @@ def pretrain(args, name: str, seed: int) -> bool:
         run_folder(args, name, seed), "training_report.json", "pretrain",
         settings={"config_overrides": overrides(args, model_type, fields), "steps": args.steps, "seed": seed,
                   "batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_seq_length": args.seq_len,
-                  "max_eval_samples": args.eval_blocks, "eval_every": args.eval_every})
+                  "max_eval_samples": args.eval_blocks, "eval_every": args.eval_every,
+                  "mixed_precision": "bf16" if args.dtype == "bf16" else "no"})
 
 
 def token_frequencies(args) -> tuple[np.ndarray, np.ndarray]:

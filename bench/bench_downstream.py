@@ -99,6 +99,17 @@ def converted_model(args, name: str) -> Path:
     return healed
 
 
+# leanbert-finetune's options as its results.json records them
+RECORDED = {"--learning-rate": ("learning_rate", float), "--num-train-epochs": ("epochs", float),
+            "--per-device-batch-size": ("batch_size", int), "--max-train-samples": ("max_train_samples", int),
+            "--max-eval-samples": ("max_eval_samples", int), "--validation-split": ("validation_split", float)}
+
+
+def recorded(options: list[str]) -> dict:
+    """The settings a run made with `options` records (a later option wins, as in argparse)."""
+    return {RECORDED[flag][0]: RECORDED[flag][1](value) for flag, value in zip(options[::2], options[1::2])}
+
+
 def run_folder(args, group: str, name: str, task: str, seed: int) -> Path:
     return args.runs_dir / group / f"{slug(name)}-{task}-seed{seed}"
 
@@ -115,8 +126,9 @@ def finetune(args, group: str, model: Path, name: str, task: str, seed: int) -> 
     run_command(finetune_command.main, [
         "--model", model, "--task", task, "--data-dir", GLUE, "--max-seq-length", length, *TASKS[task], *settings,
         "--seed", seed, "--checkpoint-every", 200, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
-        output, "results.json", "finetune", settings={"model": str(model), "task": task, "seed": seed,
-                                                      "max_seq_length": length})
+        output, "results.json", "finetune",
+        settings={"model": str(model), "task": task, "seed": seed, "max_seq_length": length,
+                  "mixed_precision": "bf16" if args.dtype == "bf16" else "no", **recorded([*TASKS[task], *settings])})
     return output
 
 
