@@ -36,6 +36,7 @@ from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run
                   use_device)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
 GLUE = DATA / "glue"
 
 # task -> options of leanbert-finetune beyond the group's; SST-2's 67k sentences cut to the first 20,000 at our scale
@@ -201,7 +202,8 @@ def summarize(args, scores: dict) -> dict:
                 entry["mean"] = spread([statistics.fmean(by_task[task][seed]["score"] for task in args.tasks)
                                         for seed in seeds])
     settings = {group: " ".join(QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group]) for group in GROUP_SETTINGS}
-    return {"command": command_line(), "machine": machine(), "tasks": args.tasks, "seeds": args.seeds,
+    return {"schema": SCHEMA, "command": command_line(), "machine": machine(), "tasks": args.tasks,
+            "seeds": args.seeds,
             "chance": {task: chance_score(args, task) for task in args.tasks},
             "settings": {**settings, "tasks": {task: " ".join(options) for task, options in TASKS.items()},
                          "heal_steps": args.heal_steps},

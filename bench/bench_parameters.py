@@ -30,6 +30,7 @@ from transformers import BertConfig, BertModel
 
 import leanbert
 
+SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
                 "max_position_embeddings", "type_vocab_size")
@@ -141,6 +142,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     sizes = {"BERT-base": BERT_BASE, "all-MiniLM-L6-v2": minilm_shape()}
     results = {
+        "schema": SCHEMA,
         "command": " ".join(["python bench/bench_parameters.py", *argv]),
         "date": datetime.date.today().isoformat(),
         "counted": "Bare encoders with BERT's pooler; attention block = each layer's `attention` module "

@@ -93,6 +93,7 @@ import leanbert
 from flops import MODELS, REFERENCE, training_flops
 
 MIB = 2**20
+SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "STS-B" / "train.tsv"
 
 # Defaults of the shape and run arguments: the full benchmark (BERT-base) and --quick.
@@ -406,7 +407,7 @@ def start_or_resume(args, command: str, settings: list[dict]) -> dict:
         results["sittings"].append(machine_info(args)["date"])
         return results
     machine = machine_info(args)
-    return dict(command=command, machine=machine, sittings=[machine["date"]], args=run_arguments(args),
+    return dict(schema=SCHEMA, command=command, machine=machine, sittings=[machine["date"]], args=run_arguments(args),
                 shape=f"d={args.hidden}, {args.layers} layers, {args.heads} heads, ffn {args.intermediate}, "
                       f"vocab {args.vocab}",
                 rounds=args.rounds, warmup=args.warmup, settings=settings, rows=[])

@@ -81,13 +81,8 @@ def section(module, results: dict, results_file: Path, report_folder: Path) -> s
 
 
 def current(module, results: dict) -> bool:
-    """Whether results were written by this version of the benchmark (an older one lacks fields it now reports)."""
-    try:
-        module.markdown_section(results)
-        module.claims(results)
-    except (KeyError, TypeError):
-        return False
-    return True
+    """Whether results have the layout this version of the benchmark writes (its SCHEMA)."""
+    return results.get("schema") == module.SCHEMA
 
 
 def build(results_dir: Path, runs_dir: Path, report_folder: Path) -> str:

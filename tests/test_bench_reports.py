@@ -231,3 +231,12 @@ def test_downstream_verdicts_pair_seeds_and_need_a_reference_above_chance(model,
     claim = next(c for c in bench_downstream.claims(downstream_results(model, bert)) if c["paper"].startswith("SymBert"))
     assert claim["verdict"] == verdict
     assert f"paired over {len(model)} seed(s)" in claim["measured"]
+
+
+def test_report_marks_results_of_another_layout_as_stale_and_missing_ones_as_pending(tmp_path):
+    (tmp_path / "speed.json").write_text(json.dumps({"rows": []}))  # written by a version without a schema
+    text = report.build(tmp_path, tmp_path / "runs", tmp_path)
+    assert "Pending: `speed.json` was written by an older version of the benchmark; run " \
+           "`python bench/bench_speed.py` again." in text
+    assert "Pending: `python bench/bench_convergence.py` has not written `convergence.json` yet." in text
+    assert text.count("**pending**") == len(report.SECTIONS)  # one pending claim line per benchmark not measured
