@@ -55,8 +55,9 @@ MODELS = {REFERENCE: ("bert", {}),
 # BERT, each architecture's default and the symmetric SymBert the paper compares against
 DEFAULT_MODELS = [REFERENCE, "SymBert pairwise", "SymBert symmetric", "SharedBert", "Shatter P=2"]
 
-# 2,000 steps left BERT 0.07 nats below the context-free plateau (5.987 against 6.055, still falling slowly; with
-# learning rate 3e-3, or 2 layers on blocks of 64, it fell no faster): the full run takes 8,000.
+# 2,000 steps left BERT 0.07 nats below the context-free plateau (5.987 against 6.055, still falling slowly:
+# bench/results/probes/convergence-2000-steps.json; with learning rate 3e-3, or 2 layers on blocks of 64, it fell
+# no faster): the full run takes 8,000.
 FULL = dict(hidden=128, layers=4, heads=4, seq_len=128, batch_size=32, steps=8000, eval_every=250, eval_blocks=512,
             learning_rate=1e-3, seeds=[0, 1])
 QUICK = dict(hidden=32, layers=2, heads=2, seq_len=64, batch_size=16, steps=40, eval_every=10, eval_blocks=64,
