@@ -36,6 +36,13 @@ SECTIONS = [
      "GLUE fine-tuning of the pretrained models, and of all-MiniLM-L6-v2 against its converted versions"),
 ]
 
+# earlier benchmarks of single features, each with its own generated table
+OTHERS = [("conversion.md", "converting all-MiniLM-L6-v2: STS-B Spearman and cosine to the source "
+                            "(`bench/bench_conversion.py`)"),
+          ("healing.md", "healing the converted models by distillation (`bench/bench_healing.py`)"),
+          ("shatter_pretrain.md", "the small pretraining runs that chose Shatter's defaults "
+                                  "(`bench/bench_shatter_pretrain.py`)")]
+
 SCALE = """\
 ## What our scale cannot test
 
@@ -118,6 +125,10 @@ def build(results_dir: Path, runs_dir: Path, report_folder: Path) -> str:
                          "again.\n")
         else:
             parts.append(f"Pending: `{command}` has not written `{file}` yet.\n")
+    others = [f"- [{name}]({os.path.relpath(results_dir / name, report_folder)}): {what}"
+              for name, what in OTHERS if (results_dir / name).is_file()]
+    if others:
+        parts.append("## Other measurements\n\n" + "\n".join(others) + "\n")
     return "\n".join(parts)
 
 
