@@ -35,7 +35,7 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
     `output/done_file` exists (then it is skipped and False returned, after checking that the run recorded the
     `settings` given, in the file's "settings": a finished run made otherwise is refused, never mixed in); with
     `--resume` when an earlier attempt left a checkpoint in `<output>.<task>-checkpoints` (the training commands'
-    default folder; `task`: pretrain, finetune, heal). Raises if the command fails (it has printed why)."""
+    default folder; `task`: pretrain, finetune, heal). Exits if the command fails (it has printed why)."""
     if (output / done_file).is_file():
         recorded = json.loads((output / done_file).read_text()).get("settings", {})
         differ = {key: (recorded.get(key), value) for key, value in (settings or {}).items()
@@ -53,8 +53,8 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
     record_time(output, time.perf_counter() - started)
     if code == 130:  # the command caught Ctrl-C: stop here too, the run resumes from its checkpoint next time
         raise KeyboardInterrupt
-    if code != 0:
-        raise RuntimeError(f"{command.__module__} {' '.join(argv)} failed with exit code {code}")
+    if code != 0:  # the command has said why in one line; stop there, without a traceback
+        raise SystemExit(f"stopped: {command.__module__} {' '.join(argv)} exited with {code}")
     return True
 
 
