@@ -218,7 +218,7 @@ def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
     measured = {}
     for name, values in times.items():
         ratios = [bert / own for bert, own in zip(times[REFERENCE], values)]
-        q1, median, q3 = statistics.quantiles(ratios, n=4)
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
         measured[name] = {"seconds": statistics.median(values), "ratio": statistics.median(ratios), "q1": q1,
                           "q3": q3, "rounds": rounds}
     path.parent.mkdir(parents=True, exist_ok=True)
