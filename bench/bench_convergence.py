@@ -39,7 +39,7 @@ from leanbert.commands import pretrain as pretrain_command
 from leanbert.training.masked_lm import override_config
 from leanbert.training.text import packed_blocks, text_source
 from bench_speed import round_robin
-from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, save, spread,
+from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, save, shown, spread,
                   use_device)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -239,7 +239,7 @@ def collect(args, step_seconds: dict) -> dict:
             report = json.loads((folder / "training_report.json").read_text())
             curve = json.loads((folder / "pretraining_curve.json").read_text())["eval"]
             runs.setdefault(name, {})[str(seed)] = {  # str: as the JSON file has it
-                "folder": str(folder), "parameters": report["parameters"], "seconds": report["seconds"],
+                "folder": shown(folder), "parameters": report["parameters"], "seconds": report["seconds"],
                 "steps": report["steps"],
                 "seconds_per_step": report["seconds"] / report["steps"], "final_loss": curve[-1]["loss"],
                 "curve": [{"step": point["step"], "loss": point["loss"], "seconds": point["seconds"],

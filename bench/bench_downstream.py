@@ -32,7 +32,7 @@ from leanbert.commands import convert as convert_command
 from leanbert.commands import finetune as finetune_command
 from leanbert.commands import heal as heal_command
 from leanbert.training.glue import compute_metrics, get_task, load_task
-from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, save, spread,
+from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, located, machine, run_command, save, spread,
                   use_device)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,7 +163,7 @@ def models(args, group: str):
         if group == "converted":
             yield from ((name, seed, None) for name in CONVERTED)
         else:
-            yield from ((name, seed, Path(runs[str(seed)]["folder"]))
+            yield from ((name, seed, located(runs[str(seed)]["folder"]))
                         for name, runs in args.convergence["runs"].items() if str(seed) in runs)
 
 

@@ -128,6 +128,17 @@ def machine() -> dict:
     return info
 
 
+def shown(path: Path) -> str:
+    """A path as results record it: relative to the repository when inside it (results travel with the repository),
+    else absolute. `located` reads it back."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def located(recorded: str) -> Path:
+    return REPO / recorded  # an absolute path stays as it is
+
+
 def command_line() -> str:
     """The command that produced a result, as a user would type it from the repository root."""
     script = Path(sys.argv[0]).resolve()
