@@ -238,9 +238,9 @@ def plot(results: dict, path: Path) -> None:
 def markdown_section(results: dict) -> str:
     """One table per group: mean ± std over seeds of each task's GLUE score, and of their mean, with the chance
     score of each task (always the most frequent training label)."""
-    lines = [f"GLUE scores ×100 on the validation sets (Matthews for CoLA, mean of F1 and accuracy for MRPC, of "
-             f"Pearson and Spearman for STS-B, accuracy otherwise); mean ± standard deviation over the seeds; final "
-             f"evaluation after the last epoch. Chance (always the most frequent training label): "
+    lines = ["GLUE scores ×100 on the validation sets (Matthews for CoLA, mean of F1 and accuracy for MRPC, of "
+             "Pearson and Spearman for STS-B, accuracy otherwise); mean ± standard deviation over the seeds; final "
+             "evaluation after the last epoch. Chance (always the most frequent training label): "
              + ", ".join(f"{task} {score * 100:.1f}" for task, score in results.get("chance", {}).items()) + ".",
              "", f"Command: `{results['command']}`", ""]
     for group, names in results["summary"].items():
