@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ import torch
 import transformers
 
 import leanbert
+from leanbert.common.checkpoints import CheckpointFolder
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -45,9 +45,8 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
                              + "; ".join(f"{key}: {there!r} there, {now!r} now" for key, (there, now) in differ.items())
                              + "): give another --runs-dir, or remove it to run it again")
         return False
-    checkpoints = output.with_name(f"{output.name}.{task}-checkpoints")
-    complete = checkpoints.is_dir() and any(re.fullmatch(r"step_\d+", p.name) for p in checkpoints.iterdir())
-    argv = [*map(str, args), "--output", str(output), *(["--resume"] if complete else [])]
+    resume = CheckpointFolder(output.with_name(f"{output.name}.{task}-checkpoints")).latest() is not None
+    argv = [*map(str, args), "--output", str(output), *(["--resume"] if resume else [])]
     started = time.perf_counter()
     code = command(argv)
     record_time(output, time.perf_counter() - started)

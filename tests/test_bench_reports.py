@@ -240,3 +240,30 @@ def test_report_marks_results_of_another_layout_as_stale_and_missing_ones_as_pen
            "`python bench/bench_speed.py` again." in text
     assert "Pending: `python bench/bench_convergence.py` has not written `convergence.json` yet." in text
     assert text.count("**pending**") == len(report.SECTIONS)  # one pending claim line per benchmark not measured
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(convergence, tmp_path,
+                                                                                         monkeypatch):
+    from leanbert.training.loop import TrainingLoop
+
+    root, args, first = convergence
+    args = [*args[: args.index("--models")], "--models", "BERT", "--seeds", "0", "--text", str(root / "text"),
+            "--runs-dir", str(tmp_path / "runs"), "--output-dir", str(tmp_path / "results")]
+    evaluate = TrainingLoop.run_evaluation
+
+    def interrupted(loop):  # Ctrl-C at the evaluation of step 4, after the checkpoint of step 2
+        if loop.step == 4:
+            raise KeyboardInterrupt
+        return evaluate(loop)
+
+    monkeypatch.setattr(TrainingLoop, "run_evaluation", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench_convergence.main(args)
+    checkpoints = tmp_path / "runs" / "bert-seed0.pretrain-checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_2"]
+    monkeypatch.setattr(TrainingLoop, "run_evaluation", evaluate)
+    resumed = bench_convergence.main(args)
+    assert [p["loss"] for p in resumed["runs"]["BERT"]["0"]["curve"]] == pytest.approx(
+        [p["loss"] for p in first["runs"]["BERT"]["0"]["curve"]], rel=1e-5)
+    ledger = json.loads((tmp_path / "runs" / "wall_seconds.json").read_text())
+    assert list(ledger) == ["bert-seed0"]  # one run, its two sittings summed
