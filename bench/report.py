@@ -73,7 +73,9 @@ def machine_lines(loaded: dict) -> list[str]:
     lines = []
     for title, results in loaded.items():
         info = results.get("machine", {})
-        if info:
+        if not info and "date" in results:
+            lines.append(f"- {title}: {results['date']} (independent of the machine)")
+        elif info:
             lines.append(f"- {title}: {info.get('date', '?')}; torch {info.get('torch')}, transformers "
                          f"{info.get('transformers')}, leanbert {info.get('leanbert')}; {info.get('platform')}, "
                          f"{info.get('cpu_count')} CPUs" + (f", {info['gpu']}" if info.get("gpu") else ""))
@@ -115,7 +117,8 @@ def build(results_dir: Path, runs_dir: Path, report_folder: Path) -> str:
              "## The claims\n",
              claims_table(entries) if entries else "No claim measured yet.\n",
              "Verdicts are computed from the numbers by the rule each benchmark states (`claims()` in its "
-             "script); *pending* means the run has not happened yet.\n", SCALE]
+             "script); *pending*: the run has not happened yet; *inconclusive*: measured, but too little to decide "
+             "by that rule (one seed, BERT not clearly past the plateau, a reference at chance level).\n", SCALE]
     for title, module, file, command, what in SECTIONS:
         parts.append(f"## {title}\n\n{what[0].upper() + what[1:]}.\n")
         if title in loaded:
