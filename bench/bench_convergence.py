@@ -36,6 +36,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
 import leanbert
 from leanbert.commands import pretrain as pretrain_command
+from leanbert.common.output import write_text_atomically
 from leanbert.training.masked_lm import override_config
 from leanbert.training.text import packed_blocks, text_source
 from bench_speed import round_robin
@@ -222,8 +223,7 @@ def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
         measured[name] = {"seconds": statistics.median(values), "ratio": statistics.median(ratios), "q1": q1,
                           "q3": q3, "rounds": rounds}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".partial").write_text(json.dumps({"settings": settings, "models": measured}, indent=2) + "\n")
-    path.with_suffix(".partial").replace(path)
+    write_text_atomically(path, json.dumps({"settings": settings, "models": measured}, indent=2) + "\n")
     return measured
 
 

@@ -90,6 +90,7 @@ from tqdm import tqdm
 from transformers import BertConfig, BertModel
 
 import leanbert
+from leanbert.common.output import write_text_atomically
 from flops import MODELS, REFERENCE, training_flops
 
 MIB = 2**20
@@ -415,9 +416,7 @@ def start_or_resume(args, command: str, settings: list[dict]) -> dict:
 
 def save_json(results: dict, path: Path) -> None:
     """Write through a temporary file, so that an interrupted run never leaves a truncated `speed.json`."""
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(results, indent=2) + "\n")
-    temporary.replace(path)
+    write_text_atomically(path, json.dumps(results, indent=2) + "\n")
 
 
 def fmt_quartiles(row: dict, prefix: str) -> str:

@@ -21,6 +21,7 @@ import transformers
 
 import leanbert
 from leanbert.common.checkpoints import CheckpointFolder
+from leanbert.common.output import write_text_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -74,9 +75,7 @@ def record_time(output: Path, seconds: float) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         times = json.loads(ledger.read_text()) if ledger.is_file() else {}
         times[output.name] = round(times.get(output.name, 0.0) + seconds, 1)
-        partial = ledger.with_suffix(".partial")
-        partial.write_text(json.dumps(times, indent=2) + "\n")
-        partial.replace(ledger)
+        write_text_atomically(ledger, json.dumps(times, indent=2) + "\n")
 
 
 def wall_seconds(runs_dir: Path) -> float:
@@ -109,9 +108,7 @@ def fmt_spread(entry: dict, digits: int = 3, scale: float = 1.0) -> str:
 def save(results: dict, folder: Path, name: str, plot) -> dict:
     """`<name>.json` and `<name>.png` (drawn by `plot(results, path)`) in `folder`, each replaced atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{name}.json.partial"
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    partial.replace(folder / f"{name}.json")
+    write_text_atomically(folder / f"{name}.json", json.dumps(results, indent=2) + "\n")
     plot(results, folder / f".{name}.partial.png")
     (folder / f".{name}.partial.png").replace(folder / f"{name}.png")
     return results
