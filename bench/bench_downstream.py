@@ -32,8 +32,9 @@ from leanbert.commands import convert as convert_command
 from leanbert.commands import finetune as finetune_command
 from leanbert.commands import heal as heal_command
 from leanbert.training.glue import compute_metrics, get_task, load_task
-from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, located, machine, run_command, save, spread,
-                  use_device)
+from outputs import claim
+from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, located, machine, run_command, running, save,
+                  saved, spread, use_device)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
@@ -169,6 +170,19 @@ def models(args, group: str):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    claim(args.output_dir, saved("downstream"))
+    if not args.report_only:
+        for group in args.groups:
+            claim(args.runs_dir / group, ["wall_seconds.json"])
+        claim(args.runs_dir, ["wall_seconds.json"])  # the conversions' and healings' times
+        with running(args.runs_dir):
+            return run(args)
+    return run(args)
+
+
+def run(args) -> dict:
+    """Every fine-tuning not finished yet (none with --report-only), then the results of the models whose tasks
+    have all finished."""
     use_device(args.device)
     scores = {}
     for group in args.groups:

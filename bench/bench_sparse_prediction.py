@@ -25,7 +25,6 @@ glibc's malloc keeps freed memory, as in `bench_speed.py` (see its docstring).
 import argparse
 import copy
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -38,6 +37,7 @@ from bench_speed import keep_freed_memory
 from tqdm import tqdm
 
 import leanbert
+from outputs import claim, write_file, write_json
 
 # name -> (config class, ForMaskedLM class), from the package's registry of architectures
 MODELS = {architecture.name: (architecture.config_class, architecture.classes["AutoModelForMaskedLM"])
@@ -146,6 +146,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    claim(args.output_dir, ["sparse_prediction.json", "sparse_prediction.png"])
     if args.threads:
         torch.set_num_threads(args.threads)
     allocator = keep_freed_memory()
@@ -159,9 +160,8 @@ def main(argv=None) -> dict:
         shape=f"d=768, {args.layers} layers, vocab {VOCAB_SIZE}, batch {args.batch} x {args.seq}, "
               f"{int((labels != -100).sum())} labelled",
         steps=args.steps, warmup=args.warmup, rows=rows)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "sparse_prediction.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.output_dir / "sparse_prediction.png")
+    write_json(args.output_dir, "sparse_prediction.json", results)
+    write_file(args.output_dir, "sparse_prediction.png", lambda path: plot(results, path))
     for row in rows:
         print(f"{row['model']}: dense {row['dense_median_s']:.2f} s, sparse {row['sparse_median_s']:.2f} s, "
               f"dense / sparse {row['ratio_median']:.3f} (q1-q3 {row['ratio_q1']:.3f}-{row['ratio_q3']:.3f}); "

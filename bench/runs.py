@@ -14,6 +14,7 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ import transformers
 
 import leanbert
 from leanbert.common.checkpoints import CheckpointFolder
-from leanbert.common.output import write_text_atomically
+from outputs import refuse, update_json, write_file, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -42,7 +43,7 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
         differ = {key: (recorded.get(key), value) for key, value in (settings or {}).items()
                   if recorded.get(key) != value}
         if differ:
-            raise SystemExit(f"{output} was made with other settings ("
+            refuse(f"{output} was made with other settings ("
                              + "; ".join(f"{key}: {there!r} there, {now!r} now" for key, (there, now) in differ.items())
                              + "): give another --runs-dir, or remove it to run it again")
         return False
@@ -53,9 +54,24 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
     record_time(output, time.perf_counter() - started)
     if code == 130:  # the command caught Ctrl-C: stop here too, the run resumes from its checkpoint next time
         raise KeyboardInterrupt
-    if code != 0:  # the command has said why in one line; stop there, without a traceback
-        raise SystemExit(f"stopped: {command.__module__} {' '.join(argv)} exited with {code}")
+    if code != 0:  # the command has said why in one line; stop there with its code, without a traceback
+        print(f"stopped: {command.__module__} {' '.join(argv)} exited with {code}", file=sys.stderr)
+        raise SystemExit(code)
     return True
+
+
+@contextmanager
+def running(runs_dir: Path):
+    """Hold `runs_dir` for this process: a second benchmark running the same runs (which would train the same
+    folders twice) is refused with one line. Reading the results (`--report-only`) needs no hold."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(runs_dir / ".bench-running.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            refuse(f"another benchmark is running the runs in {runs_dir}; wait for it (--report-only reads what it "
+                   "has finished) or give another --runs-dir")
+        yield
 
 
 def use_device(device: str) -> None:
@@ -69,13 +85,10 @@ def use_device(device: str) -> None:
 def record_time(output: Path, seconds: float) -> None:
     """Add a command's wall time (start-up, data, training, evaluation, saving) to `wall_seconds.json` beside its
     output, summed over the sittings an interrupted run took: what the full benchmark costs."""
-    ledger = output.parent / "wall_seconds.json"
-    ledger.parent.mkdir(parents=True, exist_ok=True)
-    with open(output.parent / ".wall_seconds.lock", "w") as lock:  # two benchmark processes may share a ledger
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        times = json.loads(ledger.read_text()) if ledger.is_file() else {}
-        times[output.name] = round(times.get(output.name, 0.0) + seconds, 1)
-        write_text_atomically(ledger, json.dumps(times, indent=2) + "\n")
+    def add(times: dict) -> dict:
+        return {**times, output.name: round(times.get(output.name, 0.0) + seconds, 1)}
+
+    update_json(output.parent, "wall_seconds.json", add)
 
 
 def wall_seconds(runs_dir: Path) -> float:
@@ -106,12 +119,16 @@ def fmt_spread(entry: dict, digits: int = 3, scale: float = 1.0) -> str:
 
 
 def save(results: dict, folder: Path, name: str, plot) -> dict:
-    """`<name>.json` and `<name>.png` (drawn by `plot(results, path)`) in `folder`, each replaced atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(folder / f"{name}.json", json.dumps(results, indent=2) + "\n")
-    plot(results, folder / f".{name}.partial.png")
-    (folder / f".{name}.partial.png").replace(folder / f"{name}.png")
+    """`<name>.json` and `<name>.png` (drawn by `plot(results, path)`) in `folder`, each replaced atomically and only
+    over a benchmark's own file (`outputs`; `claim(folder, saved(name))` checks that before the work)."""
+    write_json(folder, f"{name}.json", results)
+    write_file(folder, f"{name}.png", lambda path: plot(results, path))
     return results
+
+
+def saved(name: str) -> list[str]:
+    """The files `save(..., name, ...)` writes."""
+    return [f"{name}.json", f"{name}.png"]
 
 
 def machine() -> dict:

@@ -120,7 +120,7 @@ def test_convergence_reports_each_runs_curve_and_the_analysis_follows_from_it(co
                                                                                                          ddof=1))
 
 
-def test_convergence_never_repeats_a_finished_run_and_redoes_a_missing_one(convergence):
+def test_convergence_never_repeats_a_finished_run_and_redoes_a_missing_one(convergence, capsys):
     root, args, first = convergence
     ledger = root / "runs" / "wall_seconds.json"
     before = json.loads(ledger.read_text())
@@ -143,8 +143,9 @@ def test_convergence_never_repeats_a_finished_run_and_redoes_a_missing_one(conve
     losses = [[p["loss"] for p in run["runs"]["SymBert pairwise"]["1"]["curve"]] for run in (first, third)]
     assert losses[0] == losses[1]  # the same seed repeats the same run
     # finished runs made with other settings are refused, not mixed in
-    with pytest.raises(SystemExit, match=r"made with other settings \(steps: 6 there, 8 now"):
+    with pytest.raises(SystemExit) as stop:
         bench_convergence.main([*args, "--steps", "8"])
+    assert stop.value.code == 2 and "made with other settings (steps: 6 there, 8 now" in capsys.readouterr().err
 
 
 def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claims(convergence, tmp_path):

@@ -21,6 +21,7 @@ SCRIPT = REPO / "bench" / "bench_speed.py"
 sys.path.insert(0, str(REPO / "bench"))
 import bench_speed  # noqa: E402
 import flops  # noqa: E402
+import outputs  # noqa: E402
 
 # The --quick shape, and each benchmarked model built here without the script's factories.
 QUICK = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=512,
@@ -150,7 +151,7 @@ def test_bench_speed_resume(tmp_path):
     first = json.loads(path.read_text())
     last = first["settings"][-1]
     kept = [row for row in first["rows"] if bench_speed.setting_of(row) != last]
-    path.write_text(json.dumps({**first, "rows": kept}))  # as if interrupted before the last setting
+    outputs.write_json(tmp_path, "speed.json", {**first, "rows": kept})  # as if interrupted before the last setting
     subprocess.run(command + ["--resume"], cwd=REPO, check=True, capture_output=True, timeout=120)
     resumed = json.loads(path.read_text())
     assert resumed["rows"][:len(kept)] == kept
@@ -159,7 +160,7 @@ def test_bench_speed_resume(tmp_path):
     assert resumed["seconds"] > first["seconds"] > 0  # the time spent adds up over the sittings
     refused = subprocess.run(command + ["--resume", "--rounds", "4"], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
-    assert refused.returncode != 0 and "rounds: 3 there, 4 now" in refused.stderr
+    assert refused.returncode == 2 and "rounds: 3 there, 4 now" in refused.stderr
     assert json.loads(path.read_text()) == resumed
 
 
