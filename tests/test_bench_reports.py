@@ -235,6 +235,19 @@ def test_downstream_verdicts_pair_seeds_and_need_a_reference_above_chance(model,
     assert f"paired over {len(model)} seed(s)" in claim["measured"]
 
 
+@pytest.mark.parametrize("shared, verdict", [
+    ([[0.66, 0.84], [0.67, 0.83]], "reproduced"),  # +0.05 over the symmetric model in both seeds
+    ([[0.61, 0.81], [0.62, 0.78]], "not reproduced"),  # +0.01 and 0.0: not measurably better
+])
+def test_sharedbert_must_be_measurably_better_than_symmetric_attention(shared, verdict):
+    results = downstream_results([[0.61, 0.79], [0.62, 0.78]], [[0.60, 0.80], [0.61, 0.79]])
+    pretrained = results["scores"]["pretrained"]
+    pretrained["SymBert symmetric"] = pretrained["SymBert pairwise"]
+    pretrained["SharedBert"] = downstream_results(shared, shared)["scores"]["pretrained"]["BERT"]
+    claim = next(c for c in bench_downstream.claims(results) if c["claim"] == "GLUE +5.81% over symmetric attention")
+    assert claim["verdict"] == verdict and "paired over 2 seed(s)" in claim["measured"]
+
+
 def test_report_marks_results_of_another_layout_as_stale_and_missing_ones_as_pending(tmp_path):
     (tmp_path / "speed.json").write_text(json.dumps({"rows": []}))  # written by a version without a schema
     text = report.build(tmp_path, tmp_path / "runs", tmp_path)
