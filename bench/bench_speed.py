@@ -404,8 +404,8 @@ def start_or_resume(args, command: str, settings: list[dict]) -> dict:
         differ = sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
         if differ:
             refuse(f"--resume: {path} was measured with other arguments ("
-                             + "; ".join(f"{key}: {theirs.get(key)!r} there, {mine.get(key)!r} now" for key in differ)
-                             + "). Rerun with the same arguments, or without --resume to start over.")
+                   + "; ".join(f"{key}: {theirs.get(key)!r} there, {mine.get(key)!r} now" for key in differ)
+                   + "). Rerun with the same arguments, or without --resume to start over.")
         results["sittings"].append(machine_info(args)["date"])
         return results
     machine = machine_info(args)

@@ -109,5 +109,8 @@ def write_file(folder: Path, name: str, draw) -> None:
     with the same suffix, then rename it into place."""
     with recording(Path(folder), name) as path:
         partial = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-        draw(partial)
-        os.replace(partial, path)
+        try:
+            draw(partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)  # left only when drawing failed

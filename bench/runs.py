@@ -44,8 +44,8 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
                   if recorded.get(key) != value}
         if differ:
             refuse(f"{output} was made with other settings ("
-                             + "; ".join(f"{key}: {there!r} there, {now!r} now" for key, (there, now) in differ.items())
-                             + "): give another --runs-dir, or remove it to run it again")
+                   + "; ".join(f"{key}: {there!r} there, {now!r} now" for key, (there, now) in differ.items())
+                   + "): give another --runs-dir, or remove it to run it again")
         return False
     resume = CheckpointFolder(output.with_name(f"{output.name}.{task}-checkpoints")).latest() is not None
     argv = [*map(str, args), "--output", str(output), *(["--resume"] if resume else [])]
