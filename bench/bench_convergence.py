@@ -39,7 +39,7 @@ from leanbert.commands import pretrain as pretrain_command
 from leanbert.training.masked_lm import override_config
 from leanbert.training.text import packed_blocks, text_source
 from bench_speed import round_robin
-from outputs import claim, write_json
+from outputs import claim, run_main, write_json
 from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, running, save, saved,
                   shown, spread, use_device)
 
@@ -438,4 +438,4 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

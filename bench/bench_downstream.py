@@ -32,7 +32,7 @@ from leanbert.commands import convert as convert_command
 from leanbert.commands import finetune as finetune_command
 from leanbert.commands import heal as heal_command
 from leanbert.training.glue import compute_metrics, get_task, load_task
-from outputs import claim
+from outputs import claim, run_main
 from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, located, machine, run_command, running, save,
                   saved, spread, use_device)
 
@@ -328,4 +328,4 @@ def claims(results: dict) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -91,7 +91,7 @@ from transformers import BertConfig, BertModel
 
 import leanbert
 from flops import MODELS, REFERENCE, training_flops
-from outputs import claim, refuse, write_file, write_json, write_text
+from outputs import claim, refuse, run_main, write_file, write_json, write_text
 
 MIB = 2**20
 SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
@@ -587,4 +587,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

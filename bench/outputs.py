@@ -30,6 +30,16 @@ def refuse(message: str) -> None:
     raise SystemExit(2)
 
 
+def run_main(main) -> None:
+    """Run a benchmark's `main()` as a command line: Ctrl-C stops it with one line and exit code 130, no traceback
+    (what it finished is saved; run it again to continue)."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted: what finished is saved; run the same command again to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def ledger(folder: Path) -> dict:
     try:
         files = json.loads((folder / LEDGER).read_text())["files"]

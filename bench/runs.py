@@ -52,8 +52,10 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
     started = time.perf_counter()
     code = command(argv)
     record_time(output, time.perf_counter() - started)
-    if code == 130:  # the command caught Ctrl-C: stop here too, the run resumes from its checkpoint next time
-        raise KeyboardInterrupt
+    if code == 130:  # the command caught Ctrl-C (or SIGTERM): stop here too, without a traceback
+        print(f"interrupted: {output.name} resumes from its newest checkpoint when the benchmark runs again",
+              file=sys.stderr)
+        raise SystemExit(130)
     if code != 0:  # the command has said why in one line; stop there with its code, without a traceback
         print(f"stopped: {command.__module__} {' '.join(argv)} exited with {code}", file=sys.stderr)
         raise SystemExit(code)

@@ -98,3 +98,14 @@ def test_updates_of_one_ledger_file_add_up(tmp_path):
     assert runs.wall_seconds(tmp_path) == 6.5
     ledger = json.loads((tmp_path / outputs.LEDGER).read_text())["files"]
     assert ledger == {"wall_seconds.json": outputs.sha256_file(tmp_path / "wall_seconds.json")}
+
+
+def test_ctrl_c_stops_a_benchmark_with_one_line_and_code_130(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        outputs.run_main(interrupted)
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "interrupted: what finished is saved; run the same command again to continue"]
