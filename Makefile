@@ -26,11 +26,13 @@ test: install
 
 # Every benchmark, then BENCHMARKS.md from their JSON (bench/report.py). The pretraining and fine-tuning runs are
 # resumable: stop `make bench` at any point and run it again to continue (see BENCHMARKS.md for the time it takes).
+# bench_downstream.py pretrains each model (through bench_convergence.py) and fine-tunes it in the same sitting:
+# only bench/results outlives a machine, not the weights in bench/runs; bench_convergence.py then has only to report.
 bench: install
 	$(BIN)/python bench/bench_parameters.py
 	$(BIN)/python bench/bench_speed.py --resume
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_downstream.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py
 	$(BIN)/python bench/report.py
 
 # A first look in under 10 minutes: tiny models, few steps, into bench/results/quick/ (the real results stay).
@@ -38,9 +40,9 @@ QUICK := bench/results/quick
 bench-quick: install
 	$(BIN)/python bench/bench_parameters.py --output-dir $(QUICK)
 	$(BIN)/python bench/bench_speed.py --quick --output-dir $(QUICK)
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py --quick
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_downstream.py --quick
-	$(BIN)/python bench/report.py --results $(QUICK) --runs-dir bench/runs-quick --output $(QUICK)/BENCHMARKS.md
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py --quick
+	$(BIN)/python bench/report.py --results $(QUICK) --output $(QUICK)/BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out build src/*.egg-info

@@ -12,22 +12,26 @@ train.txt, packed into blocks), the same batch order and the same masks for a gi
 draws both from the seed), the same learning rate and schedule; at least two seeds each. Validation: the first
 `--eval-blocks` blocks of valid.txt, every `--eval-every` steps.
 
-Each run writes its own output folder under `--runs-dir`; a finished run is never repeated and an interrupted one
-continues from its last checkpoint, so the full run can span several sittings. Then `bench/results/convergence.json`
-(every validation curve and the analysis) and `convergence.png` (validation loss against steps and against time).
+Each run writes its own output folder under `--runs-dir`; an interrupted run continues from its last checkpoint.
+`bench/results/convergence.json` (every validation curve with the settings of its run, and the analysis) and
+`convergence.png` (validation loss against steps and against time) are rewritten after every run. Only
+bench/results outlives a machine (the runs folder, with checkpoints and weights, is not tracked by git), so a run
+that convergence.json records with the settings asked for is never repeated, wherever its folder went: the full run
+spans sittings and machines. A run recorded with other settings is refused (another --output-dir keeps both).
 
 Analysis, per seed and then mean ± standard deviation over seeds: the final validation loss; the plateau of a model
 that ignores the context (`plateaus`: the unigram cross-entropy, and below it the best loss without context under
 BERT's 80/10/10 masking, which BERT must clearly leave); the steps and the training time each model needs to reach
 BERT's final validation loss of the same seed (linear interpolation between evaluations). Steps are exact. Time
-is steps × the model's training-step time, measured once per runs folder with every model side by side (the same
-batch, round by round, the order alternating: `step_times.json`), because the runs themselves happen at different
+is steps × the model's training-step time, measured once, before the first run, with every model side by side (the
+same batch, round by round, the order alternating; recorded in convergence.json), because the runs themselves happen at different
 times, in different sittings, on a machine whose load changes; each run's own measured time is kept as well.
 """
 
 import argparse
 import json
 import statistics
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +43,15 @@ from leanbert.commands import pretrain as pretrain_command
 from leanbert.training.masked_lm import override_config
 from leanbert.training.text import packed_blocks, text_source
 from bench_speed import round_robin
-from outputs import claim, run_main, write_json
-from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, machine, run_command, running, save, saved,
-                  shown, spread, use_device)
+from outputs import claim, refuse, run_main
+from runs import (DATA, QUICK_RUNS, RUNS, command_line, differences, finished, fmt_spread, located, machine,
+                  recorded, run_command, running, save, saved, shown, spread, use_device, wall_seconds)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENIZER = Path(__file__).resolve().parent / "tokenizer"
 TEXT = DATA / "text" / "gutenberg-pd"  # train.txt and valid.txt
 REFERENCE = "BERT"
-SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
+SCHEMA = 2  # the results' layout: report.py regenerates nothing from another
 
 # name -> (model type, config fields): BERT and every declared architecture in each of its variants
 MODELS = {REFERENCE: ("bert", {}),
@@ -114,8 +118,21 @@ def run_folder(args, name: str, seed: int) -> Path:
     return args.runs_dir / f"{name.lower().replace(' ', '-').replace('=', '')}-seed{seed}"
 
 
-def pretrain(args, name: str, seed: int) -> bool:
-    """One pretraining run with leanbert-pretrain (skipped when done: False; resumed when interrupted)."""
+def run_settings(args, name: str, seed: int) -> dict:
+    """What makes a run what it is: recorded with it, and checked before one is reused."""
+    model_type, fields = MODELS[name]
+    return {"config_overrides": overrides(args, model_type, fields), "steps": args.steps, "seed": seed,
+            "batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_seq_length": args.seq_len,
+            "max_eval_samples": args.eval_blocks, "eval_every": args.eval_every,
+            "mixed_precision": "bf16" if args.dtype == "bf16" else "no"}
+
+
+def pretrain(args, name: str, seed: int, folder_needed: bool = False) -> bool:
+    """One pretraining run with leanbert-pretrain, unless convergence.json records it (and, when `folder_needed`, its
+    finished folder is on this machine): then False. Resumed from its checkpoint when interrupted."""
+    if str(seed) in args.recorded.get("runs", {}).get(name, {}) and (
+            not folder_needed or finished(run_folder(args, name, seed), "training_report.json")):
+        return False
     model_type, fields = MODELS[name]
     return run_command(pretrain_command.main, [
         "--model-type", model_type, "--config-overrides", overrides(args, model_type, fields), "--tokenizer", TOKENIZER,
@@ -125,11 +142,7 @@ def pretrain(args, name: str, seed: int) -> bool:
         "--per-device-batch-size", args.batch_size, "--learning-rate", args.learning_rate,
         "--eval-every", args.eval_every, "--checkpoint-every", max(args.eval_every, args.steps // 10),
         "--seed", seed, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
-        run_folder(args, name, seed), "training_report.json", "pretrain",
-        settings={"config_overrides": overrides(args, model_type, fields), "steps": args.steps, "seed": seed,
-                  "batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_seq_length": args.seq_len,
-                  "max_eval_samples": args.eval_blocks, "eval_every": args.eval_every,
-                  "mixed_precision": "bf16" if args.dtype == "bf16" else "no"})
+        run_folder(args, name, seed), "training_report.json", "pretrain", settings=run_settings(args, name, seed))
 
 
 def token_frequencies(args) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +179,15 @@ def plateaus(p: np.ndarray, r: np.ndarray) -> dict:
     return {"unigram": float(cross), "context_free": float(0.8 * cross + 0.1 * keep.sum() + 0.1 * other.sum())}
 
 
+def text_plateaus(args) -> dict:
+    """`plateaus` of the runs' text: as convergence.json records them for the same text, block length and validation
+    blocks, else computed (which tokenizes the training text)."""
+    same = ("text", "seq_len", "eval_blocks")
+    if all(args.recorded.get("options", {}).get(key) == options(args)[key] for key in same):
+        return args.recorded["plateaus"]
+    return plateaus(*token_frequencies(args))
+
+
 def reach(curve: list[dict], target: float, key: str) -> float | None:
     """The `key` (step or time) at which the validation loss first reaches `target`, interpolated linearly between
     the two evaluations around that point (at the first evaluation: that evaluation's, an upper bound); None if it
@@ -184,15 +206,12 @@ def reach(curve: list[dict], target: float, key: str) -> float | None:
 def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
     """Seconds per training step (forward, masked-LM loss, backward, AdamW) of every model at the runs' shape and
     batch, measured side by side in paired rounds (bench_speed's round robin): per model the median step time and
-    the median and quartiles of BERT's time / its time round by round. Measured once and kept in the runs folder
-    (`step_times.json`, with the settings it was measured at: other settings or models measure it again); {} with
-    --report-only when it is missing, since measuring beside running work would fix skewed times for good."""
-    path = args.runs_dir / "step_times.json"
-    settings = {"models": args.models, "shape": overrides(args, "bert", {}), "batch_size": args.batch_size,
-                "device": args.device, "dtype": args.dtype, "threads": args.threads}
-    kept = json.loads(path.read_text()) if path.is_file() else {}
-    if kept.get("settings") == settings or args.report_only:
-        return kept.get("models", {}) if kept.get("settings") == settings else {}
+    the median and quartiles of BERT's time / its time round by round. Measured once, before the first run, and
+    recorded in convergence.json with the settings it was measured at (other settings or models measure it again);
+    {} with --report-only when it is missing, since measuring beside running work would fix skewed times for good."""
+    settings = step_time_settings(args)
+    if args.recorded.get("step_time_settings") == settings or args.report_only:
+        return args.recorded.get("step_times", {}) if args.recorded.get("step_time_settings") == settings else {}
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 8192, (args.batch_size, args.seq_len), generator=generator)
@@ -222,28 +241,51 @@ def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
         q1, _, q3 = statistics.quantiles(ratios, n=4)
         measured[name] = {"seconds": statistics.median(values), "ratio": statistics.median(ratios), "q1": q1,
                           "q3": q3, "rounds": rounds}
-    write_json(args.runs_dir, path.name, {"settings": settings, "models": measured})
     return measured
 
 
+def step_time_settings(args) -> dict:
+    return {"models": args.models, "shape": overrides(args, "bert", {}), "batch_size": args.batch_size,
+            "device": args.device, "dtype": args.dtype, "threads": args.threads}
+
+
+def recorded_runs(args) -> dict:
+    """The convergence.json an earlier sitting left in --output-dir ({} if none, or of an older layout), after
+    checking that every run it records was made with the settings asked for now: one made otherwise is refused,
+    never mixed in nor dropped."""
+    results = recorded(args.output_dir, "convergence", SCHEMA)
+    for name, seeds in results.get("runs", {}).items():
+        for seed, run in seeds.items():
+            differ = differences(run["settings"], run_settings(args, name, int(seed))) if name in MODELS else name
+            if differ:
+                refuse(f"{args.output_dir / 'convergence.json'} records {name} seed {seed} made with other settings "
+                       f"({differ}): give another --output-dir, or move that file away to run it again")
+    return results
+
+
 def collect(args, step_seconds: dict) -> dict:
-    """Every finished run's validation curve and report, and the analysis against BERT; each evaluation's "time" is
-    its step × the model's measured step time (`step_times`; None while that is not measured)."""
-    runs = {}
+    """Every finished run's validation curve and report (those convergence.json records, and those finished in the
+    runs folder), and the analysis against BERT; each evaluation's "time" is its step × the model's measured step
+    time (`step_times`; None while that is not measured)."""
+    runs = {name: dict(seeds) for name, seeds in args.recorded.get("runs", {}).items()}
     for name in args.models:
         for seed in args.seeds:
             folder = run_folder(args, name, seed)
-            if not (folder / "training_report.json").is_file():
+            if not finished(folder, "training_report.json", run_settings(args, name, seed)):
                 continue
             report = json.loads((folder / "training_report.json").read_text())
             curve = json.loads((folder / "pretraining_curve.json").read_text())["eval"]
             runs.setdefault(name, {})[str(seed)] = {  # str: as the JSON file has it
-                "folder": shown(folder), "parameters": report["parameters"], "seconds": report["seconds"],
-                "steps": report["steps"],
-                "seconds_per_step": report["seconds"] / report["steps"], "final_loss": curve[-1]["loss"],
-                "curve": [{"step": point["step"], "loss": point["loss"], "seconds": point["seconds"],
-                           "time": point["step"] * step_seconds[name]["seconds"] if name in step_seconds
-                           else None} for point in curve]}
+                "folder": shown(folder), "settings": run_settings(args, name, seed),
+                "parameters": report["parameters"], "seconds": report["seconds"], "steps": report["steps"],
+                "wall_seconds": wall_seconds(folder), "seconds_per_step": report["seconds"] / report["steps"],
+                "final_loss": curve[-1]["loss"],
+                "curve": [{"step": point["step"], "loss": point["loss"], "seconds": point["seconds"]}
+                          for point in curve]}
+    for name, seeds in runs.items():
+        for run in seeds.values():
+            run["curve"] = [{**point, "time": point["step"] * step_seconds[name]["seconds"] if name in step_seconds
+                             else None} for point in run["curve"]]
     analysis = {}
     for name, seeds in runs.items():
         rows = {"final_loss": [], "steps_to_bert": [], "seconds_to_bert": [], "step_ratio": [], "time_ratio": [],
@@ -402,39 +444,85 @@ def claims(results: dict) -> list[dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    claim(args.output_dir, saved("convergence"))
-    if not args.report_only:
-        claim(args.runs_dir, ["step_times.json", "wall_seconds.json"])
-        with running(args.runs_dir):
-            return run(args)
-    return run(args)
-
-
-def run(args) -> dict:
-    """Every run not finished yet (none with --report-only), then the results of all finished ones."""
-    use_device(args.device)
-    torch.set_num_threads(args.threads)
-    baselines, step_seconds = plateaus(*token_frequencies(args)), step_times(args)
-
-    def report() -> dict:  # the results of every run finished so far
-        return save({"schema": SCHEMA, "command": command_line(), "machine": machine(), "models": args.models,
-                     "seeds": args.seeds, "seq_len": args.seq_len,
-                     "shape": f"d={args.hidden}, {args.layers} layers, {args.heads} heads, ffn {4 * args.hidden}, "
-                              f"vocab 8192, blocks of {args.seq_len} tokens",
-                     "settings": f"batch {args.batch_size}, {args.steps} steps, AdamW lr {args.learning_rate} (6% "
-                                 f"warm-up, linear decay), validation on {args.eval_blocks} blocks every "
-                                 f"{args.eval_every} steps, {args.device} {args.dtype}, {args.threads} CPU thread(s)",
-                     "plateaus": baselines, "step_times": step_seconds, **collect(args, step_seconds)},
-                    args.output_dir, "convergence", plot)
-
-    if not args.report_only:
-        for seed in args.seeds:  # seed by seed: after one sitting, whole seeds are comparable
-            for name in args.models:
-                if pretrain(args, name, seed):
-                    report()
-    results = report()
+    if args.report_only:
+        claim(args.output_dir, saved("convergence"))
+        args.recorded = recorded_runs(args)
+        use_device(args.device)
+    else:
+        with session(args):
+            prepare(args)
+            for seed in args.seeds:  # seed by seed: after one sitting, whole seeds are comparable
+                for name in args.models:
+                    if pretrain(args, name, seed):
+                        report(args)
+    results = report(args)
     print(markdown_section(results))
     return results
+
+
+@contextmanager
+def session(args):
+    """Around pretraining: convergence.json claimed (`outputs`) and read (`recorded_runs`), the runs folder held
+    against a second benchmark, the device and thread count set."""
+    claim(args.output_dir, saved("convergence"))
+    claim(args.runs_dir, ["wall_seconds.json"])
+    args.recorded = recorded_runs(args)
+    with running(args.runs_dir):
+        use_device(args.device)
+        torch.set_num_threads(args.threads)
+        yield
+
+
+def prepare(args) -> None:
+    """The plateaus and the step times (measured now if convergence.json lacks them: before any run, on the idle
+    machine), recorded at once."""
+    if "step_seconds" not in vars(args):
+        args.baselines, args.step_seconds = text_plateaus(args), step_times(args)
+        report(args)
+
+
+def pretrained(args, name: str, seed: int) -> Path:
+    """The finished run folder of `name` with `seed`, for bench_downstream to fine-tune (inside `session`): pretrained
+    first where this machine lacks it (a new machine has only what convergence.json records), then recorded."""
+    prepare(args)
+    if pretrain(args, name, seed, folder_needed=True):
+        report(args)
+    return run_folder(args, name, seed)
+
+
+def options(args) -> dict:
+    """The options the runs were made with, recorded so that bench_downstream pretrains a missing model the same way
+    (`from_options`)."""
+    return {"models": args.models, "seeds": args.seeds, "text": shown(args.text), "runs_dir": shown(args.runs_dir),
+            "dtype": args.dtype, **{key: getattr(args, key) for key in FULL if key != "seeds"}}
+
+
+def from_options(recorded_options: dict, output_dir: Path, device: str) -> argparse.Namespace:
+    args = parse_args(["--output-dir", str(output_dir), "--device", device])
+    for key, value in recorded_options.items():
+        setattr(args, key, located(value) if key in ("text", "runs_dir") else value)
+    return args
+
+
+def report(args) -> dict:
+    """convergence.json and convergence.png from every run finished so far."""
+    if "step_seconds" not in vars(args):  # --report-only: what is recorded, nothing measured
+        args.baselines, args.step_seconds = text_plateaus(args), step_times(args)
+    runs = collect(args, args.step_seconds)
+    models = [*args.models, *(name for name in runs["runs"] if name not in args.models)]
+    seeds = sorted({*args.seeds, *(int(seed) for seeds in runs["runs"].values() for seed in seeds)})
+    return save({"schema": SCHEMA, "command": command_line(), "machine": machine(), "models": models, "seeds": seeds,
+                 "seq_len": args.seq_len, "options": options(args),
+                 "shape": f"d={args.hidden}, {args.layers} layers, {args.heads} heads, ffn {4 * args.hidden}, "
+                          f"vocab 8192, blocks of {args.seq_len} tokens",
+                 "settings": f"batch {args.batch_size}, {args.steps} steps, AdamW lr {args.learning_rate} (6% "
+                             f"warm-up, linear decay), validation on {args.eval_blocks} blocks every "
+                             f"{args.eval_every} steps, {args.device} {args.dtype}, {args.threads} CPU thread(s)",
+                 "plateaus": args.baselines, "step_times": args.step_seconds,
+                 "step_time_settings": step_time_settings(args) if args.step_seconds else None,
+                 "seconds": sum(run.get("wall_seconds") or 0 for seeds in runs["runs"].values()
+                                for run in seeds.values()), **runs},
+                args.output_dir, "convergence", plot)
 
 
 if __name__ == "__main__":

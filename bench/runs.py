@@ -38,14 +38,7 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
     `settings` given, in the file's "settings": a finished run made otherwise is refused, never mixed in); with
     `--resume` when an earlier attempt left a checkpoint in `<output>.<task>-checkpoints` (the training commands'
     default folder; `task`: pretrain, finetune, heal). Exits if the command fails (it has printed why)."""
-    if (output / done_file).is_file():
-        recorded = json.loads((output / done_file).read_text()).get("settings", {})
-        differ = {key: (recorded.get(key), value) for key, value in (settings or {}).items()
-                  if recorded.get(key) != value}
-        if differ:
-            refuse(f"{output} was made with other settings ("
-                   + "; ".join(f"{key}: {there!r} there, {now!r} now" for key, (there, now) in differ.items())
-                   + "): give another --runs-dir, or remove it to run it again")
+    if finished(output, done_file, settings):
         return False
     resume = CheckpointFolder(output.with_name(f"{output.name}.{task}-checkpoints")).latest() is not None
     argv = [*map(str, args), "--output", str(output), *(["--resume"] if resume else [])]
@@ -60,6 +53,24 @@ def run_command(command, args: list, output: Path, done_file: str, task: str | N
         print(f"stopped: {command.__module__} {' '.join(argv)} exited with {code}", file=sys.stderr)
         raise SystemExit(code)
     return True
+
+
+def finished(output: Path, done_file: str, settings: dict | None = None) -> bool:
+    """Whether the run in `output` has finished (its `done_file` exists), refusing one made with other settings than
+    `settings` (as its done file's "settings" records them): such a run is never mixed in."""
+    if not (output / done_file).is_file():
+        return False
+    differ = differences(json.loads((output / done_file).read_text()).get("settings", {}), settings or {})
+    if differ:
+        refuse(f"{output} was made with other settings ({differ}): give another --runs-dir, or remove it to run it "
+               "again")
+    return True
+
+
+def differences(recorded: dict, settings: dict) -> str:
+    """The `settings` that `recorded` does not share, as "key: value there, value now; ..." ("" when none)."""
+    return "; ".join(f"{key}: {recorded.get(key)!r} there, {value!r} now" for key, value in settings.items()
+                     if recorded.get(key) != value)
 
 
 @contextmanager
@@ -93,9 +104,20 @@ def record_time(output: Path, seconds: float) -> None:
     update_json(output.parent, "wall_seconds.json", add)
 
 
-def wall_seconds(runs_dir: Path) -> float:
-    """The summed wall time of every command run under `runs_dir` (all its ledgers)."""
-    return sum(sum(json.loads(path.read_text()).values()) for path in runs_dir.rglob("wall_seconds.json"))
+def wall_seconds(output: Path) -> float | None:
+    """The wall time `record_time` has summed for the run in `output` on this machine (None if it has none)."""
+    path = output.parent / "wall_seconds.json"
+    return json.loads(path.read_text()).get(output.name) if path.is_file() else None
+
+
+def recorded(folder: Path, name: str, schema: int) -> dict:
+    """`<name>.json` in `folder` as an earlier sitting of its benchmark left it, if it has this version's layout
+    (`schema`), else {}. Only bench/results outlives a machine: the runs folder (checkpoints and weights, too big for
+    git) does not, so the long benchmarks record every finished run there, with its settings, and never repeat one
+    recorded with the settings asked for, wherever its folder went."""
+    path = folder / f"{name}.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    return results if results.get("schema") == schema else {}
 
 
 def spread(values: list) -> dict:
@@ -144,10 +166,11 @@ def machine() -> dict:
 
 
 def shown(path: Path) -> str:
-    """A path as results record it: relative to the repository when inside it (results travel with the repository),
-    else absolute. `located` reads it back."""
+    """A path as results record it: relative to the repository when inside it or in the `shared` folder beside it
+    (results travel with the repository, to clones elsewhere), else absolute. `located` reads it back."""
     path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+    inside = path.is_relative_to(REPO) or path.is_relative_to(DATA.parent)
+    return os.path.relpath(path, REPO) if inside else str(path)
 
 
 def located(recorded: str) -> Path:

@@ -64,21 +64,19 @@ def test_a_users_file_stops_a_benchmark_before_any_work(tmp_path, capsys, thread
     assert not runs_dir.exists()  # refused before any pretraining: nothing was run or written
     (results / "convergence.png").unlink()
     runs_dir.mkdir()
-    (runs_dir / "step_times.json").write_text("{}")  # a runs folder holding somebody's file of the same name
+    (runs_dir / "wall_seconds.json").write_text("{}")  # a runs folder holding somebody's file of the same name
     refused(capsys, lambda: bench_convergence.main(args))
-    assert (runs_dir / "step_times.json").read_text() == "{}" and not any(results.iterdir())
+    assert (runs_dir / "wall_seconds.json").read_text() == "{}" and not any(results.iterdir())
 
 
 def test_report_replaces_only_a_report_it_generated(tmp_path, capsys):
     mine = tmp_path / "BENCHMARKS.md"
     mine.write_text("# my benchmarks\n")
-    line = refused(capsys, lambda: report.main(["--results", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
-                                                "--output", str(mine)]))
+    line = refused(capsys, lambda: report.main(["--results", str(tmp_path), "--output", str(mine)]))
     assert str(mine) in line and mine.read_text() == "# my benchmarks\n"
     generated = tmp_path / "generated.md"
     for _ in range(2):  # written, then replaced: it is the generator's own
-        text = report.main(["--results", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--output",
-                            str(generated)])
+        text = report.main(["--results", str(tmp_path), "--output", str(generated)])
     assert generated.read_text() == text and text.splitlines()[0] == outputs.GENERATED
 
 
@@ -95,7 +93,7 @@ def test_updates_of_one_ledger_file_add_up(tmp_path):
     runs.record_time(tmp_path / "b", 2.0)
     runs.record_time(tmp_path / "a", 3.0)  # a second sitting of the same run
     assert json.loads((tmp_path / "wall_seconds.json").read_text()) == {"a": 4.5, "b": 2.0}
-    assert runs.wall_seconds(tmp_path) == 6.5
+    assert runs.wall_seconds(tmp_path / "a") == 4.5 and runs.wall_seconds(tmp_path / "c") is None
     ledger = json.loads((tmp_path / outputs.LEDGER).read_text())["files"]
     assert ledger == {"wall_seconds.json": outputs.sha256_file(tmp_path / "wall_seconds.json")}
 

@@ -109,7 +109,7 @@ def test_convergence_reports_each_runs_curve_and_the_analysis_follows_from_it(co
     # time = steps × the step time measured side by side; BERT against itself is exactly 1 every round
     times = results["step_times"]
     assert set(times) == set(MODELS) and times["BERT"]["ratio"] == times["BERT"]["q1"] == 1.0
-    assert json.loads((root / "runs" / "step_times.json").read_text())["models"] == times
+    assert results["step_time_settings"]["models"] == MODELS
     for name, seeds in results["runs"].items():
         for run in seeds.values():
             assert [p["time"] for p in run["curve"]] == pytest.approx([p["step"] * times[name]["seconds"]
@@ -120,28 +120,39 @@ def test_convergence_reports_each_runs_curve_and_the_analysis_follows_from_it(co
                                                                                                          ddof=1))
 
 
-def test_convergence_never_repeats_a_finished_run_and_redoes_a_missing_one(convergence, capsys):
+def test_convergence_never_repeats_a_recorded_run_even_on_a_new_machine(convergence, capsys):
     root, args, first = convergence
     ledger = root / "runs" / "wall_seconds.json"
     before = json.loads(ledger.read_text())
     assert set(before) == {bench_convergence.run_folder(bench_convergence.parse_args(args), name, seed).name
                            for name in MODELS for seed in (0, 1)}
+    assert [run["wall_seconds"] for seeds in first["runs"].values() for run in seeds.values()] == [
+        before[Path(run["folder"]).name] for seeds in first["runs"].values() for run in seeds.values()]
+    assert first["seconds"] == pytest.approx(sum(before.values()))
     stamps = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/model.safetensors")}
     assert len(stamps) == len(MODELS) * 2
     again = bench_convergence.main(args)
     assert json.loads(ledger.read_text()) == before  # nothing ran
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["runs"] == first["runs"]
-    # a run that never finished (its output folder absent: outputs are written atomically) is run again, alone
-    missing = Path(first["runs"]["SymBert pairwise"]["1"]["folder"])
-    shutil.rmtree(missing)
-    third = bench_convergence.main(args)
+    # a new machine has bench/results but not the runs folder: convergence.json's records stand, nothing runs again
+    moved = root / "runs-elsewhere"
+    (root / "runs").rename(moved)
+    try:
+        fresh = bench_convergence.main(args)
+        assert not list((root / "runs").glob("*-seed*"))
+        assert fresh["runs"] == first["runs"] and fresh["analysis"] == first["analysis"]
+        assert fresh["step_times"] == first["step_times"]  # measured once, recorded
+    finally:
+        shutil.rmtree(root / "runs")
+        moved.rename(root / "runs")
+    # a seed not recorded yet runs alone, and joins the recorded ones
+    more = bench_convergence.main([*args[: args.index("--seeds")], "--seeds", "2", *args[args.index("--seeds") + 3:]])
     after = json.loads(ledger.read_text())
-    assert after[missing.name] > before[missing.name]
-    assert {k: v for k, v in after.items() if k != missing.name} == {k: v for k, v in before.items()
-                                                                     if k != missing.name}
-    losses = [[p["loss"] for p in run["runs"]["SymBert pairwise"]["1"]["curve"]] for run in (first, third)]
-    assert losses[0] == losses[1]  # the same seed repeats the same run
+    assert set(after) - set(before) == {f"{name.lower().replace(' ', '-')}-seed2" for name in MODELS}
+    assert {k: after[k] for k in before} == before
+    assert {name: set(seeds) for name, seeds in more["runs"].items()} == {name: {"0", "1", "2"} for name in MODELS}
+    assert more["seeds"] == [0, 1, 2] and more["runs"]["BERT"]["0"] == first["runs"]["BERT"]["0"]
     # finished runs made with other settings are refused, not mixed in
     with pytest.raises(SystemExit) as stop:
         bench_convergence.main([*args, "--steps", "8"])
@@ -176,7 +187,12 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
     assert results["chance"] == {"rte": pytest.approx(dev_labels.count(majority) / 64), "stsb": 0.0}
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "runs" / "pretrained" / "bert-rte-seed0")
     assert model.config.model_type == "bert" and model.config.num_labels == 2
-    text = report.build(results_dir, root / "runs", tmp_path)
+    assert results["seconds"] == pytest.approx(sum(json.loads(
+        (tmp_path / "runs" / "pretrained" / "wall_seconds.json").read_text()).values()))
+    # on a new machine (no runs folder) downstream.json's records stand: nothing is fine-tuned again
+    again = bench_downstream.main([*args[:-4], "--runs-dir", str(tmp_path / "new"), "--output-dir", str(results_dir)])
+    assert not (tmp_path / "new" / "pretrained").exists() and again["scores"] == results["scores"]
+    text = report.build(results_dir, tmp_path)
     # every claim of every benchmark that ran is one line of the claims table, with its verdict
     for module, name in ((bench_convergence, "convergence.json"), (bench_downstream, "downstream.json")):
         for entry in module.claims(json.loads((results_dir / name).read_text())):
@@ -184,6 +200,28 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
     assert "Pending: `python bench/bench_speed.py` has not written `speed.json` yet." in text
     # images linked from where the report lies
     assert f"![validation loss]({os.path.relpath(results_dir, tmp_path)}/convergence.png)" in text
+
+
+def test_downstream_pretrains_again_a_recorded_model_whose_weights_a_new_machine_lacks(tmp_path):
+    """Only bench/results outlives a machine: a model that convergence.json records but that no fine-tuning has used
+    yet is pretrained again (the same seed, the same run) and fine-tuned in that sitting."""
+    text = tmp_path / "text"
+    text.mkdir()
+    for name, count in (("train.txt", 200), ("valid.txt", 100)):
+        lines = (TEXT / name).read_text(encoding="utf-8").splitlines()[:count]
+        (text / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    results_dir, runs = tmp_path / "results", tmp_path / "runs"
+    first = bench_convergence.main([*TOY, "--models", "BERT", "--seeds", "0", "--text", str(text), "--runs-dir",
+                                    str(runs), "--output-dir", str(results_dir)])
+    shutil.rmtree(runs)  # a new machine
+    results = bench_downstream.main(["--quick", "--groups", "pretrained", "--tasks", "rte", "--device", "cpu",
+                                     "--runs-dir", str(tmp_path / "finetuning"), "--output-dir", str(results_dir)])
+    curve = json.loads((runs / "bert-seed0" / "pretraining_curve.json").read_text())["eval"]
+    assert [p["loss"] for p in curve] == [p["loss"] for p in first["runs"]["BERT"]["0"]["curve"]]
+    assert list(results["scores"]["pretrained"]) == ["BERT"]
+    assert (tmp_path / "finetuning" / "pretrained" / "bert-rte-seed0" / "results.json").is_file()
+    recorded = json.loads((results_dir / "convergence.json").read_text())
+    assert [p["loss"] for p in recorded["runs"]["BERT"]["0"]["curve"]] == [p["loss"] for p in curve]
 
 
 @pytest.mark.parametrize("ratios, bert_losses, verdict", [
@@ -250,7 +288,7 @@ def test_sharedbert_must_be_measurably_better_than_symmetric_attention(shared, v
 
 def test_report_marks_results_of_another_layout_as_stale_and_missing_ones_as_pending(tmp_path):
     (tmp_path / "speed.json").write_text(json.dumps({"rows": []}))  # written by a version without a schema
-    text = report.build(tmp_path, tmp_path / "runs", tmp_path)
+    text = report.build(tmp_path, tmp_path)
     assert "Pending: `speed.json` was written by an older version of the benchmark; run " \
            "`python bench/bench_speed.py` again." in text
     assert "Pending: `python bench/bench_convergence.py` has not written `convergence.json` yet." in text
