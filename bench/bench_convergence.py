@@ -207,11 +207,11 @@ def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
     """Seconds per training step (forward, masked-LM loss, backward, AdamW) of every model at the runs' shape and
     batch, measured side by side in paired rounds (bench_speed's round robin): per model the median step time and
     the median and quartiles of BERT's time / its time round by round. Measured once, before the first run, and
-    recorded in convergence.json with the settings it was measured at (other settings or models measure it again);
-    {} with --report-only when it is missing, since measuring beside running work would fix skewed times for good."""
-    settings = step_time_settings(args)
-    if args.recorded.get("step_time_settings") == settings or args.report_only:
-        return args.recorded.get("step_times", {}) if args.recorded.get("step_time_settings") == settings else {}
+    recorded in convergence.json with the settings it was measured at (other settings or models measure it again).
+    --report-only measures nothing, since measuring beside running work would fix skewed times for good: it keeps
+    what convergence.json records, whatever machine it reports on."""
+    if args.report_only or args.recorded.get("step_time_settings") == step_time_settings(args):
+        return args.recorded.get("step_times") or {}
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 8192, (args.batch_size, args.seq_len), generator=generator)
@@ -519,7 +519,8 @@ def report(args) -> dict:
                              f"warm-up, linear decay), validation on {args.eval_blocks} blocks every "
                              f"{args.eval_every} steps, {args.device} {args.dtype}, {args.threads} CPU thread(s)",
                  "plateaus": args.baselines, "step_times": args.step_seconds,
-                 "step_time_settings": step_time_settings(args) if args.step_seconds else None,
+                 "step_time_settings": (args.recorded.get("step_time_settings") if args.report_only else
+                                        step_time_settings(args)) if args.step_seconds else None,
                  "seconds": sum(run.get("wall_seconds") or 0 for seeds in runs["runs"].values()
                                 for run in seeds.values()), **runs},
                 args.output_dir, "convergence", plot)

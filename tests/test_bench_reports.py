@@ -143,6 +143,9 @@ def test_convergence_never_repeats_a_recorded_run_even_on_a_new_machine(converge
         assert not list((root / "runs").glob("*-seed*"))
         assert fresh["runs"] == first["runs"] and fresh["analysis"] == first["analysis"]
         assert fresh["step_times"] == first["step_times"]  # measured once, recorded
+        # reporting elsewhere (another thread count) measures nothing and drops nothing
+        reported = bench_convergence.main([*args, "--report-only", "--threads", str(torch.get_num_threads() + 1)])
+        assert reported["step_times"] == first["step_times"] and reported["runs"] == first["runs"]
     finally:
         shutil.rmtree(root / "runs")
         moved.rename(root / "runs")
