@@ -389,6 +389,12 @@ def left_plateau(results: dict) -> bool:
     return bool(bert) and bert["final_loss"]["max"] < results["plateaus"]["context_free"] - PLATEAU_MARGIN
 
 
+def full_seconds(results: dict) -> float | None:
+    """The wall time of every run the results plan (models × seeds), from the mean of the runs finished so far."""
+    times = [run["wall_seconds"] for seeds in results["runs"].values() for run in seeds.values() if run["wall_seconds"]]
+    return statistics.fmean(times) * len(results["models"]) * len(results["seeds"]) if times else None
+
+
 def claims(results: dict) -> list[dict]:
     """The papers' convergence claims against these runs. Inconclusive unless at least two seeds of the model and of
     BERT have finished and BERT has clearly left the context-free plateau (`left_plateau`): before that, reaching

@@ -208,10 +208,13 @@ def chance_score(args, task: str) -> float:
     return glue_score(task, compute_metrics(task, np.eye(spec.num_labels)[np.full(len(labels), majority)], labels))
 
 
-def models(args, group: str):
+def group_models(args, group: str) -> list[str]:
+    return args.convergence.models if group == "pretrained" else list(CONVERTED)
+
+
+def models(args, group: str) -> list[tuple[str, int]]:
     """(name, seed) of a group's models, seed by seed."""
-    names = args.convergence.models if group == "pretrained" else list(CONVERTED)
-    return [(name, seed) for seed in args.seeds for name in names]
+    return [(name, seed) for seed in args.seeds for name in group_models(args, group)]
 
 
 def main(argv=None) -> dict:
@@ -269,6 +272,7 @@ def summarize(args, scores: dict) -> dict:
              for seed in runs}
     return {"schema": SCHEMA, "command": command_line(), "machine": machine(), "tasks": args.tasks,
             "seeds": sorted({*args.seeds, *seeds}),
+            "models": {group: group_models(args, group) for group in GROUP_SETTINGS},
             "seconds": sum(run.get("wall_seconds") or 0 for names in scores.values() for by_task in names.values()
                            for runs in by_task.values() for run in runs.values()),
             "chance": {task: chance_score(args, task) for task in args.tasks},
@@ -328,6 +332,21 @@ ABOVE_CHANCE = 0.02  # a task counts as learnt when its mean score beats the cha
 
 def task_mean(scores: dict, tasks: list, seed: str) -> float:
     return statistics.fmean(scores[task][seed]["score"] for task in tasks)
+
+
+def full_seconds(results: dict) -> float | None:
+    """The wall time of every fine-tuning the results plan (per group: models × seeds × tasks), from the mean time of
+    one model's tasks among those finished so far; None while a group has none (pretraining time not included)."""
+    total = 0.0
+    for group, names in results["models"].items():
+        by_model = [sum(runs[seed]["wall_seconds"] or 0 for runs in by_task.values())
+                    for by_task in results["scores"].get(group, {}).values()
+                    for seed in set.intersection(*(set(runs) for runs in by_task.values()))
+                    if set(results["tasks"]) <= set(by_task)]
+        if not by_model:
+            return None
+        total += statistics.fmean(by_model) * len(names) * len(results["seeds"])
+    return total
 
 
 def claims(results: dict) -> list[dict]:

@@ -473,6 +473,12 @@ def verdict(outcomes: list[bool | None]) -> str:
     return "not reproduced" if all(outcome is False for outcome in outcomes) else "partly"
 
 
+def full_seconds(results: dict) -> float | None:
+    """The wall time of the whole benchmark: the time its finished settings took, scaled to all it plans."""
+    done = len({json.dumps(setting_of(row), sort_keys=True) for row in results["rows"]})
+    return results.get("seconds", 0.0) * len(results["settings"]) / done if done else None
+
+
 def claims(results: dict) -> list[dict]:
     """The papers' per-step speed and memory claims against the full-batch training-step rows at lengths 128 and
     512 with dropout 0.1 (BERT's, which the papers train with), each architecture's default variant. A speed claim

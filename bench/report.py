@@ -91,6 +91,24 @@ def section(module, results: dict, results_file: Path, report_folder: Path) -> s
                   module.markdown_section(results))
 
 
+# the benchmarks that make up the full run on the CPU, each estimating its whole wall time (`full_seconds`)
+FULL_RUN = ["Speed and memory", "Convergence", "Downstream"]
+
+
+def full_run(loaded: dict) -> str:
+    """How long the full run takes on this machine, from the wall time of the runs finished so far."""
+    modules = {title: module for title, module, *_ in SECTIONS}
+    estimates = {title: modules[title].full_seconds(loaded[title]) if title in loaded else None for title in FULL_RUN}
+    known = ", ".join(f"{title.lower()} {seconds / 3600:.1f} h" for title, seconds in estimates.items()
+                      if seconds is not None)
+    if None in estimates.values():
+        waiting = ", ".join(title.lower() for title, seconds in estimates.items() if seconds is None)
+        return (f"How long the full run takes on 2 CPU cores is estimated once every long benchmark has finished a "
+                f"run; waiting for: {waiting}" + (f" (estimated so far: {known})." if known else "."))
+    return (f"The full run takes about {sum(estimates.values()) / 3600:.0f} hours on 2 CPU cores ({known}; from the "
+            "wall time of the runs finished so far, scaled to all the runs planned).")
+
+
 def current(module, results: dict) -> bool:
     """Whether results have the layout this version of the benchmark writes (its SCHEMA)."""
     return results.get("schema") == module.SCHEMA
@@ -113,8 +131,8 @@ def build(results_dir: Path, report_folder: Path) -> str:
              "runs every benchmark, then this; `make bench-quick` gives a first look in under 10 minutes). Do not "
              "edit by hand.\n",
              f"The benchmarks took {hours:.1f} hours of wall time so far (pretraining, fine-tuning and the speed runs, "
-             "summed over every run and sitting, on the machines listed below); they are resumable, so `make bench` can be "
-             "stopped and run again to continue.\n",
+             "summed over every run and sitting, on the machines listed below); they are resumable, so `make bench` "
+             f"can be stopped and run again to continue, in other sittings and on other machines. {full_run(loaded)}\n",
              "## Machines and versions\n", "\n".join(machine_lines(loaded) or ["- nothing measured yet"]) + "\n",
              "## The claims\n",
              claims_table(entries) if entries else "No claim measured yet.\n",

@@ -129,6 +129,7 @@ def test_convergence_never_repeats_a_recorded_run_even_on_a_new_machine(converge
     assert [run["wall_seconds"] for seeds in first["runs"].values() for run in seeds.values()] == [
         before[Path(run["folder"]).name] for seeds in first["runs"].values() for run in seeds.values()]
     assert first["seconds"] == pytest.approx(sum(before.values()))
+    assert bench_convergence.full_seconds(first) == pytest.approx(sum(before.values()))  # every planned run is done
     stamps = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/model.safetensors")}
     assert len(stamps) == len(MODELS) * 2
     again = bench_convergence.main(args)
@@ -192,6 +193,11 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
     assert model.config.model_type == "bert" and model.config.num_labels == 2
     assert results["seconds"] == pytest.approx(sum(json.loads(
         (tmp_path / "runs" / "pretrained" / "wall_seconds.json").read_text()).values()))
+    # the full run's time is open while the converted group has no finished model; every planned one done: the sum
+    assert results["models"] == {"pretrained": MODELS, "converted": list(bench_downstream.CONVERTED)}
+    assert bench_downstream.full_seconds(results) is None
+    assert bench_downstream.full_seconds({**results, "models": {"pretrained": MODELS}}) == pytest.approx(
+        results["seconds"])
     # on a new machine (no runs folder) downstream.json's records stand: nothing is fine-tuned again
     again = bench_downstream.main([*args[:-4], "--runs-dir", str(tmp_path / "new"), "--output-dir", str(results_dir)])
     assert not (tmp_path / "new" / "pretrained").exists() and again["scores"] == results["scores"]
@@ -201,6 +207,9 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
         for entry in module.claims(json.loads((results_dir / name).read_text())):
             assert f"| {entry['paper']} | {entry['claim']} | {entry['measured']} | **{entry['verdict']}** |" in text
     assert "Pending: `python bench/bench_speed.py` has not written `speed.json` yet." in text
+    assert f"waiting for: speed and memory, downstream (estimated so far: convergence " \
+           f"{bench_convergence.full_seconds(json.loads((results_dir / 'convergence.json').read_text())) / 3600:.1f} h)" \
+           in text
     # images linked from where the report lies
     assert f"![validation loss]({os.path.relpath(results_dir, tmp_path)}/convergence.png)" in text
 

@@ -152,6 +152,10 @@ def test_bench_speed_resume(tmp_path):
     last = first["settings"][-1]
     kept = [row for row in first["rows"] if bench_speed.setting_of(row) != last]
     outputs.write_json(tmp_path, "speed.json", {**first, "rows": kept})  # as if interrupted before the last setting
+    # the whole run's time, estimated from the settings done: what they took, scaled to all that are planned
+    assert bench_speed.full_seconds(first) == first["seconds"]
+    assert bench_speed.full_seconds({**first, "rows": kept}) == pytest.approx(
+        first["seconds"] * len(first["settings"]) / (len(first["settings"]) - 1))
     subprocess.run(command + ["--resume"], cwd=REPO, check=True, capture_output=True, timeout=120)
     resumed = json.loads(path.read_text())
     assert resumed["rows"][:len(kept)] == kept
