@@ -406,7 +406,9 @@ def start_or_resume(args, command: str, settings: list[dict]) -> dict:
             refuse(f"--resume: {path} was measured with other arguments ("
                    + "; ".join(f"{key}: {theirs.get(key)!r} there, {mine.get(key)!r} now" for key in differ)
                    + "). Rerun with the same arguments, or without --resume to start over.")
-        results["sittings"].append(machine_info(args)["date"])
+        done = [setting_of(row) for row in results["rows"]]
+        if any(setting not in done for setting in settings):  # a finished run resumed is left as it was
+            results["sittings"].append(machine_info(args)["date"])
         return results
     machine = machine_info(args)
     return dict(schema=SCHEMA, command=command, machine=machine, sittings=[machine["date"]], args=run_arguments(args),

@@ -162,6 +162,8 @@ def test_bench_speed_resume(tmp_path):
     assert [bench_speed.setting_of(row) for row in resumed["rows"][len(kept):]] == [last] * len(MODELS)
     assert len(resumed["sittings"]) == 2 and resumed["command"] == first["command"]
     assert resumed["seconds"] > first["seconds"] > 0  # the time spent adds up over the sittings
+    subprocess.run(command + ["--resume"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    assert json.loads(path.read_text()) == resumed  # finished: a sitting that measures nothing changes nothing
     refused = subprocess.run(command + ["--resume", "--rounds", "4"], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
     assert refused.returncode == 2 and "rounds: 3 there, 4 now" in refused.stderr
