@@ -24,8 +24,9 @@ that ignores the context (`plateaus`: the unigram cross-entropy, and below it th
 BERT's 80/10/10 masking, which BERT must clearly leave); the steps and the training time each model needs to reach
 BERT's final validation loss of the same seed (linear interpolation between evaluations). Steps are exact. Time
 is steps × the model's training-step time, measured once, before the first run, with every model side by side (the
-same batch, round by round, the order alternating; recorded in convergence.json), because the runs themselves happen at different
-times, in different sittings, on a machine whose load changes; each run's own measured time is kept as well.
+same batch, round by round, the order alternating; recorded in convergence.json), because the runs themselves happen
+at different times, in different sittings, on a machine whose load changes; each run's own measured time is kept as
+well.
 """
 
 import argparse

@@ -354,10 +354,10 @@ def claims(results: dict) -> list[dict]:
     the mean score over the tasks, paired seed by seed (model − reference with the same seed). A claim of equal or
     better quality is 'reproduced' when the mean difference is not below minus its standard deviation over the
     seeds, a claim of being better (SharedBert against SymBert's two attentions) when it is above plus that
-    deviation; else 'not reproduced'; 'inconclusive' with fewer than two seeds, or when the reference has not learnt most of the tasks
-    (a task's mean score within ABOVE_CHANCE of always answering the most frequent training label): small models
-    that collapse to one class make any comparison meaningless. The papers' differences (under a point) are far
-    inside what two seeds can resolve: a 'reproduced' says "not measurably worse"."""
+    deviation; else 'not reproduced'; 'inconclusive' with fewer than two seeds, or when the reference has not learnt
+    most of the tasks (a task's mean score within ABOVE_CHANCE of always answering the most frequent training
+    label): small models that collapse to one class make any comparison meaningless. The papers' differences (under a
+    point) are far inside what two seeds can resolve: a 'reproduced' says "not measurably worse"."""
     entries, tasks = [], results.get("tasks", list(TASKS))
     scores, chance = results.get("scores", {}), results.get("chance", {})
 

@@ -354,7 +354,8 @@ def bench_cache(args) -> dict:
         assert fresh["blocks"] == len(blocks)
         masking = SeededMasking(tokenizer, 0.15, False, args.seed)
         examples = [blocks[i] for i in range(min(len(blocks), 20 * args.batch))]
-        return dict(text=os.path.relpath(args.text, REPO),  # relative: results travel with the repository text_bytes=text.stat().st_size, first_bytes_only=bool(args.cache_bytes),
+        return dict(text=os.path.relpath(args.text, REPO),  # relative: results travel with the repository
+                    text_bytes=text.stat().st_size, first_bytes_only=bool(args.cache_bytes),
                     tokenizer="all-MiniLM-L6-v2", block_length=args.seq, blocks=len(blocks),
                     tokens=len(blocks) * args.seq, cache_bytes=cache_bytes, first_call_s=first,
                     second_call_s=second, tokenizer_digest_changed_by_use=digest_changed,

@@ -207,9 +207,8 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
         for entry in module.claims(json.loads((results_dir / name).read_text())):
             assert f"| {entry['paper']} | {entry['claim']} | {entry['measured']} | **{entry['verdict']}** |" in text
     assert "Pending: `python bench/bench_speed.py` has not written `speed.json` yet." in text
-    assert f"waiting for: speed and memory, downstream (estimated so far: convergence " \
-           f"{bench_convergence.full_seconds(json.loads((results_dir / 'convergence.json').read_text())) / 3600:.1f} h)" \
-           in text
+    hours = bench_convergence.full_seconds(json.loads((results_dir / "convergence.json").read_text())) / 3600
+    assert f"waiting for: speed and memory, downstream (estimated so far: convergence {hours:.1f} h)" in text
     # images linked from where the report lies
     assert f"![validation loss]({os.path.relpath(results_dir, tmp_path)}/convergence.png)" in text
 
@@ -280,7 +279,8 @@ def downstream_results(model_scores: list[list[float]], bert_scores: list[list[f
     ([[0.60, 0.52], [0.60, 0.52]], [[0.50, 0.51], [0.51, 0.50]], "inconclusive"),  # BERT at chance: nothing learnt
 ])
 def test_downstream_verdicts_pair_seeds_and_need_a_reference_above_chance(model, bert, verdict):
-    claim = next(c for c in bench_downstream.claims(downstream_results(model, bert)) if c["paper"].startswith("SymBert"))
+    claim = next(c for c in bench_downstream.claims(downstream_results(model, bert))
+                 if c["paper"].startswith("SymBert"))
     assert claim["verdict"] == verdict
     assert f"paired over {len(model)} seed(s)" in claim["measured"]
 

@@ -201,3 +201,20 @@ def test_bench_training_quick(tmp_path):
     assert rows["bert"]["model_class"] == "BertForMaskedLM" and rows["shatter"]["model_class"] == "ShatterForMaskedLM"
     assert results["cache"] is None
     assert (tmp_path / "training.png").stat().st_size > 0
+
+
+def test_bench_training_cache_part_on_the_first_bytes_of_the_text(tmp_path):
+    """The tokenisation-cache part on the first 100 kB of the real text: it records the bytes it tokenised (cut at a
+    line end, counted here from the file itself) and their blocks, and its table reads them."""
+    script = REPO / "bench" / "bench_training.py"
+    printed = subprocess.run([sys.executable, str(script), "--quick", "--cache-bytes", "100000", "--layers", "1",
+                              "--hidden", "32", "--heads", "2", "--vocab", "512", "--batch", "2", "--seq", "16",
+                              "--steps", "1", "--rounds", "2", "--warmup", "0", "--output-dir", str(tmp_path)],
+                             cwd=REPO, check=True, capture_output=True, text=True, timeout=300).stdout
+    cache = json.loads((tmp_path / "training.json").read_text())["cache"]
+    text = REPO.parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
+    head = text.read_bytes()[:100000]
+    assert cache["text_bytes"] == head.rfind(b"\n") + 1 and cache["first_bytes_only"] is True
+    assert cache["text"] == "../shared/data/text/gutenberg-pd/train.txt"
+    assert cache["tokens"] == cache["blocks"] * 16 and cache["blocks"] > 0
+    assert f"Tokenisation cache ({cache['text_bytes'] / 1e6:.1f} MB of train.txt" in printed  # its table

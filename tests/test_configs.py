@@ -155,7 +155,8 @@ BAD_VALUES = {  # field -> values its rule refuses: wrong types (bool for int, s
 }
 GOOD_VALUES = {  # edge values that must pass
     "hidden_dropout_prob": [0, 0.0, 0.999, 1.0], "classifier_dropout": [None, 0], "pad_token_id": [None, 0],
-    "layer_norm_eps": [1, 1e-30, 0], "initializer_range": [0.0],  # as BertConfig accepts them "hidden_act": ["relu"], "distance_scale": [None, 1], "num_parts": [1, MAX_NUM_PARTS],
+    "layer_norm_eps": [1, 1e-30, 0], "initializer_range": [0.0],  # as BertConfig accepts them
+    "hidden_act": ["relu"], "distance_scale": [None, 1], "num_parts": [1, MAX_NUM_PARTS],
 }
 CASES = [(config_class, field, value) for config_class in CONFIGS for field in config_class.field_rules
          for value in BAD_VALUES[field]]
