@@ -132,7 +132,8 @@ def pretrain(args, name: str, seed: int, folder_needed: bool = False) -> bool:
     """One pretraining run with leanbert-pretrain, unless convergence.json records it (and, when `folder_needed`, its
     finished folder is on this machine): then False. Resumed from its checkpoint when interrupted."""
     if str(seed) in args.recorded.get("runs", {}).get(name, {}) and (
-            not folder_needed or finished(run_folder(args, name, seed), "training_report.json")):
+            not folder_needed or finished(run_folder(args, name, seed), "training_report.json",
+                                          run_settings(args, name, seed))):
         return False
     model_type, fields = MODELS[name]
     return run_command(pretrain_command.main, [
@@ -181,10 +182,12 @@ def plateaus(p: np.ndarray, r: np.ndarray) -> dict:
 
 
 def text_plateaus(args) -> dict:
-    """`plateaus` of the runs' text: as convergence.json records them for the same text, block length and validation
-    blocks, else computed (which tokenizes the training text)."""
-    same = ("text", "seq_len", "eval_blocks")
-    if all(args.recorded.get("options", {}).get(key) == options(args)[key] for key in same):
+    """`plateaus` of the runs' text: as convergence.json records them for the same text folder, block length and
+    validation blocks (with --report-only, whatever it records), else computed (which tokenizes the training text)."""
+    kept = args.recorded.get("options", {})
+    same = ("text" in kept and located(kept["text"]).resolve() == Path(args.text).resolve()
+            and all(kept.get(key) == getattr(args, key) for key in ("seq_len", "eval_blocks")))
+    if "plateaus" in args.recorded and (same or args.report_only):
         return args.recorded["plateaus"]
     return plateaus(*token_frequencies(args))
 
@@ -219,7 +222,7 @@ def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
     chosen = torch.rand(ids.shape, generator=generator) < 0.15
     batch = {"input_ids": ids.to(device), "labels": ids.masked_fill(~chosen, -100).to(device)}
     steps = {}
-    for name in args.models:
+    for name in planned(args)[0]:
         model_type, fields = MODELS[name]
         config = override_config(AutoConfig.for_model(model_type, vocab_size=8192), overrides(args, model_type, fields))
         torch.manual_seed(0)
@@ -246,7 +249,7 @@ def step_times(args, rounds: int = 10, warmup: int = 2) -> dict:
 
 
 def step_time_settings(args) -> dict:
-    return {"models": args.models, "shape": overrides(args, "bert", {}), "batch_size": args.batch_size,
+    return {"models": planned(args)[0], "shape": overrides(args, "bert", {}), "batch_size": args.batch_size,
             "device": args.device, "dtype": args.dtype, "threads": args.threads}
 
 
@@ -500,8 +503,20 @@ def pretrained(args, name: str, seed: int) -> Path:
 def options(args) -> dict:
     """The options the runs were made with, recorded so that bench_downstream pretrains a missing model the same way
     (`from_options`)."""
-    return {"models": args.models, "seeds": args.seeds, "text": shown(args.text), "runs_dir": shown(args.runs_dir),
+    models, seeds = planned(args)
+    return {"models": models, "seeds": seeds, "text": shown(args.text), "runs_dir": shown(args.runs_dir),
             "dtype": args.dtype, **{key: getattr(args, key) for key in FULL if key != "seeds"}}
+
+
+def planned(args) -> tuple[list[str], list[int]]:
+    """The models and seeds of these runs: those asked for now and those convergence.json already records (a
+    sitting that runs a few of them does not narrow what the results cover)."""
+    kept = args.recorded.get("options", {})
+    recorded_models = [*kept.get("models", []), *args.recorded.get("runs", {})]
+    models = list(dict.fromkeys([*args.models, *(name for name in recorded_models if name in MODELS)]))
+    seeds = {*args.seeds, *kept.get("seeds", []), *(int(seed) for seeds in args.recorded.get("runs", {}).values()
+                                                     for seed in seeds)}
+    return models, sorted(seeds)
 
 
 def from_options(recorded_options: dict, output_dir: Path, device: str) -> argparse.Namespace:
@@ -516,8 +531,7 @@ def report(args) -> dict:
     if "step_seconds" not in vars(args):  # --report-only: what is recorded, nothing measured
         args.baselines, args.step_seconds = text_plateaus(args), step_times(args)
     runs = collect(args, args.step_seconds)
-    models = [*args.models, *(name for name in runs["runs"] if name not in args.models)]
-    seeds = sorted({*args.seeds, *(int(seed) for seeds in runs["runs"].values() for seed in seeds)})
+    models, seeds = planned(args)
     return save({"schema": SCHEMA, "command": command_line(), "machine": machine(), "models": models, "seeds": seeds,
                  "seq_len": args.seq_len, "options": options(args),
                  "shape": f"d={args.hidden}, {args.layers} layers, {args.heads} heads, ffn {4 * args.hidden}, "

@@ -157,7 +157,23 @@ def finetune(args, group: str, name: str, task: str, seed: int, model: Path) -> 
     return {"score": glue_score(task, results["metrics"]), "metrics": results["metrics"], "steps": results["steps"],
             "seconds": results["seconds"], "wall_seconds": wall_seconds(output),
             "train_examples": results["train_examples"], "validation_examples": results["validation_examples"],
-            "settings": finetune_settings(args, group, task, seed)}
+            "settings": score_settings(args, group, name, task, seed)}
+
+
+def score_settings(args, group: str, name: str, task: str, seed: int) -> dict:
+    """What a recorded score stands for: its fine-tuning settings and what made its model (the pretraining run's
+    settings; the conversion and healing), so that a score is never reused for a model made otherwise."""
+    if group == "pretrained":
+        made = {"pretraining": bench_convergence.run_settings(args.convergence, name, seed)}
+    else:
+        made = {"conversion": CONVERTED[name] and {"to": CONVERTED[name], "seed": 0, "heal_steps": args.heal_steps,
+                                                   "quick": args.quick}}
+    return {**finetune_settings(args, group, task, seed), **made}
+
+
+def known(group: str, name: str, task: str) -> bool:
+    return task in TASKS and name in (bench_convergence.MODELS if group == "pretrained" else
+                                      CONVERTED if group == "converted" else ())
 
 
 def recorded_scores(args) -> dict:
@@ -168,8 +184,8 @@ def recorded_scores(args) -> dict:
         for name, by_task in names.items():
             for task, runs in by_task.items():
                 for seed, run in runs.items():
-                    differ = (differences(run["settings"], finetune_settings(args, group, task, int(seed)))
-                              if group in GROUP_SETTINGS and task in TASKS else f"{group} {task}")
+                    differ = (differences(run["settings"], score_settings(args, group, name, task, int(seed)))
+                              if known(group, name, task) else f"unknown here: {group} {name} {task}")
                     if differ:
                         refuse(f"{args.output_dir / 'downstream.json'} records {name} on {task} seed {seed} made "
                                f"with other settings ({differ}): give another --output-dir, or move that file away "
@@ -249,7 +265,7 @@ def run(args) -> dict:
                     model = model or make_model(args, group, name, seed)
                 scores.setdefault(group, {}).setdefault(name, {}).setdefault(task, {})[str(seed)] = finetune(
                     args, group, name, task, seed, model or model_folder(args, group, name, seed))
-            save(summarize(args, scores), args.output_dir, "downstream", plot)  # what has finished so far
+                save(summarize(args, scores), args.output_dir, "downstream", plot)  # what has finished so far
     results = save(summarize(args, scores), args.output_dir, "downstream", plot)
     print(markdown_section(results))
     return results
@@ -258,24 +274,30 @@ def run(args) -> dict:
 def summarize(args, scores: dict) -> dict:
     """The results: every run's score, and per model and task (and over the tasks, seed by seed) mean ± std."""
     summary = {}
+    tasks = [task for task in TASKS if task in args.tasks or any(task in by_task for names in scores.values()
+                                                                 for by_task in names.values())]
     for group, names in scores.items():
         for name, by_task in names.items():
             entry = summary.setdefault(group, {}).setdefault(name, {})
             for task, runs in by_task.items():
                 entry[task] = spread([run["score"] for run in runs.values()])
             seeds = sorted(set.intersection(*(set(runs) for runs in by_task.values())))
-            if set(args.tasks) <= set(by_task) and seeds:
-                entry["mean"] = spread([statistics.fmean(by_task[task][seed]["score"] for task in args.tasks)
+            if set(tasks) <= set(by_task) and seeds:
+                entry["mean"] = spread([statistics.fmean(by_task[task][seed]["score"] for task in tasks)
                                         for seed in seeds])
     settings = {group: " ".join(QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group]) for group in GROUP_SETTINGS}
     seeds = {int(seed) for names in scores.values() for by_task in names.values() for runs in by_task.values()
              for seed in runs}
-    return {"schema": SCHEMA, "command": command_line(), "machine": machine(), "tasks": args.tasks,
+    chance = vars(args).setdefault("chance", {})  # computed once a task: the summary is written after every run
+    for task in tasks:
+        if task not in chance:
+            chance[task] = chance_score(args, task)
+    return {"schema": SCHEMA, "command": command_line(), "machine": machine(), "tasks": tasks,
             "seeds": sorted({*args.seeds, *seeds}),
             "models": {group: group_models(args, group) for group in GROUP_SETTINGS},
             "seconds": sum(run.get("wall_seconds") or 0 for names in scores.values() for by_task in names.values()
                            for runs in by_task.values() for run in runs.values()),
-            "chance": {task: chance_score(args, task) for task in args.tasks},
+            "chance": {task: chance[task] for task in tasks},
             "settings": {**settings, "tasks": {task: " ".join(options) for task, options in TASKS.items()},
                          "heal_steps": args.heal_steps},
             "scores": scores, "summary": summary}

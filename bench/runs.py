@@ -111,13 +111,23 @@ def wall_seconds(output: Path) -> float | None:
 
 
 def recorded(folder: Path, name: str, schema: int) -> dict:
-    """`<name>.json` in `folder` as an earlier sitting of its benchmark left it, if it has this version's layout
-    (`schema`), else {}. Only bench/results outlives a machine: the runs folder (checkpoints and weights, too big for
-    git) does not, so the long benchmarks record every finished run there, with its settings, and never repeat one
-    recorded with the settings asked for, wherever its folder went."""
+    """`<name>.json` in `folder` as an earlier sitting of its benchmark left it ({} if there is none). Only
+    bench/results outlives a machine: the runs folder (checkpoints and weights, too big for git) does not, so the
+    long benchmarks record every finished run there, with its settings, and never repeat one recorded with the
+    settings asked for, wherever its folder went. A file in another layout than this version's (`schema`), or not
+    JSON, is refused rather than rewritten without the runs it records."""
     path = folder / f"{name}.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    return results if results.get("schema") == schema else {}
+    if not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        refuse(f"{path} is not the JSON a benchmark writes ({error}): move it away to run the benchmark")
+    if not isinstance(results, dict) or results.get("schema") != schema:
+        refuse(f"{path} was written by another version of the benchmark (layout "
+               f"{results.get('schema') if isinstance(results, dict) else None}, this one writes {schema}): move it "
+               "away, or give another --output-dir, to run it")
+    return results
 
 
 def spread(values: list) -> dict:

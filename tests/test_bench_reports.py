@@ -163,7 +163,7 @@ def test_convergence_never_repeats_a_recorded_run_even_on_a_new_machine(converge
     assert stop.value.code == 2 and "made with other settings (steps: 6 there, 8 now" in capsys.readouterr().err
 
 
-def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claims(convergence, tmp_path):
+def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claims(convergence, tmp_path, capsys):
     root, _, _ = convergence
     results_dir = root / "results"
     args = ["--quick", "--groups", "pretrained", "--tasks", "rte", "stsb", "--seeds", "0", "--device", "cpu",
@@ -198,9 +198,23 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
     assert bench_downstream.full_seconds(results) is None
     assert bench_downstream.full_seconds({**results, "models": {"pretrained": MODELS}}) == pytest.approx(
         results["seconds"])
+    # each score records what made its model: the pretraining run's settings as convergence.json records them
+    pretraining = json.loads((results_dir / "convergence.json").read_text())["runs"]
+    for name in MODELS:
+        assert results["scores"]["pretrained"][name]["rte"]["0"]["settings"]["pretraining"] == \
+            pretraining[name]["0"]["settings"]
     # on a new machine (no runs folder) downstream.json's records stand: nothing is fine-tuned again
     again = bench_downstream.main([*args[:-4], "--runs-dir", str(tmp_path / "new"), "--output-dir", str(results_dir)])
     assert not (tmp_path / "new" / "pretrained").exists() and again["scores"] == results["scores"]
+    reported = bench_downstream.main([*args[:-4], "--report-only", "--runs-dir", str(tmp_path / "other"),
+                                      "--output-dir", str(results_dir)])
+    assert reported["scores"] == results["scores"] and not (tmp_path / "other").exists()
+    # scores recorded with other settings are refused, not mixed in nor dropped
+    before = (results_dir / "downstream.json").read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        bench_downstream.main([*args, "--dtype", "bf16"])
+    assert stop.value.code == 2 and (results_dir / "downstream.json").read_bytes() == before
+    assert "made with other settings (mixed_precision: 'no' there, 'bf16' now)" in capsys.readouterr().err
     text = report.build(results_dir, tmp_path)
     # every claim of every benchmark that ran is one line of the claims table, with its verdict
     for module, name in ((bench_convergence, "convergence.json"), (bench_downstream, "downstream.json")):
@@ -233,6 +247,18 @@ def test_downstream_pretrains_again_a_recorded_model_whose_weights_a_new_machine
     assert (tmp_path / "finetuning" / "pretrained" / "bert-rte-seed0" / "results.json").is_file()
     recorded = json.loads((results_dir / "convergence.json").read_text())
     assert [p["loss"] for p in recorded["runs"]["BERT"]["0"]["curve"]] == [p["loss"] for p in curve]
+
+
+@pytest.mark.parametrize("name, module", [("convergence", bench_convergence), ("downstream", bench_downstream)])
+def test_results_in_another_layout_are_refused_not_rewritten(name, module, tmp_path, capsys):
+    import outputs
+
+    outputs.write_json(tmp_path, f"{name}.json", {"schema": module.SCHEMA - 1, "runs": {"BERT": {}}})
+    before = (tmp_path / f"{name}.json").read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--quick", "--output-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    assert stop.value.code == 2 and "another version of the benchmark" in capsys.readouterr().err
+    assert (tmp_path / f"{name}.json").read_bytes() == before and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("ratios, bert_losses, verdict", [
