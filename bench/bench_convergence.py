@@ -254,8 +254,8 @@ def step_time_settings(args) -> dict:
 
 
 def recorded_runs(args) -> dict:
-    """The convergence.json an earlier sitting left in --output-dir ({} if none, or of an older layout), after
-    checking that every run it records was made with the settings asked for now: one made otherwise is refused,
+    """The convergence.json an earlier sitting left in --output-dir ({} if none; one in another layout is refused),
+    after checking that every run it records was made with the settings asked for now: one made otherwise is refused,
     never mixed in nor dropped."""
     results = recorded(args.output_dir, "convergence", SCHEMA)
     for name, seeds in results.get("runs", {}).items():

@@ -17,7 +17,7 @@ on the GLUE dev sets (STS-B has none here: 10% of its train set is held out, the
 GLUE's main metric per task (Matthews for CoLA, accuracy for RTE/SST-2, F1 for MRPC, Pearson for STS-B), as the
 final evaluation after the last epoch (no choosing the best epoch on dev). Mean ± standard deviation over seeds.
 Every run is its own output folder under `--runs-dir`; an interrupted one continues from its checkpoint. Writes
-bench/results/downstream.json and downstream.png after every model: every run's score with its settings, so a run
+bench/results/downstream.json and downstream.png after every fine-tuning: every run's score with its settings, so a run
 that downstream.json records with the settings asked for is never repeated, on this machine or another (one
 recorded with other settings is refused).
 """
@@ -132,11 +132,16 @@ def run_folder(args, group: str, name: str, task: str, seed: int) -> Path:
     return args.runs_dir / group / f"{slug(name)}-{task}-seed{seed}"
 
 
+def finetune_options(args, group: str, task: str) -> list[str]:
+    """leanbert-finetune's options of a task beyond the model, data and seed: the task's own, then the group's."""
+    return [*TASKS[task], *(QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group])]
+
+
 def finetune_settings(args, group: str, task: str, seed: int) -> dict:
     """What makes a fine-tuning run what it is, but for its model: recorded with its score, checked before reuse."""
-    options = [*TASKS[task], *(QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group])]
     return {"task": task, "seed": seed, "max_seq_length": max_seq_length(args, group),
-            "mixed_precision": "bf16" if args.dtype == "bf16" else "no", **recorded_options(options)}
+            "mixed_precision": "bf16" if args.dtype == "bf16" else "no",
+            **recorded_options(finetune_options(args, group, task))}
 
 
 def max_seq_length(args, group: str) -> int:
@@ -149,7 +154,7 @@ def finetune(args, group: str, name: str, task: str, seed: int, model: Path) -> 
     output = run_folder(args, group, name, task, seed)
     run_command(finetune_command.main, [
         "--model", model, "--task", task, "--data-dir", GLUE, "--max-seq-length", max_seq_length(args, group),
-        *TASKS[task], *(QUICK_SETTINGS if args.quick else GROUP_SETTINGS[group]), "--seed", seed,
+        *finetune_options(args, group, task), "--seed", seed,
         "--checkpoint-every", 200, "--mixed-precision", "bf16" if args.dtype == "bf16" else "no"],
         output, "results.json", "finetune",
         settings={"model": str(model), **finetune_settings(args, group, task, seed)})
@@ -177,8 +182,8 @@ def known(group: str, name: str, task: str) -> bool:
 
 
 def recorded_scores(args) -> dict:
-    """The scores downstream.json already records ({} if none, or of an older layout), after checking that each run
-    was made with the settings asked for now: one made otherwise is refused, never mixed in nor dropped."""
+    """The scores downstream.json already records ({} if none; one in another layout is refused), after checking that
+    each run was made with the settings asked for now: one made otherwise is refused, never mixed in nor dropped."""
     scores = recorded(args.output_dir, "downstream", SCHEMA).get("scores", {})
     for group, names in scores.items():
         for name, by_task in names.items():
