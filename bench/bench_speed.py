@@ -69,12 +69,9 @@ import argparse
 import csv
 import ctypes
 import ctypes.util
-import datetime
 import gc
 import itertools
 import json
-import os
-import platform
 import resource
 import shlex
 import statistics
@@ -84,7 +81,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import transformers
 from torch._C._profiler import _EventType
 from tqdm import tqdm
 from transformers import BertConfig, BertModel
@@ -92,6 +88,7 @@ from transformers import BertConfig, BertModel
 import leanbert
 from flops import MODELS, REFERENCE, training_flops
 from outputs import claim, refuse, run_main, write_file, write_json, write_text
+from runs import machine
 
 MIB = 2**20
 SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
@@ -361,14 +358,8 @@ def bench_setting(args, setting: dict, batches: list[dict]) -> list[dict]:
 
 
 def machine_info(args) -> dict:
-    info = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), torch=torch.__version__,
-                transformers=transformers.__version__, leanbert=leanbert.__version__, python=platform.python_version(),
-                platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), device=args.device, dtype=args.dtype, allocator=args.allocator,
-                optimizer=args.optimizer)
-    if args.device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
-    return info
+    gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None
+    return machine(device=args.device, dtype=args.dtype, allocator=args.allocator, optimizer=args.optimizer, gpu=gpu)
 
 
 def run_arguments(args) -> dict:

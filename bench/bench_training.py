@@ -48,11 +48,9 @@ Method (all in one process, on the CPU unless accelerate finds an accelerator):
 
 import argparse
 import copy
-import datetime
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -61,16 +59,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import accelerate
-import datasets
 import torch
-import transformers
 from bench_speed import keep_freed_memory
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForMaskedLM, default_data_collator, get_scheduler
 
 import leanbert
 from leanbert.training.loop import TrainingLoop, TrainingSettings, parameter_groups
+import runs
 from outputs import claim, write_file, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -354,7 +350,7 @@ def bench_cache(args) -> dict:
         assert fresh["blocks"] == len(blocks)
         masking = SeededMasking(tokenizer, 0.15, False, args.seed)
         examples = [blocks[i] for i in range(min(len(blocks), 20 * args.batch))]
-        return dict(text=os.path.relpath(args.text, REPO),  # relative: results travel with the repository
+        return dict(text=runs.shown(args.text),
                     text_bytes=text.stat().st_size, first_bytes_only=bool(args.cache_bytes),
                     tokenizer="all-MiniLM-L6-v2", block_length=args.seq, blocks=len(blocks),
                     tokens=len(blocks) * args.seq, cache_bytes=cache_bytes, first_call_s=first,
@@ -367,15 +363,6 @@ def bench_cache(args) -> dict:
 
 
 # --- outputs ------------------------------------------------------------------------------------------------------
-
-def machine_info(args, allocator: str) -> dict:
-    return dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), torch=torch.__version__,
-                transformers=transformers.__version__, accelerate=accelerate.__version__,
-                datasets=datasets.__version__, leanbert=leanbert.__version__, python=platform.python_version(),
-                platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), allocator=allocator,
-                load_average_start=list(os.getloadavg()))
-
 
 def table(results: dict) -> str:
     lines = [f"Shape: {results['shape']}; {results['machine']['torch_threads']} torch threads; "
@@ -481,7 +468,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     allocator = keep_freed_memory()
-    machine = machine_info(args, allocator)
+    machine = runs.machine(allocator=allocator, load_average_start=list(os.getloadavg()))
     examples = masked_examples(args)
     results = dict(machine=machine,
                    shape=f"d={args.hidden}, {args.layers} layers, {args.heads} heads, ffn {args.intermediate}, "

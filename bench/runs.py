@@ -17,6 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import accelerate
+import datasets
 import torch
 import transformers
 
@@ -165,14 +167,16 @@ def saved(name: str) -> list[str]:
     return [f"{name}.json", f"{name}.png"]
 
 
-def machine() -> dict:
-    """Date, versions and hardware, recorded with every result."""
+def machine(**extra) -> dict:
+    """Date, versions and hardware, recorded with every result, and what a benchmark adds (`extra`: its device,
+    dtype, allocator...). The one place every benchmark takes these from."""
     info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "leanbert": leanbert.__version__,
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+            "datasets": datasets.__version__, "leanbert": leanbert.__version__, "platform": platform.platform(),
+            "processor": platform.processor(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    return info
+    return {**info, **extra}
 
 
 def shown(path: Path) -> str:
