@@ -137,7 +137,7 @@ def test_bad_input_fails_with_one_clear_line(case, tiny_bert, tmp_path):
     expected = {
         "missing": "not found: no such folder",
         "not_bert": "is a 'sym_bert' checkpoint; a BERT checkpoint (model_type 'bert') is needed",
-        "pickle_only": "only safetensors weights are read; --allow-pickle trusts a .bin",
+        "pickle_only": "holds only pickle weights, .bin, which can run code: --allow-pickle trusts them",
         "inside_source": "is inside the source",
         "bad_to": "invalid choice: 'shatterz'",
     }[case]

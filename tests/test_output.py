@@ -273,3 +273,39 @@ def test_unusable_text_is_refused_with_one_line(tmp_path, case):
                 "empty_folder": "folder with no .txt files", "short": "no passages of 40 characters or more"}[case]
     with pytest.raises(LeanbertError, match=expected.replace("(", r"\(")):
         read_passages(path, min_chars=40 if case == "short" else 1)
+
+
+def test_published_files_get_the_mode_the_users_umask_gives(tmp_path):
+    """A file written private (as a temporary file renamed into place is) is published as readable as the user's
+    umask makes new files, like every other file of the output."""
+    previous = os.umask(0o027)
+    try:
+        target = SafeOutput(tmp_path / "out")
+        with target as staging:
+            (staging / "config.json").write_text("{}")
+            fd = os.open(staging / "model.safetensors", os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+            target.publish()
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes == {"config.json": 0o640, "model.safetensors": 0o640, MANIFEST: 0o640}
+
+
+@pytest.mark.parametrize("chunk", [3, 4, 7, 1 << 24])
+def test_utf8_is_checked_through_the_whole_file_naming_the_line(tmp_path, chunk):
+    """`check_utf8` reads in chunks: a character cut by a chunk's end is fine, and a bad byte is found on its line
+    wherever the chunks fall (the line counted independently, by splitting the bytes)."""
+    from leanbert.common.passages import check_utf8
+
+    good = "naïve café\n€uro\n" * 3
+    path = tmp_path / "text.txt"
+    path.write_bytes(good.encode())
+    check_utf8(path, "text", chunk)
+    path.write_bytes(good.encode() + "ok\nbad \xe9 byte\n".encode("latin-1"))
+    bad_line = next(i for i, line in enumerate(path.read_bytes().split(b"\n"), 1) if b"\xe9 " in line)
+    with pytest.raises(LeanbertError, match=rf"is not UTF-8 text \(line {bad_line}:"):
+        check_utf8(path, "text", chunk)
+    path.write_bytes(good.encode() + "€".encode()[:2])
+    with pytest.raises(LeanbertError, match=r"is not UTF-8 text \(line 7:"):
+        check_utf8(path, "text", chunk)

@@ -513,6 +513,17 @@ def bad(data):
     config = tiny_config("sym_bert", vocab_size=100, max_position_embeddings=64)
     leanbert.SymBertForMaskedLM(config).save_pretrained(root / "small_vocab")
     AutoTokenizer.from_pretrained(data["tokenizer"]).save_pretrained(root / "small_vocab")
+    ascii_lines = "".join(f"line {i} of plain text\n" for i in range(200))
+    (root / "late_latin1.txt").write_bytes(ascii_lines.encode() + "caf\xe9 au lait\n".encode("latin-1"))
+    rows = ["index\tsentence1\tsentence2\tlabel", *(f"{i}\ta{i}\tb{i}\tentailment" for i in range(8))]
+    for name, body in (("good_glue", "\n".join(rows)), ("latin1_glue", "\n".join(rows[:2] + ["8\tcaf\xe9\tb\tentailment"]))):
+        (root / name / "RTE").mkdir(parents=True)
+        for split in ("train", "dev"):
+            (root / name / "RTE" / f"{split}.tsv").write_bytes(body.encode("latin-1") + b"\n")
+    (root / "stsb_glue" / "STS-B").mkdir(parents=True)
+    scores = ["0.5", "4.75", "5.0", "7", "2"]
+    (root / "stsb_glue" / "STS-B" / "train.tsv").write_text("\n".join(
+        ["index\tsentence1\tsentence2\tscore", *(f"{i}\ta\tb\t{score}" for i, score in enumerate(scores))]) + "\n")
     return root
 
 
@@ -539,6 +550,7 @@ PRETRAIN_CASES = {
     "no_training_samples": (dict(), ["--max-train-samples", "0"],
                             "--max-train-samples: must be a positive integer, got 0"),
     "model_type_and_model": (dict(), ["--model", "{bad}/small_vocab"], "give either --model-type"),
+    "not_utf8_past_the_start": (dict(train="{bad}/late_latin1.txt"), [], "is not UTF-8 text (line 201"),
 }
 if not torch.cuda.is_available():
     PRETRAIN_CASES["fp16_on_the_cpu"] = (dict(), ["--mixed-precision", "fp16"], "needs a GPU")
@@ -562,6 +574,82 @@ def test_pretrain_refuses_a_checkpoint_whose_tokenizer_outgrows_it_and_a_missing
     fails_cleanly(pretrain_main, common, "give either --model-type", bad, capsys)
 
 
+def foreign_code_model(bad: Path, marker: Path) -> Path:
+    """A model folder whose config names a type only its own code defines (an `auto_map`), code that leaves
+    `marker` behind when it runs: transformers would ask whether to run it."""
+    folder = bad / "foreign_code"
+    if not folder.exists():
+        folder.mkdir()
+        for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            (folder / name).write_bytes((bad / "small_vocab" / name).read_bytes())
+        config = json.loads((bad / "small_vocab" / "config.json").read_text())
+        config.update(model_type="zzz_unknown", auto_map={"AutoConfig": "configuration_zzz.ZzzConfig",
+                                                          "AutoModelForMaskedLM": "modeling_zzz.ZzzModel"})
+        (folder / "config.json").write_text(json.dumps(config))
+        for module in ("configuration_zzz.py", "modeling_zzz.py"):
+            (folder / module).write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    return folder
+
+
+def inconsistent_heads_model(bad: Path) -> Path:
+    """small_vocab with 3 heads for width 32: its config.json is at fault, not its weights."""
+    folder = bad / "three_heads"
+    if not folder.exists():
+        folder.mkdir()
+        for file in (bad / "small_vocab").iterdir():
+            (folder / file.name).write_bytes(file.read_bytes())
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "num_attention_heads": 3}))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_training_refuses_a_model_folder_it_cannot_load_as_it_is_without_running_its_code(data, bad, command, capsys,
+                                                                                          no_training, tmp_path):
+    """Never ask to run, nor run, code shipped in a model folder; name what is wrong with a folder (a file given, a
+    config at fault) rather than blame the weights."""
+    main = pretrain_main if command == "pretrain" else finetune_main
+    rest = (["--train-file", bad / "small.txt", "--max-seq-length", SEQ] if command == "pretrain"
+            else ["--task", "rte", "--data-dir", GLUE, "--max-seq-length", SEQ])
+    marker = tmp_path / "code-ran"
+    cases = {foreign_code_model(bad, marker): "is a 'zzz_unknown' model, a type neither transformers nor leanbert knows",
+             bad / "small.txt": "is a file; give the model's folder",
+             inconsistent_heads_model(bad): "does not fit together: hidden_size=32 is not a multiple of "
+                                           "num_attention_heads=3"}
+    for model, expected in cases.items():
+        fails_cleanly(main, ["--model", model, *rest, "--max-train-steps", 2, "--output", bad / "out"], expected, bad,
+                      capsys)
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(not os.environ.get("HF_HUB_OFFLINE"), reason="make test runs offline (HF_HUB_OFFLINE=1)")
+def test_a_model_that_is_neither_a_folder_nor_in_the_hub_cache_is_named_as_such_offline(data, bad, capsys,
+                                                                                         no_training):
+    fails_cleanly(pretrain_main, ["--model", "no-such-model-folder", "--train-file", bad / "small.txt",
+                                  "--output", bad / "out"],
+                  "'no-such-model-folder' not found: no such folder, nor in the Hub cache (HF_HUB_OFFLINE", bad,
+                  capsys)
+
+
+def test_an_interrupted_run_leaves_no_checkpoint_folder_it_saved_nothing_in(data, bad, tmp_path, capsys,
+                                                                             monkeypatch):
+    """Ctrl-C before the first checkpoint: exit 130, no empty checkpoint folder left beside the output; a checkpoint
+    folder the user made is left standing (empty, as it was)."""
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingLoop, "run", interrupted)
+    args = scratch(data, bad)[:-2]
+    output = tmp_path / "out"
+    assert pretrain_main([str(a) for a in [*args, "--output", output]]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    mine = tmp_path / "my-checkpoints"
+    mine.mkdir()
+    assert pretrain_main([str(a) for a in [*args, "--output", output, "--checkpoint-dir", mine]]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-checkpoints"] and not any(mine.iterdir())
+    capsys.readouterr()
+
+
 FINETUNE_CASES = {
     "unknown_task": (["--task", "squad"], "unknown GLUE task 'squad'"),
     "columns_do_not_fit": (["--task", "rte", "--data-dir", "{bad}/bad_glue"], "lacks the rte column(s)"),
@@ -569,6 +657,11 @@ FINETUNE_CASES = {
     "stsb_without_split": (["--task", "stsb"], "pass --validation-split"),
     "output_not_empty": (["--task", "rte", "--output", "{bad}/used_output"], "exists and is not empty"),
     "resume_without_checkpoint": (["--task", "rte", "--resume"], "--resume: no complete checkpoint"),
+    "tsv_not_utf8": (["--task", "rte", "--data-dir", "{bad}/latin1_glue"], "RTE/train.tsv:3: not UTF-8 text"),
+    "stsb_score_out_of_range": (["--task", "stsb", "--data-dir", "{bad}/stsb_glue", "--validation-split", "0.4"],
+                                "train.tsv:5: score '7' is outside stsb's range 0-5"),
+    "output_inside_the_data": (["--task", "rte", "--data-dir", "{bad}/good_glue", "--output", "{bad}/good_glue/out"],
+                               "is inside the data"),
 }
 if not torch.cuda.is_available():
     FINETUNE_CASES["fp16_on_the_cpu"] = (["--task", "rte", "--mixed-precision", "fp16"], "needs a GPU")

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from .errors import LeanbertError
-from .output import (check_disjoint, holder_alive, lock_info, release_lock, remove_tree, sha256_file,
+from .output import (check_disjoint, check_writable, holder_alive, lock_info, release_lock, remove_tree, sha256_file,
                      write_text_atomically)
 
 MARK = ".leanbert-checkpoints.json"
@@ -32,11 +32,13 @@ class CheckpointFolder:
             raise LeanbertError(f"checkpoint folder {str(path)!r} does not name a folder of its own")
         check_disjoint(self.path, "checkpoint folder", inputs)
         self.lock = self.path.with_name(f".{self.path.name}.leanbert-lock")
+        self.ours = not self.path.exists() or (self.path / MARK).is_file()  # a folder the user made is left standing
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
             raise LeanbertError(f"checkpoint folder {str(self.path)!r} exists and is not a folder")
         if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / MARK).is_file():
             raise LeanbertError(f"checkpoint folder {str(self.path)!r} exists and holds files leanbert did not "
                                 "write; give checkpoints a folder of their own")
+        check_writable(self.path, "checkpoint folder")
 
     def claim(self, command: str) -> None:
         """Take the folder's lock (beside it) for this run, so that two runs never share checkpoints; a lock left by
@@ -142,10 +144,16 @@ class CheckpointFolder:
                     remove_tree(path)
         accelerator.wait_for_everyone()
 
+    def remove_if_unused(self) -> None:
+        """`remove()` when the run saved no checkpoint: an interrupted run leaves no empty folder behind."""
+        if not self.entries():
+            self.remove()
+
     def remove(self) -> None:
-        """Delete every checkpoint and the marker; the folder itself only if nothing else is left in it."""
+        """Delete every checkpoint and the marker; the folder itself only if leanbert made it and nothing else is
+        left in it."""
         for _, _, path in self.entries():
             remove_tree(path)
         (self.path / MARK).unlink(missing_ok=True)
-        if self.path.is_dir() and not any(self.path.iterdir()):
+        if self.ours and self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from huggingface_hub.constants import is_offline_mode
+from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, PreTrainedModel
 
 from .errors import LeanbertError, first_line
 
@@ -31,18 +32,47 @@ def is_local(source: str | Path) -> bool:
     return Path(source).exists() or str(source).startswith((".", "/", "~"))
 
 
+def code_refused(what: str, source: str | Path, error: BaseException) -> LeanbertError | None:
+    """The one line for a model that only code shipped with it could load (an `auto_map` to a type neither
+    transformers nor leanbert knows): leanbert never runs such code, and never asks. None for any other error."""
+    if "contains custom code" not in str(error) and "references custom code" not in str(error):
+        return None
+    return LeanbertError(f"{what} {str(source)!r} needs code shipped with it to load (an auto_map to a model type "
+                         "neither transformers nor leanbert knows); leanbert never runs a model's own code")
+
+
 def load_config(source: str | Path, what: str):
-    """The config of a folder or Hub id, or one line saying why it cannot be read."""
+    """The config of a folder or Hub id, or one line saying why it cannot be read. Code a folder ships with is never
+    run (transformers would ask whether to run it): a model type that neither transformers nor leanbert knows is
+    refused."""
     if is_local(source):
         folder = Path(source)
+        if folder.is_file():
+            raise LeanbertError(f"{what} {str(source)!r} is a file; give the model's folder (with its config.json)")
         if not folder.is_dir():
             raise LeanbertError(f"{what} {str(source)!r} not found: no such folder")
         if not (folder / "config.json").is_file():
             raise LeanbertError(f"{what} {str(source)!r} is not a model folder: it has no config.json")
+        model_type = read_json(folder / "config.json", f"the config of {what}").get("model_type")
+        if model_type is not None and (not isinstance(model_type, str) or model_type not in CONFIG_MAPPING):
+            raise LeanbertError(f"{what} {str(source)!r} is a {model_type!r} model, a type neither transformers nor "
+                                "leanbert knows (leanbert never runs code shipped with a model)")
     try:
-        return AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as error:  # a corrupt, empty or foreign config.json, or an unknown Hub id
-        raise LeanbertError(f"cannot read the config of {what} {str(source)!r}: {first_line(error)}") from None
+        refused = code_refused(what, source, error)
+        if refused:
+            raise refused from None
+        if not is_local(source) and is_offline_mode():
+            raise LeanbertError(f"{what} {str(source)!r} not found: no such folder, nor in the Hub cache (HF_HUB_OFFLINE "
+                                "is set, so the Hub was not asked)") from None
+        where = "" if is_local(source) else " (no such folder; asked the Hub)"
+        raise LeanbertError(f"cannot read the config of {what} {str(source)!r}{where}: {first_line(error)}") from None
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+        raise LeanbertError(f"the config of {what} {str(source)!r} does not fit together: hidden_size={hidden} is not "
+                            f"a multiple of num_attention_heads={heads}")
+    return config
 
 
 def load_tokenizer(source: str | Path, what: str, vocab_size: int):
@@ -51,8 +81,11 @@ def load_tokenizer(source: str | Path, what: str, vocab_size: int):
         raise LeanbertError(f"{what} {str(source)!r} has no tokenizer vocabulary (none of "
                             f"{', '.join(VOCABULARY_FILES)}); save the model's tokenizer next to it")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as error:
+        refused = code_refused(f"the tokenizer of {what}", source, error)
+        if refused:
+            raise refused from None
         raise LeanbertError(f"{what} {str(source)!r} has no usable tokenizer: {first_line(error)}") from None
     if len(tokenizer) < MIN_TOKENIZER_SIZE:
         raise LeanbertError(f"the tokenizer of {what} {str(source)!r} holds only {len(tokenizer)} tokens; save the "
@@ -72,9 +105,15 @@ def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool 
     Only safetensors files are read unless `allow_pickle` (a `pytorch_model.bin` can run code)."""
     try:
         model, info = model_class.from_pretrained(source, use_safetensors=None if allow_pickle else True, config=config,
-                                                  dtype=torch.float32, output_loading_info=True)
+                                                  dtype=torch.float32, output_loading_info=True,
+                                                  trust_remote_code=False)
     except Exception as error:
-        hint = "" if allow_pickle else " (only safetensors weights are read; --allow-pickle trusts a .bin)"
+        refused = code_refused(what, source, error)
+        if refused:
+            raise refused from None
+        pickled = is_local(source) and not any(Path(source).glob("*.safetensors")) and any(Path(source).glob("*.bin"))
+        hint = " (it holds only pickle weights, .bin, which can run code: --allow-pickle trusts them)" if (
+            pickled and not allow_pickle) else ""
         raise LeanbertError(f"cannot load the weights of {what} {str(source)!r}{hint}: {first_line(error)}") from None
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = sorted(key for key in set(info.get("missing_keys", ())) - tied

@@ -4,6 +4,8 @@ Files are streamed, never read whole: with `limit`, a reservoir sample of that m
 the same file and seed give the same passages), so memory stays bounded whatever the size of the corpus.
 """
 
+import codecs
+import os
 import random
 from collections.abc import Iterator
 from importlib import resources
@@ -15,16 +17,44 @@ MAX_LINE_BYTES = 1 << 20
 
 
 def text_files(path: str | Path, what: str) -> list[Path]:
-    """`path` itself if it is a file, or every `*.txt` file under it if it is a folder (sorted)."""
+    """`path` itself if it is a file, or every `*.txt` file under it if it is a folder (sorted); a folder that
+    cannot be listed is refused rather than read as one without text."""
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
+        folders = [path, *(p for p in path.rglob("*") if p.is_dir())]
+        unreadable = next((folder for folder in folders if not os.access(folder, os.R_OK | os.X_OK)), None)
+        if unreadable is not None:
+            raise LeanbertError(f"cannot read {what} {str(unreadable)!r}: Permission denied")
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if files:
             return files
         raise LeanbertError(f"{what} {str(path)!r} is a folder with no .txt files")
     raise LeanbertError(f"{what} {str(path)!r} not found: no such file or folder")
+
+
+def check_utf8(file: Path, what: str, chunk_size: int = 1 << 24) -> None:
+    """Refuse a file that is unreadable or not UTF-8 anywhere, naming the line; decoded in large chunks, so a
+    corpus of tens of megabytes is checked in a moment, before any work."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    newlines = 0
+    try:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(chunk_size):
+                pending = len(decoder.getstate()[0])  # the bytes of a character cut by the previous chunk
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as error:
+                    line = newlines + chunk.count(b"\n", 0, max(error.start - pending, 0)) + 1
+                    raise LeanbertError(f"{what} {str(file)!r} is not UTF-8 text (line {line}: {error.reason})") \
+                        from None
+                newlines += chunk.count(b"\n")
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as error:  # the file ends inside a character
+        raise LeanbertError(f"{what} {str(file)!r} is not UTF-8 text (line {newlines + 1}: {error.reason})") from None
+    except OSError as error:
+        raise LeanbertError(f"cannot read {what} {str(file)!r}: {error.strerror or error}") from None
 
 
 def lines(files: list[Path], what: str) -> Iterator[str]:

@@ -29,6 +29,7 @@ class Task:
     label_column: str
     labels: tuple[str, ...] | None  # names in id order; None for regression
     header: bool
+    score_range: tuple[float, float] | None = None  # regression: the scores the task's annotators could give
 
     @property
     def num_labels(self) -> int:
@@ -44,7 +45,7 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task("cola", "CoLA", ("3",), "1", ("unacceptable", "acceptable"), header=False),
     Task("sst2", "SST-2", ("sentence",), "label", ("negative", "positive"), header=True),
     Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"), header=True),
-    Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, header=True),
+    Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, header=True, score_range=(0.0, 5.0)),
     Task("rte", "RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), header=True),
     Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("not_entailment", "entailment"), header=True),
     Task("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment"), header=True),
@@ -71,6 +72,9 @@ def _parse_label(task: Task, value: str, where: str) -> int | float:
             score = math.nan
         if not math.isfinite(score):
             raise LeanbertError(f"{where}: score {value!r} is not a number")
+        low, high = task.score_range or (-math.inf, math.inf)
+        if not low <= score <= high:
+            raise LeanbertError(f"{where}: score {value!r} is outside {task.name}'s range {low:g}-{high:g}")
         return score
     if value in task.labels:
         return task.labels.index(value)
@@ -80,11 +84,26 @@ def _parse_label(task: Task, value: str, where: str) -> int | float:
                         f"(or an id 0-{task.num_labels - 1})")
 
 
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """(number, line) of a UTF-8 file, a byte-order mark dropped; an unreadable or undecodable file is refused in
+    one line naming it (and the line)."""
+    try:
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines(keepends=True)
+    except OSError as error:
+        raise LeanbertError(f"cannot read {path}: {error.strerror or error}") from None
+    decoded = []
+    for number, line in enumerate(raw, 1):
+        try:
+            decoded.append((number, line.decode("utf-8")))
+        except UnicodeDecodeError as error:
+            raise LeanbertError(f"{path}:{number}: not UTF-8 text ({error.reason})") from None
+    return decoded
+
+
 def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
     """One labelled TSV file as a Dataset (text_a, text_b for pair tasks, label). Lines are split on tabs only, so
     quotes are plain text; a UTF-8 byte-order mark (MRPC) is dropped; blank lines are skipped."""
-    with path.open(encoding="utf-8-sig") as file:
-        lines = [(number, line.rstrip("\r\n").split("\t")) for number, line in enumerate(file, 1) if line.strip()]
+    lines = [(number, line.rstrip("\r\n").split("\t")) for number, line in _text_lines(path) if line.strip()]
     if not lines:
         raise LeanbertError(f"{path} is empty")
     if task.header:

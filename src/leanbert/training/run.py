@@ -62,11 +62,13 @@ class TrainingRun:
 
     @contextlib.contextmanager
     def claimed(self, main: bool):
-        """The checkpoint folder's lock, held by the main process for the whole run."""
+        """The checkpoint folder's lock, held by the main process for the whole run; the folder is removed at the end
+        when the run saved no checkpoint in it (an interrupted run without `--checkpoint-every`)."""
         if main:
             self.checkpoints.claim(self.command)
         try:
             yield
         finally:
             if main:
+                self.checkpoints.remove_if_unused()
                 self.checkpoints.release()

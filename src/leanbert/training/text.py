@@ -19,15 +19,17 @@ import torch
 from transformers import DataCollatorForLanguageModeling
 
 from ..common.errors import LeanbertError, first_line
-from ..common.passages import lines, text_files
+from ..common.passages import check_utf8, lines, text_files
 
 COLUMNS = ("input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "offset_mapping")
 
 
 def text_source(path: str | Path, what: str) -> list[str]:
     """The `.txt` files of `path` (a file or a folder), refused before any work when missing, unreadable, not UTF-8
-    at its first lines, or without a non-empty line."""
+    anywhere, or without a non-empty line."""
     files = text_files(path, what)
+    for file in files:
+        check_utf8(file, what)
     for file in files:
         if next(lines([file], what), None) is not None:
             return [str(f) for f in files]

@@ -1,0 +1,132 @@
+"""What only a real process shows: file permissions (which a test running as root would not feel) and a Ctrl-C that
+arrives while a command is still loading torch.
+
+The permission cases run the commands in a child process without the capabilities that let root ignore file modes
+(`setpriv`), or as they are when the tests do not run as root.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from conftest import SHARED_DATA, real_minilm_path
+
+GLUE = SHARED_DATA / "glue"
+UNPRIVILEGED = (["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if os.geteuid() == 0 else [])
+
+# One child process runs every case (torch loads once): each case is a command's `main(argv)`, its exit code and
+# stderr lines are printed as JSON.
+DRIVER = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from leanbert.commands.finetune import main as finetune
+    from leanbert.commands.pretrain import main as pretrain
+    results = []
+    for command, argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = {"pretrain": pretrain, "finetune": finetune}[command](argv)
+        results.append({"code": code, "lines": [line for line in err.getvalue().splitlines() if line.strip()]})
+    print(json.dumps(results))
+""")
+
+
+def run_unprivileged(cases: list[tuple[str, list]]) -> list[dict]:
+    argv = [*UNPRIVILEGED, sys.executable, "-c", DRIVER, json.dumps([(c, [str(a) for a in args]) for c, args in cases])]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """Inputs and read-only places: a text, a text folder with an unreadable file, an unreadable folder, a GLUE
+    folder with an unreadable train.tsv, a read-only folder and an empty read-only output folder."""
+    tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    text = (SHARED_DATA / "text" / "gutenberg-pd" / "train.txt").read_bytes()[:20_000]
+    (tmp_path / "text.txt").write_bytes(text)
+    for folder in ("texts", "closed_texts"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.txt").write_bytes(text)
+        (tmp_path / folder / "b.txt").write_bytes(text)
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    for split in ("train", "dev"):
+        shutil.copy(GLUE / "RTE" / f"{split}.tsv", tmp_path / "glue" / "RTE")
+    (tmp_path / "read_only").mkdir()
+    (tmp_path / "empty_read_only").mkdir()
+    (tmp_path / "texts" / "b.txt").chmod(0o000)
+    (tmp_path / "glue" / "RTE" / "train.tsv").chmod(0o000)
+    (tmp_path / "closed_texts").chmod(0o000)
+    (tmp_path / "read_only").chmod(0o555)
+    (tmp_path / "empty_read_only").chmod(0o555)
+    yield tmp_path
+    (tmp_path / "closed_texts").chmod(0o755)  # so that pytest can remove it all
+    for path in tmp_path.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="root without setpriv feels no modes")
+def test_what_the_user_may_not_read_or_write_is_refused_in_one_line_before_any_work(tree):
+    scratch = ["--model-type", "bert", "--tokenizer", tree / "tokenizer", "--config-overrides",
+               "num_hidden_layers=1,hidden_size=32,num_attention_heads=4,intermediate_size=64",
+               "--max-seq-length", 32, "--max-train-steps", 2, "--cache-dir", tree / "cache"]
+    cases = {
+        "output under a read-only folder": (
+            "pretrain", [*scratch, "--train-file", tree / "text.txt", "--output", tree / "read_only" / "out"],
+            f"'{tree / 'read_only'}' is not writable (Permission denied)"),
+        "an empty read-only output folder": (
+            "pretrain", [*scratch, "--train-file", tree / "text.txt", "--output", tree / "empty_read_only"],
+            f"'{tree / 'empty_read_only'}' is not writable (Permission denied)"),
+        "an unreadable text in a folder": (
+            "pretrain", [*scratch, "--train-file", tree / "texts", "--output", tree / "out"],
+            f"cannot read training text '{tree / 'texts' / 'b.txt'}': Permission denied"),
+        "an unreadable text folder": (
+            "pretrain", [*scratch, "--train-file", tree / "closed_texts", "--output", tree / "out"],
+            f"cannot read training text '{tree / 'closed_texts'}': Permission denied"),
+        "an unreadable GLUE file": (
+            "finetune", ["--model", tree / "bert", "--task", "rte", "--data-dir", tree / "glue", "--max-seq-length", 32,
+                         "--max-train-steps", 2, "--output", tree / "out"],
+            f"cannot read {tree / 'glue' / 'RTE' / 'train.tsv'}: Permission denied"),
+    }
+    before = sorted(p.name for p in tree.iterdir())
+    results = run_unprivileged([(command, args) for command, args, _ in cases.values()])
+    for (case, (_, _, expected)), result in zip(cases.items(), results):
+        assert result["code"] == 2 and len(result["lines"]) == 1 and expected in result["lines"][0], (case, result)
+    assert sorted(p.name for p in tree.iterdir()) == before  # nothing written, not even the tokenised cache
+    assert (tree / "empty_read_only").stat().st_mode & 0o777 == 0o555 and not any((tree / "read_only").iterdir())
+
+
+def test_ctrl_c_while_a_command_loads_torch_exits_130_in_one_line(tmp_path):
+    """SIGINT once the console script has begun loading torch (its library is mapped): one line, exit 130, no
+    traceback."""
+    script = Path(sys.executable).with_name("leanbert-pretrain")
+    process = subprocess.Popen([script, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{process.pid}/maps")
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if "libtorch" in maps.read_text():
+                break
+        except OSError:  # the process is ending
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the command finished before torch was seen loading"
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert process.returncode == 130 and lines == ["leanbert-pretrain: interrupted while starting; nothing was written"], \
+        (process.returncode, err[-2000:])
+    assert "Traceback" not in err and not out
