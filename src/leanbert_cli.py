@@ -1,13 +1,20 @@
 """The console scripts (`leanbert-convert`, `-heal`, `-pretrain`, `-finetune`). Each imports its command only
-here, inside the guard: loading torch and transformers takes seconds, and a Ctrl-C in them ends with one line and
-exit code 130, as one during the run does, instead of a traceback. The commands are in `leanbert.commands`."""
+here, inside the guard: loading torch and transformers takes seconds, and a Ctrl-C or SIGTERM in them ends with
+one line and exit code 130, as one during the run does, instead of a traceback or a silent death. The commands are
+in `leanbert.commands` (whose runner takes over the signals once loaded)."""
 
 import importlib
+import signal
 import sys
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def launch(name: str) -> int:
     try:
+        signal.signal(signal.SIGTERM, interrupt)
         command = importlib.import_module(f"leanbert.commands.{name}")
     except KeyboardInterrupt:
         print(f"leanbert-{name}: interrupted while starting; nothing was written", file=sys.stderr)

@@ -49,8 +49,9 @@ def run_unprivileged(cases: list[tuple[str, list]]) -> list[dict]:
 
 @pytest.fixture
 def tree(tmp_path):
-    """Inputs and read-only places: a text, a text folder with an unreadable file, an unreadable folder, a GLUE
-    folder with an unreadable train.tsv, a read-only folder and an empty read-only output folder."""
+    """Inputs and read-only places: a text, a text folder with an unreadable file, an unreadable one and one that
+    can be listed but not entered, a GLUE folder with an unreadable train.tsv and one whose task folder cannot be
+    entered, a read-only folder, an empty read-only output folder and an unreadable one."""
     tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
@@ -58,22 +59,24 @@ def tree(tmp_path):
     tokenizer.save_pretrained(tmp_path / "bert")
     text = (SHARED_DATA / "text" / "gutenberg-pd" / "train.txt").read_bytes()[:20_000]
     (tmp_path / "text.txt").write_bytes(text)
-    for folder in ("texts", "closed_texts"):
+    for folder in ("texts", "closed_texts", "unenterable_texts"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "a.txt").write_bytes(text)
         (tmp_path / folder / "b.txt").write_bytes(text)
-    (tmp_path / "glue" / "RTE").mkdir(parents=True)
-    for split in ("train", "dev"):
-        shutil.copy(GLUE / "RTE" / f"{split}.tsv", tmp_path / "glue" / "RTE")
-    (tmp_path / "read_only").mkdir()
-    (tmp_path / "empty_read_only").mkdir()
+    for glue in ("glue", "unenterable_glue"):
+        (tmp_path / glue / "RTE").mkdir(parents=True)
+        for split in ("train", "dev"):
+            shutil.copy(GLUE / "RTE" / f"{split}.tsv", tmp_path / glue / "RTE")
+    for folder in ("read_only", "empty_read_only", "closed_output"):
+        (tmp_path / folder).mkdir()
     (tmp_path / "texts" / "b.txt").chmod(0o000)
     (tmp_path / "glue" / "RTE" / "train.tsv").chmod(0o000)
-    (tmp_path / "closed_texts").chmod(0o000)
-    (tmp_path / "read_only").chmod(0o555)
-    (tmp_path / "empty_read_only").chmod(0o555)
+    for folder, mode in (("closed_texts", 0o000), ("closed_output", 0o000), ("unenterable_texts", 0o644),
+                         ("unenterable_glue/RTE", 0o644), ("read_only", 0o555), ("empty_read_only", 0o555)):
+        (tmp_path / folder).chmod(mode)
     yield tmp_path
-    (tmp_path / "closed_texts").chmod(0o755)  # so that pytest can remove it all
+    for folder in ("closed_texts", "closed_output", "unenterable_texts", "unenterable_glue/RTE"):
+        (tmp_path / folder).chmod(0o755)  # so that pytest can remove it all
     for path in tmp_path.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
 
@@ -89,16 +92,26 @@ def test_what_the_user_may_not_read_or_write_is_refused_in_one_line_before_any_w
             f"'{tree / 'read_only'}' is not writable (Permission denied)"),
         "an empty read-only output folder": (
             "pretrain", [*scratch, "--train-file", tree / "text.txt", "--output", tree / "empty_read_only"],
-            f"'{tree / 'empty_read_only'}' is not writable (Permission denied)"),
+            f"'{tree / 'empty_read_only'}' is not readable and writable (Permission denied)"),
         "an unreadable text in a folder": (
             "pretrain", [*scratch, "--train-file", tree / "texts", "--output", tree / "out"],
             f"cannot read training text '{tree / 'texts' / 'b.txt'}': Permission denied"),
         "an unreadable text folder": (
             "pretrain", [*scratch, "--train-file", tree / "closed_texts", "--output", tree / "out"],
             f"cannot read training text '{tree / 'closed_texts'}': Permission denied"),
+        "a text folder that cannot be entered": (
+            "pretrain", [*scratch, "--train-file", tree / "unenterable_texts", "--output", tree / "out"],
+            f"cannot read training text '{tree / 'unenterable_texts'}': Permission denied"),
+        "an unreadable output folder": (
+            "pretrain", [*scratch, "--train-file", tree / "text.txt", "--output", tree / "closed_output"],
+            f"'{tree / 'closed_output'}' is not readable and writable (Permission denied)"),
+        "a GLUE task folder that cannot be entered": (
+            "finetune", ["--model", tree / "bert", "--task", "rte", "--data-dir", tree / "unenterable_glue",
+                         "--max-seq-length", 32, "--max-train-steps", 2, "--output", tree / "out"],
+            "Permission denied"),
         "an unreadable GLUE file": (
-            "finetune", ["--model", tree / "bert", "--task", "rte", "--data-dir", tree / "glue", "--max-seq-length", 32,
-                         "--max-train-steps", 2, "--output", tree / "out"],
+            "finetune", ["--model", tree / "bert", "--task", "rte", "--data-dir", tree / "glue",
+                         "--max-seq-length", 32, "--max-train-steps", 2, "--output", tree / "out"],
             f"cannot read {tree / 'glue' / 'RTE' / 'train.tsv'}: Permission denied"),
     }
     before = sorted(p.name for p in tree.iterdir())
@@ -109,9 +122,10 @@ def test_what_the_user_may_not_read_or_write_is_refused_in_one_line_before_any_w
     assert (tree / "empty_read_only").stat().st_mode & 0o777 == 0o555 and not any((tree / "read_only").iterdir())
 
 
-def test_ctrl_c_while_a_command_loads_torch_exits_130_in_one_line(tmp_path):
-    """SIGINT once the console script has begun loading torch (its library is mapped): one line, exit 130, no
-    traceback."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_while_a_command_loads_torch_exits_130_in_one_line(signum):
+    """Ctrl-C (or SIGTERM) once the console script has begun loading torch (its library is mapped): one line, exit
+    130, no traceback."""
     script = Path(sys.executable).with_name("leanbert-pretrain")
     process = subprocess.Popen([script, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     maps = Path(f"/proc/{process.pid}/maps")
@@ -124,9 +138,9 @@ def test_ctrl_c_while_a_command_loads_torch_exits_130_in_one_line(tmp_path):
             break
         time.sleep(0.005)
     assert process.poll() is None, "the command finished before torch was seen loading"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert process.returncode == 130 and lines == ["leanbert-pretrain: interrupted while starting; nothing was written"], \
-        (process.returncode, err[-2000:])
+    expected = ["leanbert-pretrain: interrupted while starting; nothing was written"]
+    assert process.returncode == 130 and lines == expected, (process.returncode, err[-2000:])
     assert "Traceback" not in err and not out

@@ -516,7 +516,8 @@ def bad(data):
     ascii_lines = "".join(f"line {i} of plain text\n" for i in range(200))
     (root / "late_latin1.txt").write_bytes(ascii_lines.encode() + "caf\xe9 au lait\n".encode("latin-1"))
     rows = ["index\tsentence1\tsentence2\tlabel", *(f"{i}\ta{i}\tb{i}\tentailment" for i in range(8))]
-    for name, body in (("good_glue", "\n".join(rows)), ("latin1_glue", "\n".join(rows[:2] + ["8\tcaf\xe9\tb\tentailment"]))):
+    latin1_rows = [*rows[:2], "8\tcaf\xe9\tb\tentailment"]
+    for name, body in (("good_glue", "\n".join(rows)), ("latin1_glue", "\n".join(latin1_rows))):
         (root / name / "RTE").mkdir(parents=True)
         for split in ("train", "dev"):
             (root / name / "RTE" / f"{split}.tsv").write_bytes(body.encode("latin-1") + b"\n")
@@ -591,6 +592,21 @@ def foreign_code_model(bad: Path, marker: Path) -> Path:
     return folder
 
 
+def foreign_tokenizer_model(bad: Path, marker: Path) -> Path:
+    """small_vocab (a type leanbert knows) whose tokenizer is a class only the folder's own code defines."""
+    folder = bad / "foreign_tokenizer"
+    if not folder.exists():
+        folder.mkdir()
+        for file in (bad / "small_vocab").iterdir():
+            (folder / file.name).write_bytes(file.read_bytes())
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        settings.update(tokenizer_class="ZzzTokenizer", auto_map={"AutoTokenizer": ["tokenization_zzz.ZzzTokenizer",
+                                                                                   None]})
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+        (folder / "tokenization_zzz.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    return folder
+
+
 def inconsistent_heads_model(bad: Path) -> Path:
     """small_vocab with 3 heads for width 32: its config.json is at fault, not its weights."""
     folder = bad / "three_heads"
@@ -612,7 +628,9 @@ def test_training_refuses_a_model_folder_it_cannot_load_as_it_is_without_running
     rest = (["--train-file", bad / "small.txt", "--max-seq-length", SEQ] if command == "pretrain"
             else ["--task", "rte", "--data-dir", GLUE, "--max-seq-length", SEQ])
     marker = tmp_path / "code-ran"
-    cases = {foreign_code_model(bad, marker): "is a 'zzz_unknown' model, a type neither transformers nor leanbert knows",
+    cases = {foreign_code_model(bad, marker): "is a 'zzz_unknown' model, a type neither transformers nor leanbert "
+                                              "knows (its auto_map points to code shipped with it",
+             foreign_tokenizer_model(bad, marker): "needs code shipped with it to load (its auto_map names a class",
              bad / "small.txt": "is a file; give the model's folder",
              inconsistent_heads_model(bad): "does not fit together: hidden_size=32 is not a multiple of "
                                            "num_attention_heads=3"}
@@ -660,8 +678,8 @@ FINETUNE_CASES = {
     "tsv_not_utf8": (["--task", "rte", "--data-dir", "{bad}/latin1_glue"], "RTE/train.tsv:3: not UTF-8 text"),
     "stsb_score_out_of_range": (["--task", "stsb", "--data-dir", "{bad}/stsb_glue", "--validation-split", "0.4"],
                                 "train.tsv:5: score '7' is outside stsb's range 0-5"),
-    "output_inside_the_data": (["--task", "rte", "--data-dir", "{bad}/good_glue", "--output", "{bad}/good_glue/out"],
-                               "is inside the data"),
+    "output_inside_the_data": (["--task", "rte", "--data-dir", "{bad}/good_glue", "--output",
+                                "{bad}/good_glue/RTE/out"], "is inside the data"),
 }
 if not torch.cuda.is_available():
     FINETUNE_CASES["fp16_on_the_cpu"] = (["--task", "rte", "--mixed-precision", "fp16"], "needs a GPU")

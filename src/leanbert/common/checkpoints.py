@@ -32,13 +32,13 @@ class CheckpointFolder:
             raise LeanbertError(f"checkpoint folder {str(path)!r} does not name a folder of its own")
         check_disjoint(self.path, "checkpoint folder", inputs)
         self.lock = self.path.with_name(f".{self.path.name}.leanbert-lock")
+        check_writable(self.path, "checkpoint folder")
         self.ours = not self.path.exists() or (self.path / MARK).is_file()  # a folder the user made is left standing
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
             raise LeanbertError(f"checkpoint folder {str(self.path)!r} exists and is not a folder")
         if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / MARK).is_file():
             raise LeanbertError(f"checkpoint folder {str(self.path)!r} exists and holds files leanbert did not "
                                 "write; give checkpoints a folder of their own")
-        check_writable(self.path, "checkpoint folder")
 
     def claim(self, command: str) -> None:
         """Take the folder's lock (beside it) for this run, so that two runs never share checkpoints; a lock left by

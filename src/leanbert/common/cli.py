@@ -2,10 +2,13 @@
 
 - bad input (a `LeanbertError`, or a malformed option): one line naming the problem, exit code 2;
 - Ctrl-C or SIGTERM: one line, exit code 130, nothing half-written (outputs are published atomically);
+- a file or folder the user may not read or write, or a full or read-only disk: one line naming it, exit code 2
+  (the checks before any work catch most; this catches any that slip past, at whatever point);
 - anything else is a bug: one line with the exception, exit code 1 (`LEANBERT_TRACEBACK=1` shows the traceback).
 """
 
 import argparse
+import errno
 import math
 import os
 import signal
@@ -67,6 +70,19 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+# What the machine, not leanbert, is short of: these are reported as the user's to fix, not as bugs.
+ENVIRONMENT_ERRORS = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def bug(prog: str, error: Exception) -> int:
+    """Report an unexpected exception in one line (exit code 1), or raise it with LEANBERT_TRACEBACK set."""
+    if os.environ.get("LEANBERT_TRACEBACK"):
+        raise error
+    print(f"{prog}: internal error: {type(error).__name__}: {first_line(error)} (a bug: please report "
+          "it; LEANBERT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+    return 1
+
+
 def run(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run `main(argv)` as the command `prog`, mapping failures to one line and an exit code. transformers' own
     warnings and loading bars are silenced: what leanbert would let them say (missing weights, say) it checks and
@@ -85,12 +101,14 @@ def run(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | No
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no output was written or replaced", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRORS:
+            return bug(prog, error)
+        where = f" {str(error.filename)!r}" if error.filename else ""
+        print(f"{prog}: error: cannot use{where}: {error.strerror or first_line(error)}", file=sys.stderr)
+        return 2
     except Exception as error:
-        if os.environ.get("LEANBERT_TRACEBACK"):
-            raise
-        print(f"{prog}: internal error: {type(error).__name__}: {first_line(error)} (a bug: please report "
-              "it; LEANBERT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-        return 1
+        return bug(prog, error)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -37,8 +37,8 @@ def code_refused(what: str, source: str | Path, error: BaseException) -> Leanber
     transformers nor leanbert knows): leanbert never runs such code, and never asks. None for any other error."""
     if "contains custom code" not in str(error) and "references custom code" not in str(error):
         return None
-    return LeanbertError(f"{what} {str(source)!r} needs code shipped with it to load (an auto_map to a model type "
-                         "neither transformers nor leanbert knows); leanbert never runs a model's own code")
+    return LeanbertError(f"{what} {str(source)!r} needs code shipped with it to load (its auto_map names a class "
+                         "neither transformers nor leanbert has); leanbert never runs a model folder's own code")
 
 
 def load_config(source: str | Path, what: str):
@@ -53,19 +53,22 @@ def load_config(source: str | Path, what: str):
             raise LeanbertError(f"{what} {str(source)!r} not found: no such folder")
         if not (folder / "config.json").is_file():
             raise LeanbertError(f"{what} {str(source)!r} is not a model folder: it has no config.json")
-        model_type = read_json(folder / "config.json", f"the config of {what}").get("model_type")
+        config = read_json(folder / "config.json", f"the config of {what}")
+        model_type = config.get("model_type")
         if model_type is not None and (not isinstance(model_type, str) or model_type not in CONFIG_MAPPING):
+            shipped = " (its auto_map points to code shipped with it, which leanbert never runs)" if (
+                config.get("auto_map")) else ""
             raise LeanbertError(f"{what} {str(source)!r} is a {model_type!r} model, a type neither transformers nor "
-                                "leanbert knows (leanbert never runs code shipped with a model)")
+                                f"leanbert knows{shipped}")
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as error:  # a corrupt, empty or foreign config.json, or an unknown Hub id
         refused = code_refused(what, source, error)
         if refused:
             raise refused from None
-        if not is_local(source) and is_offline_mode():
-            raise LeanbertError(f"{what} {str(source)!r} not found: no such folder, nor in the Hub cache (HF_HUB_OFFLINE "
-                                "is set, so the Hub was not asked)") from None
+        if not is_local(source) and is_offline_mode() and isinstance(error, OSError):  # not in the cache
+            raise LeanbertError(f"{what} {str(source)!r} not found: no such folder, nor in the Hub cache "
+                                "(HF_HUB_OFFLINE is set, so the Hub was not asked)") from None
         where = "" if is_local(source) else " (no such folder; asked the Hub)"
         raise LeanbertError(f"cannot read the config of {what} {str(source)!r}{where}: {first_line(error)}") from None
     hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
@@ -77,6 +80,8 @@ def load_config(source: str | Path, what: str):
 
 def load_tokenizer(source: str | Path, what: str, vocab_size: int):
     """The tokenizer saved with a model; refused when absent or when it can produce ids beyond `vocab_size`."""
+    if is_local(source) and Path(source).is_file():
+        raise LeanbertError(f"{what} {str(source)!r} is a file; give the folder that holds the tokenizer's files")
     if is_local(source) and not any((Path(source) / name).is_file() for name in VOCABULARY_FILES):
         raise LeanbertError(f"{what} {str(source)!r} has no tokenizer vocabulary (none of "
                             f"{', '.join(VOCABULARY_FILES)}); save the model's tokenizer next to it")
@@ -111,7 +116,10 @@ def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool 
         refused = code_refused(what, source, error)
         if refused:
             raise refused from None
-        pickled = is_local(source) and not any(Path(source).glob("*.safetensors")) and any(Path(source).glob("*.bin"))
+        if is_local(source):
+            pickled = not any(Path(source).glob("*.safetensors")) and any(Path(source).glob("*.bin"))
+        else:  # a Hub repository: transformers names the safetensors it did not find
+            pickled = "safetensors" in str(error).lower()
         hint = " (it holds only pickle weights, .bin, which can run code: --allow-pickle trusts them)" if (
             pickled and not allow_pickle) else ""
         raise LeanbertError(f"cannot load the weights of {what} {str(source)!r}{hint}: {first_line(error)}") from None

@@ -3,15 +3,16 @@
 Every leanbert command that writes a folder goes through `SafeOutput`:
 
 - **Check** (before any work): the output must not overlap an input in either direction (symlinks resolved), must
-  not be a file or a symlink, must be writable (it or the folder it will be made in), and must be empty or absent, or, with `force`, hold only files that leanbert wrote
-  there and nobody changed since (listed with their SHA-256 in the folder's manifest, `.leanbert-output.json`).
-  Nothing else is ever deleted or overwritten, with or without `force`.
+  not be a file or a symlink, must be writable (it or the folder it will be made in), and must be empty or
+  absent, or, with `force`, hold only files that leanbert wrote there and nobody changed since (listed with their
+  SHA-256 in the folder's manifest, `.leanbert-output.json`). Nothing else is ever deleted or overwritten, with or
+  without `force`.
 - **Claim** (in the first second): a lock file beside the output, so a concurrent run on the same output fails
   clearly, and a private staging folder beside it, which also proves the parent is writable.
-- **Publish** (after the result is complete): files get the mode the user's umask gives, the manifest is written, files are flushed to disk, and the staging
-  folder replaces the output in one atomic exchange (Linux `renameat2(RENAME_EXCHANGE)`; elsewhere two renames,
-  undone on failure). At every instant either the old or the new output is in place. The old copy is then removed
-  file by file, only files the manifest lists, unchanged.
+- **Publish** (after the result is complete): files get the mode the user's umask gives; the manifest is written,
+  files are flushed to disk, and the staging folder replaces the output in one atomic exchange (Linux
+  `renameat2(RENAME_EXCHANGE)`; elsewhere two renames, undone on failure). At every instant either the old or the
+  new output is in place. The old copy is then removed file by file, only files the manifest lists, unchanged.
 - **Recovery**: a run killed at any point leaves its lock behind; the next run on that output sees that the lock's
   process is gone, puts back an old output that the kill left aside, removes the dead run's staging folder and
   says what it did.
@@ -81,32 +82,40 @@ def check_disjoint(path: Path, what: str, inputs: Iterable[tuple[str, str | Path
 
 def check_writable(path: Path, what: str) -> None:
     """Refuse, before any work, a folder this user could not create or fill: its nearest existing ancestor (where it
-    will be created, with a staging folder beside it) and the folder itself when it exists must be writable, as
-    `cp` would need at the end of the run."""
-    places = [path] if exists(path) else []
-    places.append(next((parent for parent in path.parents if exists(parent)), Path(".")))
-    for place in places:
-        if not place.is_dir():
-            raise LeanbertError(f"cannot write the {what} {str(path)!r}: {str(place)!r} is not a folder")
-        if not os.access(place, os.W_OK | os.X_OK):
-            raise LeanbertError(f"cannot write the {what} {str(path)!r}: {str(place)!r} is not writable (Permission "
-                                "denied)")
+    will be created, with a staging folder beside it) must be writable, and the folder itself, when it exists,
+    readable and writable, as `cp` would need at the end of the run. (What is not a folder is left to the caller.)"""
+    existing = next((parent for parent in path.parents if exists(parent)), Path("."))
+    if not existing.is_dir():
+        raise LeanbertError(f"cannot write the {what} {str(path)!r}: {str(existing)!r} is not a folder")
+    places = [(existing, os.W_OK | os.X_OK)]
+    if path.is_dir() and not path.is_symlink():
+        places.append((path, os.R_OK | os.W_OK | os.X_OK))
+    for place, mode in places:
+        if not os.access(place, mode):
+            raise LeanbertError(f"cannot write the {what} {str(path)!r}: {str(place)!r} is not "
+                                f"{'writable' if mode == os.W_OK | os.X_OK else 'readable and writable'} "
+                                "(Permission denied)")
 
 
 def umask() -> int:
-    """The process's umask (read by setting it back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """The process's umask: from /proc on Linux (setting it, even back at once, would race with other threads
+    creating files), else by setting it back at once."""
+    try:
+        return int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
+                        if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, IndexError, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def share_as_umask_says(folder: Path) -> None:
-    """Give every file under `folder` the mode the user's umask gives new files: some writers (temporary files
-    renamed into place) leave them readable by their owner alone, which a shared model folder must not be."""
-    mode = 0o666 & ~umask()
+    """Give every file and folder under `folder` the mode the user's umask gives new ones: some writers (temporary
+    files renamed into place) leave them readable by their owner alone, which a shared model folder must not be."""
+    mask = umask()
     for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            os.chmod(path, mode)
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def foreign_entries(folder: Path) -> list[str]:
@@ -247,8 +256,8 @@ class SafeOutput:
         self.lock = self.path.with_name(f".{self.path.name}.leanbert-lock")
         self.staging = self.path.with_name(f".{self.path.name}.leanbert-new-{os.getpid()}")
         self.aside = self.path.with_name(f".{self.path.name}.leanbert-old-{os.getpid()}")
-        self.check_replaceable()
         check_writable(self.path, "output")
+        self.check_replaceable()
 
     def check_replaceable(self) -> None:
         """Refuse an output that this run may not replace (see the module docstring)."""

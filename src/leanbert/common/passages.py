@@ -18,15 +18,19 @@ MAX_LINE_BYTES = 1 << 20
 
 def text_files(path: str | Path, what: str) -> list[Path]:
     """`path` itself if it is a file, or every `*.txt` file under it if it is a folder (sorted); a folder that
-    cannot be listed is refused rather than read as one without text."""
+    cannot be listed is refused rather than read as one without text (but for `lost+found` and hidden folders,
+    which hold no corpus)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        folders = [path, *(p for p in path.rglob("*") if p.is_dir())]
-        unreadable = next((folder for folder in folders if not os.access(folder, os.R_OK | os.X_OK)), None)
+        readable = os.access(path, os.R_OK | os.X_OK)  # else listing it would fail part way
+        folders = [p for p in path.rglob("*") if p.is_dir() and not skipped(p.relative_to(path))] if readable else []
+        unreadable = path if not readable else next(
+            (folder for folder in folders if not os.access(folder, os.R_OK | os.X_OK)), None)
         if unreadable is not None:
-            raise LeanbertError(f"cannot read {what} {str(unreadable)!r}: Permission denied")
+            raise LeanbertError(f"cannot read {what} {str(unreadable)!r}: Permission denied (its .txt files cannot "
+                                "be listed)")
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if files:
             return files
@@ -34,9 +38,14 @@ def text_files(path: str | Path, what: str) -> list[Path]:
     raise LeanbertError(f"{what} {str(path)!r} not found: no such file or folder")
 
 
+def skipped(folder: Path) -> bool:
+    """A folder inside a corpus that holds none of it: a file system's `lost+found`, or a hidden one (`.git`)."""
+    return any(part == "lost+found" or part.startswith(".") for part in folder.parts)
+
+
 def check_utf8(file: Path, what: str, chunk_size: int = 1 << 24) -> None:
-    """Refuse a file that is unreadable or not UTF-8 anywhere, naming the line; decoded in large chunks, so a
-    corpus of tens of megabytes is checked in a moment, before any work."""
+    """Refuse a file that is unreadable or not UTF-8 anywhere, naming the line; decoded in large chunks at the
+    speed of the disk (a fraction of a second for tens of megabytes), before any work."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     newlines = 0
     try:

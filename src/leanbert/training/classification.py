@@ -66,7 +66,7 @@ def finetune(output: str | Path, *, model: str | Path, task: str, data_dir: str 
     settings = TrainingSettings(**training)
     spec = get_task(task)
     train, validation = load_task(spec.name, data_dir, validation_split=validation_split, seed=settings.seed)
-    run = TrainingRun(output, [("model", model), ("data", Path(data_dir))],
+    run = TrainingRun(output, [("model", model), ("data", Path(data_dir) / spec.folder)],
                       command="leanbert-finetune", task="finetune", checkpoint_dir=checkpoint_dir, force=force)
     set_seed(settings.seed)
     net, tokenizer = load_classifier(model, spec, allow_pickle)

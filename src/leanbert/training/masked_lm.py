@@ -20,6 +20,7 @@ import leanbert
 from ..common.cards import write_model_card
 from ..common.errors import LeanbertError, first_line
 from ..common.models import load_config, load_tokenizer, load_weights
+from ..common.output import check_writable
 from .curves import write_curves
 from .loop import TrainingLoop, TrainingSettings, process_state
 from .run import TrainingRun
@@ -89,6 +90,8 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
     if not 0 <= validation_split < 1:
         raise LeanbertError(f"validation_split must be in [0, 1), got {validation_split!r}")
     train_files = text_source(train_file, "training text")
+    if cache_dir is not None:
+        check_writable(Path(cache_dir), "cache folder")
     validation_files = None if validation_file is None else text_source(validation_file, "validation text")
     inputs = [("training text", train_file), ("validation text", validation_file), ("model", model),
               ("tokenizer", tokenizer)]

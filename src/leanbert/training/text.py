@@ -56,8 +56,8 @@ def packed_blocks(files: list[str], tokenizer, max_seq_length: int, *, whole_wor
     """Blocks of `max_seq_length` tokens from `files`, tokenised and packed once and then read from the cache."""
     try:
         raw = datasets.load_dataset("text", data_files={"train": files}, split="train", cache_dir=cache_dir)
-    except Exception as error:  # unreadable files or an unwritable cache
-        raise LeanbertError(f"cannot read {what} {files[0]!r}: {first_line(error)}") from None
+    except Exception as error:  # a cache that cannot be written after all (a full disk)
+        raise LeanbertError(f"cannot load {what} {files[0]!r} into the datasets cache: {first_line(error)}") from None
     settings = fingerprint(raw._fingerprint, tokenizer_digest(tokenizer), max_seq_length, whole_word_mask)
 
     def tokenize(batch):
@@ -75,7 +75,7 @@ def packed_blocks(files: list[str], tokenizer, max_seq_length: int, *, whole_wor
                          desc=f"tokenising {what}")
         blocks = tokens.map(pack, batched=True, batch_size=1000, new_fingerprint=settings + "-blocks",
                             desc=f"packing {what} into blocks of {max_seq_length}")
-    except Exception as error:  # a file that is not UTF-8 further down, a full disk
+    except Exception as error:  # a full disk (the text itself was checked before any work)
         raise LeanbertError(f"cannot tokenise {what} {files[0]!r}: {first_line(error)}") from None
     if len(blocks) == 0:
         raise LeanbertError(f"{what} {files[0]!r} is shorter than one block of {max_seq_length} tokens")
