@@ -86,33 +86,34 @@ def test_what_the_user_may_not_read_or_write_is_refused_in_one_line_before_any_w
     scratch = ["--model-type", "bert", "--tokenizer", tree / "tokenizer", "--config-overrides",
                "num_hidden_layers=1,hidden_size=32,num_attention_heads=4,intermediate_size=64",
                "--max-seq-length", 32, "--max-train-steps", 2, "--cache-dir", tree / "cache"]
-    cases = {
+
+    def pretrain(train: str, output: str) -> tuple[str, list]:
+        return "pretrain", [*scratch, "--train-file", tree / train, "--output", tree / output]
+
+    def finetune(data: str) -> tuple[str, list]:
+        return "finetune", ["--model", tree / "bert", "--task", "rte", "--data-dir", tree / data,
+                            "--max-seq-length", 32, "--max-train-steps", 2, "--output", tree / "out"]
+
+    cases = {  # what is wrong: (command, arguments, the line expected)
         "output under a read-only folder": (
-            "pretrain", [*scratch, "--train-file", tree / "text.txt", "--output", tree / "read_only" / "out"],
-            f"'{tree / 'read_only'}' is not writable (Permission denied)"),
+            *pretrain("text.txt", "read_only/out"), f"'{tree / 'read_only'}' is not writable (Permission denied)"),
         "an empty read-only output folder": (
-            "pretrain", [*scratch, "--train-file", tree / "text.txt", "--output", tree / "empty_read_only"],
+            *pretrain("text.txt", "empty_read_only"),
             f"'{tree / 'empty_read_only'}' is not readable and writable (Permission denied)"),
+        "an unreadable output folder": (
+            *pretrain("text.txt", "closed_output"),
+            f"'{tree / 'closed_output'}' is not readable and writable (Permission denied)"),
         "an unreadable text in a folder": (
-            "pretrain", [*scratch, "--train-file", tree / "texts", "--output", tree / "out"],
-            f"cannot read training text '{tree / 'texts' / 'b.txt'}': Permission denied"),
+            *pretrain("texts", "out"), f"cannot read training text '{tree / 'texts' / 'b.txt'}': Permission denied"),
         "an unreadable text folder": (
-            "pretrain", [*scratch, "--train-file", tree / "closed_texts", "--output", tree / "out"],
+            *pretrain("closed_texts", "out"),
             f"cannot read training text '{tree / 'closed_texts'}': Permission denied"),
         "a text folder that cannot be entered": (
-            "pretrain", [*scratch, "--train-file", tree / "unenterable_texts", "--output", tree / "out"],
+            *pretrain("unenterable_texts", "out"),
             f"cannot read training text '{tree / 'unenterable_texts'}': Permission denied"),
-        "an unreadable output folder": (
-            "pretrain", [*scratch, "--train-file", tree / "text.txt", "--output", tree / "closed_output"],
-            f"'{tree / 'closed_output'}' is not readable and writable (Permission denied)"),
-        "a GLUE task folder that cannot be entered": (
-            "finetune", ["--model", tree / "bert", "--task", "rte", "--data-dir", tree / "unenterable_glue",
-                         "--max-seq-length", 32, "--max-train-steps", 2, "--output", tree / "out"],
-            "Permission denied"),
+        "a GLUE task folder that cannot be entered": (*finetune("unenterable_glue"), "Permission denied"),
         "an unreadable GLUE file": (
-            "finetune", ["--model", tree / "bert", "--task", "rte", "--data-dir", tree / "glue",
-                         "--max-seq-length", 32, "--max-train-steps", 2, "--output", tree / "out"],
-            f"cannot read {tree / 'glue' / 'RTE' / 'train.tsv'}: Permission denied"),
+            *finetune("glue"), f"cannot read {tree / 'glue' / 'RTE' / 'train.tsv'}: Permission denied"),
     }
     before = sorted(p.name for p in tree.iterdir())
     results = run_unprivileged([(command, args) for command, args, _ in cases.values()])

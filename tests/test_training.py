@@ -575,47 +575,18 @@ def test_pretrain_refuses_a_checkpoint_whose_tokenizer_outgrows_it_and_a_missing
     fails_cleanly(pretrain_main, common, "give either --model-type", bad, capsys)
 
 
-def foreign_code_model(bad: Path, marker: Path) -> Path:
-    """A model folder whose config names a type only its own code defines (an `auto_map`), code that leaves
-    `marker` behind when it runs: transformers would ask whether to run it."""
-    folder = bad / "foreign_code"
+def altered_copy(bad: Path, name: str, json_file: str, changes: dict, code: dict[str, Path] | None = None) -> Path:
+    """A copy of small_vocab called `name`, with `changes` made to its `json_file`, and the modules `code` names
+    (file name: marker), each of which leaves its marker behind if it is ever run."""
+    folder = bad / name
     if not folder.exists():
         folder.mkdir()
-        for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-            (folder / name).write_bytes((bad / "small_vocab" / name).read_bytes())
-        config = json.loads((bad / "small_vocab" / "config.json").read_text())
-        config.update(model_type="zzz_unknown", auto_map={"AutoConfig": "configuration_zzz.ZzzConfig",
-                                                          "AutoModelForMaskedLM": "modeling_zzz.ZzzModel"})
-        (folder / "config.json").write_text(json.dumps(config))
-        for module in ("configuration_zzz.py", "modeling_zzz.py"):
+        for file in (bad / "small_vocab").iterdir():
+            (folder / file.name).write_bytes(file.read_bytes())
+        settings = json.loads((folder / json_file).read_text())
+        (folder / json_file).write_text(json.dumps({**settings, **changes}))
+        for module, marker in (code or {}).items():
             (folder / module).write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
-    return folder
-
-
-def foreign_tokenizer_model(bad: Path, marker: Path) -> Path:
-    """small_vocab (a type leanbert knows) whose tokenizer is a class only the folder's own code defines."""
-    folder = bad / "foreign_tokenizer"
-    if not folder.exists():
-        folder.mkdir()
-        for file in (bad / "small_vocab").iterdir():
-            (folder / file.name).write_bytes(file.read_bytes())
-        settings = json.loads((folder / "tokenizer_config.json").read_text())
-        settings.update(tokenizer_class="ZzzTokenizer", auto_map={"AutoTokenizer": ["tokenization_zzz.ZzzTokenizer",
-                                                                                   None]})
-        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
-        (folder / "tokenization_zzz.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
-    return folder
-
-
-def inconsistent_heads_model(bad: Path) -> Path:
-    """small_vocab with 3 heads for width 32: its config.json is at fault, not its weights."""
-    folder = bad / "three_heads"
-    if not folder.exists():
-        folder.mkdir()
-        for file in (bad / "small_vocab").iterdir():
-            (folder / file.name).write_bytes(file.read_bytes())
-        config = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**config, "num_attention_heads": 3}))
     return folder
 
 
@@ -628,12 +599,21 @@ def test_training_refuses_a_model_folder_it_cannot_load_as_it_is_without_running
     rest = (["--train-file", bad / "small.txt", "--max-seq-length", SEQ] if command == "pretrain"
             else ["--task", "rte", "--data-dir", GLUE, "--max-seq-length", SEQ])
     marker = tmp_path / "code-ran"
-    cases = {foreign_code_model(bad, marker): "is a 'zzz_unknown' model, a type neither transformers nor leanbert "
-                                              "knows (its auto_map points to code shipped with it",
-             foreign_tokenizer_model(bad, marker): "needs code shipped with it to load (its auto_map names a class",
+    # a type only the folder's own code defines; a tokenizer class likewise; 3 heads for width 32 (the config is at
+    # fault, not the weights)
+    foreign_model = altered_copy(bad, "foreign_code", "config.json", dict(
+        model_type="zzz_unknown", auto_map={"AutoConfig": "configuration_zzz.ZzzConfig",
+                                            "AutoModelForMaskedLM": "modeling_zzz.ZzzModel"}),
+        code={"configuration_zzz.py": marker, "modeling_zzz.py": marker})
+    foreign_tokenizer = altered_copy(bad, "foreign_tokenizer", "tokenizer_config.json", dict(
+        tokenizer_class="ZzzTokenizer", auto_map={"AutoTokenizer": ["tokenization_zzz.ZzzTokenizer", None]}),
+        code={"tokenization_zzz.py": marker})
+    three_heads = altered_copy(bad, "three_heads", "config.json", dict(num_attention_heads=3))
+    cases = {foreign_model: "is a 'zzz_unknown' model, a type neither transformers nor leanbert knows (its auto_map "
+                            "points to code shipped with it",
+             foreign_tokenizer: "needs code shipped with it to load (its auto_map names a class",
              bad / "small.txt": "is a file; give the model's folder",
-             inconsistent_heads_model(bad): "does not fit together: hidden_size=32 is not a multiple of "
-                                           "num_attention_heads=3"}
+             three_heads: "does not fit together: hidden_size=32 is not a multiple of num_attention_heads=3"}
     for model, expected in cases.items():
         fails_cleanly(main, ["--model", model, *rest, "--max-train-steps", 2, "--output", bad / "out"], expected, bad,
                       capsys)
