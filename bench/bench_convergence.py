@@ -418,7 +418,7 @@ def claims(results: dict) -> list[dict]:
         reached = row["n"] - row["missing"]
         measured = (f"{fmt_spread({**row, 'missing': 0}, 2)} × BERT's {what} to BERT's final validation loss "
                     f"({reached} of {row['n']} seeds reach it)" if reached else
-                    f"does not reach BERT's final validation loss ({row['n']} seeds)")
+                    f"does not reach BERT's final validation loss ({row['n']} seed{'s' if row['n'] != 1 else ''})")
         worst = row["max"] if not row["missing"] else None
         if row["n"] < 2 or not left_plateau(results):
             verdict = "inconclusive"

@@ -401,7 +401,8 @@ def claims(results: dict) -> list[dict]:
         mean, std = statistics.fmean(differences), statistics.stdev(differences) if len(seeds) > 1 else None
         means = [statistics.fmean(task_mean(runs, tasks, seed) for seed in seeds) * 100 for runs in (model, base)]
         measured = (f"mean GLUE score of {len(tasks)} tasks {means[0]:.1f} vs {means[1]:.1f}: {mean * 100:+.1f} "
-                    f"points paired over {len(seeds)} seed(s)" + (f" (std {std * 100:.1f})" if std is not None else "")
+                    f"points paired over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+                    + (f" (std {std * 100:.1f})" if std is not None else "")
                     + f"; {reference} learnt {learnt} of {len(tasks)} tasks")
         if std is None or 2 * learnt <= len(tasks):
             verdict = "inconclusive"
