@@ -46,7 +46,8 @@ from leanbert.training.text import packed_blocks, text_source
 from bench_speed import round_robin
 from outputs import claim, refuse, run_main
 from runs import (DATA, QUICK_RUNS, RUNS, command_line, differences, finished, fmt_spread, located, machine,
-                  recorded, run_command, running, save, saved, shown, spread, use_device, wall_seconds)
+                  recorded, run_command, running, save, saved, seeds_text, shown, spread, use_device,
+                  wall_seconds)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENIZER = Path(__file__).resolve().parent / "tokenizer"
@@ -418,7 +419,7 @@ def claims(results: dict) -> list[dict]:
         reached = row["n"] - row["missing"]
         measured = (f"{fmt_spread({**row, 'missing': 0}, 2)} × BERT's {what} to BERT's final validation loss "
                     f"({reached} of {row['n']} seeds reach it)" if reached else
-                    f"does not reach BERT's final validation loss ({row['n']} seed{'s' if row['n'] != 1 else ''})")
+                    f"does not reach BERT's final validation loss ({seeds_text(row['n'])})")
         worst = row["max"] if not row["missing"] else None
         if row["n"] < 2 or not left_plateau(results):
             verdict = "inconclusive"

@@ -142,6 +142,11 @@ def spread(values: list) -> dict:
             "n": len(values), "missing": len(values) - len(present)}
 
 
+def seeds_text(count: int) -> str:
+    """"1 seed", "2 seeds": how many seeds a figure stands on, as the reports say it."""
+    return f"{count} seed{'' if count == 1 else 's'}"
+
+
 def fmt_spread(entry: dict, digits: int = 3, scale: float = 1.0) -> str:
     """"mean ± std (n)" for a table cell; "–" when no seed has a value, and how many lack one."""
     if entry["mean"] is None:
