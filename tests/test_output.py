@@ -137,6 +137,25 @@ def test_an_interrupted_run_leaves_the_old_output_and_no_leftovers(tmp_path):
     assert contents(out) == {"a.txt": "old"} and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_an_interrupted_run_removes_the_parent_folders_it_made_but_nothing_else(tmp_path):
+    """Parents the run created go when it ends with nothing in them; one that existed before, or that the user put a
+    file in meanwhile, stays, and so does everything in it."""
+    (tmp_path / "a").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with SafeOutput(tmp_path / "a" / "b" / "c" / "out") as staging:
+            assert (tmp_path / "a" / "b" / "c").is_dir() and staging.parent == tmp_path / "a" / "b" / "c"
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a"]
+    with pytest.raises(KeyboardInterrupt):
+        with SafeOutput(tmp_path / "a" / "b" / "c" / "out"):
+            (tmp_path / "a" / "b" / "notes.txt").write_text("the user's")
+            raise KeyboardInterrupt
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["a", "a/b", "a/b/notes.txt"]
+    assert (tmp_path / "a" / "b" / "notes.txt").read_text() == "the user's"
+    publish(tmp_path / "x" / "y" / "out", {"a.txt": "done"})  # a published output keeps the folders it needs
+    assert contents(tmp_path / "x" / "y" / "out") == {"a.txt": "done"}
+
+
 def test_without_an_atomic_exchange_a_failed_rename_restores_the_old_output(tmp_path, monkeypatch):
     out = tmp_path / "out"
     publish(out, {"a.txt": "old"})

@@ -631,8 +631,8 @@ def test_a_model_that_is_neither_a_folder_nor_in_the_hub_cache_is_named_as_such_
 
 def test_an_interrupted_run_leaves_no_checkpoint_folder_it_saved_nothing_in(data, bad, tmp_path, capsys,
                                                                              monkeypatch):
-    """Ctrl-C before the first checkpoint: exit 130, no empty checkpoint folder left beside the output; a checkpoint
-    folder the user made is left standing (empty, as it was)."""
+    """Ctrl-C before the first checkpoint: exit 130, no empty checkpoint folder left beside the output, nor the
+    parent folders the run made for them; a checkpoint folder the user made is left standing (empty, as it was)."""
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
 
@@ -640,6 +640,9 @@ def test_an_interrupted_run_leaves_no_checkpoint_folder_it_saved_nothing_in(data
     args = scratch(data, bad)[:-2]
     output = tmp_path / "out"
     assert pretrain_main([str(a) for a in [*args, "--output", output]]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert pretrain_main([str(a) for a in [*args, "--output", tmp_path / "runs" / "today" / "out",
+                                           "--checkpoint-dir", tmp_path / "ckpt" / "today"]]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     mine = tmp_path / "my-checkpoints"
     mine.mkdir()

@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 
 from .errors import LeanbertError
-from .output import (check_disjoint, check_writable, holder_alive, lock_info, release_lock, remove_tree, sha256_file,
-                     write_text_atomically)
+from .output import (check_disjoint, check_writable, holder_alive, lock_info, missing_parents, release_lock,
+                     remove_if_empty, remove_tree, sha256_file, write_text_atomically)
 
 MARK = ".leanbert-checkpoints.json"
 PROGRESS = "progress.json"
@@ -34,6 +34,7 @@ class CheckpointFolder:
         self.lock = self.path.with_name(f".{self.path.name}.leanbert-lock")
         check_writable(self.path, "checkpoint folder")
         self.ours = not self.path.exists() or (self.path / MARK).is_file()  # a folder the user made is left standing
+        self.created: list[Path] = []
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
             raise LeanbertError(f"checkpoint folder {str(self.path)!r} exists and is not a folder")
         if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / MARK).is_file():
@@ -44,6 +45,7 @@ class CheckpointFolder:
         """Take the folder's lock (beside it) for this run, so that two runs never share checkpoints; a lock left by
         a dead run is taken over."""
         info = lock_info(command)
+        self.created = missing_parents(self.path)
         try:
             self.lock.parent.mkdir(parents=True, exist_ok=True)
             if self.lock.exists():
@@ -64,7 +66,9 @@ class CheckpointFolder:
             json.dump(info, handle)
 
     def release(self) -> None:
+        """Give up the lock; the parent folders `claim()` created go too once nothing is left in them."""
         release_lock(self.lock)
+        remove_if_empty(self.created)
 
     def open(self, command: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ Every leanbert command that writes a folder goes through `SafeOutput`:
 - **Recovery**: a run killed at any point leaves its lock behind; the next run on that output sees that the lock's
   process is gone, puts back an old output that the kill left aside, removes the dead run's staging folder and
   says what it did.
+- **Release** (always): the lock goes, the staging folder too unless it was published, and so do the parent folders
+  the run made for its output if it ended with nothing in them.
 """
 
 import ctypes
@@ -95,6 +97,27 @@ def check_writable(path: Path, what: str) -> None:
             raise LeanbertError(f"cannot write the {what} {str(path)!r}: {str(place)!r} is not "
                                 f"{'writable' if mode == os.W_OK | os.X_OK else 'readable and writable'} "
                                 "(Permission denied)")
+
+
+def missing_parents(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, innermost first: those a run is about to create, and so the
+    only ones it may remove again (`remove_if_empty`) when it ends without publishing anything in them."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            break
+        missing.append(parent)
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove `folders` (innermost first) while they are empty, like `git clone` after a failed clone; the first one
+    holding anything (a published output, a file the user put there meanwhile) stops it, so nothing is lost."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def umask() -> int:
@@ -258,6 +281,7 @@ class SafeOutput:
         self.aside = self.path.with_name(f".{self.path.name}.leanbert-old-{os.getpid()}")
         check_writable(self.path, "output")
         self.check_replaceable()
+        self.created: list[Path] = []
 
     def check_replaceable(self) -> None:
         """Refuse an output that this run may not replace (see the module docstring)."""
@@ -281,6 +305,7 @@ class SafeOutput:
 
     def __enter__(self) -> Path:
         parent = self.path.parent
+        self.created = missing_parents(self.path)
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self.take_lock()
@@ -402,10 +427,12 @@ class SafeOutput:
         return self.aside
 
     def release(self) -> None:
-        """Remove the staging folder unless it was published, and the lock."""
+        """Remove the staging folder unless it was published, the lock, and the parent folders this run created if
+        nothing was published in them (an interrupted run leaves the disk as it found it)."""
         if self.staging.is_dir() and (self.staging / STAGING_MARK).is_file():
             remove_tree(self.staging)
         release_lock(self.lock)
+        remove_if_empty(self.created)
 
 
 def lock_info(command: str) -> dict:
