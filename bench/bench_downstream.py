@@ -39,7 +39,7 @@ from leanbert.commands import heal as heal_command
 from leanbert.training.glue import compute_metrics, get_task, load_task
 from outputs import claim, refuse, run_main
 from runs import (DATA, QUICK_RUNS, RUNS, command_line, differences, finished, fmt_spread, machine, recorded,
-                  run_command, running, save, saved, seeds_text, spread, use_device, wall_seconds)
+                  run_command, running, save, saved, seeds_text, signed, spread, use_device, wall_seconds)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA = 2  # the results' layout: report.py regenerates nothing from another
@@ -400,7 +400,7 @@ def claims(results: dict) -> list[dict]:
                      for task in tasks)
         mean, std = statistics.fmean(differences), statistics.stdev(differences) if len(seeds) > 1 else None
         means = [statistics.fmean(task_mean(runs, tasks, seed) for seed in seeds) * 100 for runs in (model, base)]
-        measured = (f"mean GLUE score of {len(tasks)} tasks {means[0]:.1f} vs {means[1]:.1f}: {mean * 100:+.1f} "
+        measured = (f"mean GLUE score of {len(tasks)} tasks {means[0]:.1f} vs {means[1]:.1f}: {signed(mean * 100)} "
                     f"points paired over {seeds_text(len(seeds))}"
                     + (f" (std {std * 100:.1f})" if std is not None else "")
                     + f"; {reference} learnt {learnt} of {len(tasks)} tasks")

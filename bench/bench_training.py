@@ -372,7 +372,7 @@ def table(results: dict) -> str:
     over = results["overhead"]
     lines += ["", f"Loop overhead ({over['model_type']}, {over['steps']} steps x {over['rounds']} rounds):",
               f"  bare {over['bare_ms_per_step']:.1f} ms/step, TrainingLoop {over['loop_ms_per_step']:.1f} ms/step, "
-              f"difference {over['extra_ms_per_step']:+.1f} ms/step (median of rounds)",
+              f"difference {runs.signed(over['extra_ms_per_step'])} ms/step (median of rounds)",
               f"  loop / bare, whole run(): {over['ratio_median']:.3f} "
               f"(q1-q3 {over['ratio_q1']:.3f}-{over['ratio_q3']:.3f}); "
               f"claim <= 1.05: {'met' if over['ratio_median'] <= 1.05 else 'NOT met'} (median)",
@@ -380,9 +380,9 @@ def table(results: dict) -> str:
     if "steady_ratio_median" in over:
         lines[-1:-1] = [
             f"  loop / bare, steps 2-{over['steps']}: {over['steady_ratio_median']:.3f} (q1-q3 "
-            f"{over['steady_ratio_q1']:.3f}-{over['steady_ratio_q3']:.3f}), {over['steady_extra_ms_per_step']:+.1f} "
-            f"ms/step; claim <= 1.05: {'met' if over['steady_ratio_median'] <= 1.05 else 'NOT met'} (median)",
-            f"  first step + start + end of run(): {over['start_end_extra_ms']:+.1f} ms per run over bare"]
+            f"{over['steady_ratio_q1']:.3f}-{over['steady_ratio_q3']:.3f}), "
+            f"{runs.signed(over['steady_extra_ms_per_step'])} ms/step; claim <= 1.05: {'met' if over['steady_ratio_median'] <= 1.05 else 'NOT met'} (median)",
+            f"  first step + start + end of run(): {runs.signed(over['start_end_extra_ms'])} ms per run over bare"]
     put = results["throughput"]
     lines += ["", f"Pretraining throughput (TrainingLoop, {put['steps']} steps x {put['rounds']} rounds, "
                   f"{put['tokens_per_run'] // put['steps']} tokens/step):",

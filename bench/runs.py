@@ -142,6 +142,11 @@ def spread(values: list) -> dict:
             "n": len(values), "missing": len(values) - len(present)}
 
 
+def signed(value: float, digits: int = 1) -> str:
+    """`value` with its sign, at `digits` decimals; one that rounds to zero is "+0.0", never "-0.0"."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
 def seeds_text(count: int) -> str:
     """"1 seed", "2 seeds": how many seeds a figure stands on, as the reports say it."""
     return f"{count} seed{'' if count == 1 else 's'}"
