@@ -58,6 +58,10 @@ def broken_source(root: Path, case: str) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         tokenizer.add_tokens(["leanbertium"])
         tokenizer.save_pretrained(folder)
+    elif case == "no_pad_token":  # every command pads its batches
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.pad_token = None
+        tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -69,6 +73,7 @@ SOURCE_CASES = {
     "no_tokenizer": "has no tokenizer vocabulary",
     "tokenizer_config_only": "has no tokenizer vocabulary",
     "big_tokenizer": "its ids would fall outside the embeddings",
+    "no_pad_token": "has no padding token",
 }
 
 
@@ -162,6 +167,48 @@ def test_heal_refuses_a_teacher_other_than_the_reports_source(work, heal_args, c
                       capsys)
     finally:
         shutil.rmtree(other)
+
+
+def altered_student(work: Path, name: str, report_changes: dict, pickled: bool = False) -> Path:
+    """A copy of the converted student with `report_changes` made to its conversion report, its weights saved as a
+    pickle (pytorch_model.bin) alone if `pickled`."""
+    folder = work / name
+    shutil.copytree(work / "student", folder)
+    report = json.loads((folder / "conversion_report.json").read_text())
+    (folder / "conversion_report.json").write_text(json.dumps({**report, **report_changes}))
+    if pickled:
+        torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_heal_refuses_a_report_whose_fitted_parameters_the_student_lacks(work, heal_args, capsys):
+    for name, fitted, expected in (("student_unknown", ["sym_bert.encoder.layer.9.attention.self.qk.weight"],
+                                    "names 'sym_bert.encoder.layer.9.attention.self.qk.weight', which the student "
+                                    "does not have"),
+                                   ("student_nothing", [], "its fitted_parameters names no parameter healing trains")):
+        args = [*heal_args, "--output", work / "healed"]
+        args[3] = altered_student(work, name, {"fitted_parameters": fitted})
+        try:
+            fails_cleanly(heal_main, args, expected, work, capsys)
+        finally:
+            shutil.rmtree(args[3])
+
+
+def test_heal_takes_a_pickled_student_with_allow_pickle_and_a_hand_edited_report(work, heal_args, tmp_path, capsys):
+    """`--allow-pickle` trusts the student's pickle weights as the refusal says it does, and a report edited by hand
+    (fields missing or of another type) still gives a model card, with "n/a" where a number is missing."""
+    student = altered_student(work, "student_pickled", {"fidelity": {"measure": "edited"}, "settings": "edited",
+                                                        "parameters": {"source": 1}}, pickled=True)
+    args = [*heal_args, "--output", tmp_path / "healed"]
+    args[3] = student
+    try:
+        fails_cleanly(heal_main, args, "--allow-pickle trusts them", work, capsys)
+        assert heal_main([str(a) for a in [*args, "--allow-pickle"]]) == 0, capsys.readouterr().err
+    finally:
+        shutil.rmtree(student)
+    card = (tmp_path / "healed" / "README.md").read_text()
+    assert "| converted | n/a | n/a |" in card and "## Parameters" not in card
 
 
 class Payload:

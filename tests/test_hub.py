@@ -59,6 +59,7 @@ class MockHub:
         self.commits: list[dict] = []
         self.refuse: dict[str, int] = {}
         self.role = "write"
+        self.orgs = [{"name": "LeanLab", "roleInOrg": "write"}, {"name": "watchers", "roleInOrg": "read"}]
         self.validated: list[dict] = []
 
     def error(self, status: int, message: str):
@@ -101,7 +102,7 @@ class MockHub:
         return "/".join(path.removeprefix("/api/models/").removeprefix("/").split("/")[:2]).removesuffix(".git")
 
     def whoami(self, request, path):
-        return http.Response(200, json={"type": "user", "name": "alice", "orgs": [],
+        return http.Response(200, json={"type": "user", "name": "alice", "orgs": self.orgs,
                                         "auth": {"type": "access_token", "accessToken": {"role": self.role}}})
 
     def validate(self, request, path):
@@ -135,8 +136,10 @@ class MockHub:
 
     def info(self, request, path):
         repo_id = self.repo_of(path)
-        if repo_id not in self.repos:
-            return self.error(404, "Repository not found")
+        if repo_id not in self.repos:  # the Hub names the cause in a header, which huggingface_hub reads
+            response = self.error(404, "Repository not found")
+            response.headers["X-Error-Code"] = "RepoNotFound"
+            return response
         return http.Response(200, json={"id": repo_id, "modelId": repo_id, "private": self.repos[repo_id]["private"],
                                         "sha": "0" * 40, "siblings": []})
 
@@ -424,6 +427,25 @@ def test_private_push_to_an_existing_public_repository_is_refused(hub, converted
     with pytest.raises(LeanbertError, match="exists and is public; nothing was uploaded"):
         push_folder(converted, REPO_ID, private=True)
     assert hub.commits == [] and hub.sent("preupload") == 0
+
+
+def test_a_foreign_namespace_or_a_public_repository_for_private_is_refused_before_any_work(
+        hub, tiny_bert, calibration_file, tmp_path, capsys):
+    """What the Hub would refuse only when the result is pushed (403 from create_repo for a namespace that is neither
+    the user nor one of its organisations, a public repository for --private) is refused before the conversion, from
+    whoami and the repository's info; the Hub's names ignore case, and so does the check."""
+    output = tmp_path / "out"
+    fails_in_one_line(convert_main, convert_args(tiny_bert, calibration_file, output, "bob/model"),
+                      "cannot push to 'bob/model': 'bob' is neither the token's user ('alice') nor one of its "
+                      "organisations (LeanLab, watchers)", capsys)
+    hub.repos["alice/public-model"] = {"private": False, "branches": {"main"}}
+    fails_in_one_line(convert_main, convert_args(tiny_bert, calibration_file, output, "alice/public-model",
+                                                 "--private"),
+                      "--private: the repository 'alice/public-model' exists and is public", capsys)
+    assert not output.exists() and hub.sent("create") == 0 and hub.commits == []
+    assert convert_main([str(a) for a in convert_args(tiny_bert, calibration_file, output, "leanlab/model",
+                                                      "--private")]) == 0, capsys.readouterr().err
+    assert hub.repos["leanlab/model"]["private"] and [c["repo_id"] for c in hub.commits] == ["leanlab/model"]
 
 
 def test_a_refused_push_after_conversion_exits_2_and_keeps_the_output(hub, tiny_bert, calibration_file, tmp_path,

@@ -1,8 +1,9 @@
-"""What only a real process shows: file permissions (which a test running as root would not feel) and a Ctrl-C that
-arrives while a command is still loading torch.
+"""What only a real process shows: file permissions (which a test running as root would not feel), mount points,
+and a Ctrl-C that arrives while a command is still loading torch.
 
 The permission cases run the commands in a child process without the capabilities that let root ignore file modes
-(`setpriv`), or as they are when the tests do not run as root.
+(`setpriv`), or as they are when the tests do not run as root; the mount cases run in a child process with a user
+and mount namespace of its own (`unshare -rm`), whose mounts vanish with it.
 """
 
 import json
@@ -145,3 +146,107 @@ def test_ctrl_c_while_a_command_loads_torch_exits_130_in_one_line(signum):
     expected = ["leanbert-pretrain: interrupted while starting; nothing was written"]
     assert process.returncode == 130 and lines == expected, (process.returncode, err[-2000:])
     assert "Traceback" not in err and not out
+
+
+def namespaces_allowed() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(["unshare", "-rm", "true"]).returncode == 0
+
+
+MOUNTS = textwrap.dedent("""
+    import json, subprocess, sys
+    from pathlib import Path
+    from leanbert.common.errors import LeanbertError
+    from leanbert.common.output import SafeOutput
+
+    root = Path(sys.argv[1])
+
+    def mount(*args):
+        subprocess.run(["mount", *args], check=True)
+
+    def refusal(path):
+        try:
+            SafeOutput(path)
+        except LeanbertError as error:
+            return str(error)
+
+    mount("-t", "tmpfs", "tmpfs", str(root / "tmpfs"))
+    mount("--bind", str(root / "bound"), str(root / "bound"))
+    results = {"tmpfs": refusal(root / "tmpfs"), "bind mount": refusal(root / "bound")}
+    output = SafeOutput(root / "late")
+    try:
+        with output as staging:
+            (staging / "model.txt").write_text("the result")
+            mount("-t", "tmpfs", "tmpfs", str(root / "late"))
+            output.publish()
+    except LeanbertError as error:
+        results["mounted during the run"] = str(error)
+    print(json.dumps(results))
+""")
+
+
+@pytest.mark.skipif(not namespaces_allowed(), reason="this machine lets no process make its own mount namespace")
+def test_an_output_that_is_or_becomes_a_mount_point_is_refused_and_the_result_kept(tmp_path):
+    """The result is renamed into place from beside the output, which a mount point (a Docker volume, say) cannot
+    take: refused before any work, a bind mount of a folder of the same file system included; one mounted during
+    the run is found at the end and the finished result kept beside it, under a name the error gives."""
+    for folder in ("tmpfs", "bound", "late"):
+        (tmp_path / folder).mkdir()
+    done = subprocess.run(["unshare", "-rm", sys.executable, "-c", MOUNTS, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for case, folder in (("tmpfs", "tmpfs"), ("bind mount", "bound")):
+        assert results[case] == (f"output '{tmp_path / folder}' is a mount point: the finished result is renamed into "
+                                 "place from beside it, which cannot cross file systems; give a folder inside it, "
+                                 f"such as '{tmp_path / folder / 'model'}'"), case
+    (kept,) = tmp_path.glob("late.leanbert-unpublished-*")
+    assert results["mounted during the run"].endswith(f"is a mount point: the finished result is renamed into place "
+                                                      f"from beside it, which cannot cross file systems; give a folder "
+                                                      f"inside it, such as '{tmp_path / 'late' / 'model'}'; the new "
+                                                      f"result is kept in '{kept}'")
+    assert (kept / "model.txt").read_text() == "the result" and (kept / ".leanbert-output.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bound", kept.name, "late", "tmpfs"])
+
+
+PARENT_TURNS_READ_ONLY = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from leanbert.common.errors import LeanbertError
+    from leanbert.common.output import SafeOutput
+
+    parent = Path(sys.argv[1])
+    output = SafeOutput(parent / "out")
+    try:
+        with output as staging:
+            (staging / "model.txt").write_text("the result")
+            parent.chmod(0o555)
+            output.publish()
+    except LeanbertError as error:
+        print(error)
+""")
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="root without setpriv feels no modes")
+def test_a_result_the_file_system_refuses_to_publish_is_kept_and_survives_the_next_run(tmp_path):
+    """The output's folder turns read-only while the run works: the final rename fails, and so does moving the
+    result aside, so it stays in its staging folder, marked; the next run on that output recovers the lock the
+    failed run could not remove, and keeps that folder."""
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    done = subprocess.run([*UNPRIVILEGED, sys.executable, "-c", PARENT_TURNS_READ_ONLY, str(parent)],
+                          capture_output=True, text=True, timeout=120)
+    parent.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (kept,) = parent.glob(".out.leanbert-new-*")
+    assert done.stdout.strip() == (f"cannot put the result in place of output '{parent / 'out'}': Permission denied; "
+                                   f"the new result is kept in '{kept}'")
+    assert (kept / "model.txt").read_text() == "the result"
+    pid = kept.name.rsplit("-", 1)[1]
+    recovered = subprocess.run([sys.executable, "-c", "import sys\nfrom leanbert.common.output import SafeOutput\n"
+                                "with SafeOutput(sys.argv[1]):\n    pass", str(parent / "out")],
+                               capture_output=True, text=True, timeout=120)
+    assert recovered.returncode == 0, recovered.stderr[-2000:]
+    assert (f"leanbert: an earlier run on '{parent / 'out'}' (pid {pid}) was interrupted; kept {kept.name}: it holds "
+            "a finished result that run could not publish") in recovered.stderr
+    assert (kept / "model.txt").read_text() == "the result"
+    assert sorted(p.name for p in parent.iterdir()) == [kept.name]

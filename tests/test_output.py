@@ -168,12 +168,29 @@ def test_without_an_atomic_exchange_a_failed_rename_restores_the_old_output(tmp_
         real_rename(src, dst)
 
     monkeypatch.setattr(output_module.os, "rename", rename)
-    with pytest.raises(OSError, match="disk gone"):
+    with pytest.raises(LeanbertError, match=r"^cannot put the result in place of output '.*out': disk gone; the new "
+                                            r"result is kept in '.*\.out\.leanbert-new-\d+'$") as error:
         publish(out, {"a.txt": "new"}, force=True)
     assert contents(out) == {"a.txt": "old"}
+    kept = Path(str(error.value).rsplit("'", 2)[1])  # it could not be renamed either: marked where it was staged
+    assert (kept / "a.txt").read_text() == "new" and (kept / output_module.UNPUBLISHED_MARK).is_file()
     monkeypatch.setattr(output_module.os, "rename", real_rename)
+    with pytest.raises(LeanbertError, match="is left by an earlier run whose process had this one's id"):
+        publish(out, {"a.txt": "newer"}, force=True)  # the same process again: the kept result holds its staging name
+    assert (kept / "a.txt").read_text() == "new"
+    kept.rename(tmp_path / "moved away")
     publish(out, {"a.txt": "new"}, force=True)
-    assert contents(out) == {"a.txt": "new"} and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert contents(out) == {"a.txt": "new"} and sorted(p.name for p in tmp_path.iterdir()) == ["moved away", "out"]
+
+
+def test_the_mount_table_is_read_with_its_escapes_and_any_file_name_bytes():
+    """The mount points `is_mount_point` compares with: the fifth field of each line of /proc/self/mountinfo, where
+    a space is written \\040 and a backslash \\134, and names are bytes in no particular encoding."""
+    table = (b"22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+             b"35 22 0:33 / /mnt/my\\040disk rw shared:9 - tmpfs tmpfs rw\n"
+             b"36 22 8:1 /data /srv/caf\xe9\\134x rw - ext4 /dev/sdb1 rw\n"
+             b"truncated line\n")
+    assert output_module.mount_points(table) == {"/", "/mnt/my disk", os.fsdecode(b"/srv/caf\xe9\\x")}
 
 
 KILLED_RUN = textwrap.dedent("""

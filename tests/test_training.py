@@ -9,6 +9,7 @@ Every model has 2 layers of width 32 and sees blocks of 32 tokens; the MiniLM to
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -502,6 +503,8 @@ def bad(data):
     root = data["root"] / "bad"
     root.mkdir()
     text_slice(data["train"], root / "small.txt", 20_000)
+    (root / "texts").mkdir()
+    text_slice(data["train"], root / "texts" / "a.txt", 5_000)
     (root / "blank.txt").write_text("\n   \n\t\n\n")
     (root / "no_text").mkdir()
     (root / "no_text" / "notes.md").write_text("not a .txt file\n")
@@ -510,6 +513,9 @@ def bad(data):
     (root / "bad_glue" / "RTE" / "dev.tsv").write_text("index\tpremise\thypothesis\tlabel\n0\ta\tb\tentailment\n")
     (root / "used_output").mkdir()
     (root / "used_output" / "notes.txt").write_text("someone's files")
+    no_padding = AutoTokenizer.from_pretrained(data["tokenizer"])
+    no_padding.pad_token = None
+    no_padding.save_pretrained(root / "no_pad_tokenizer")
     config = tiny_config("sym_bert", vocab_size=100, max_position_embeddings=64)
     leanbert.SymBertForMaskedLM(config).save_pretrained(root / "small_vocab")
     AutoTokenizer.from_pretrained(data["tokenizer"]).save_pretrained(root / "small_vocab")
@@ -552,6 +558,22 @@ PRETRAIN_CASES = {
                             "--max-train-samples: must be a positive integer, got 0"),
     "model_type_and_model": (dict(), ["--model", "{bad}/small_vocab"], "give either --model-type"),
     "not_utf8_past_the_start": (dict(train="{bad}/late_latin1.txt"), [], "is not UTF-8 text (line 201"),
+    "tokenizer_without_padding": (dict(), ["--tokenizer", "{bad}/no_pad_tokenizer"], "has no padding token"),
+    # BertConfig checks types only: leanbert applies its configs' field rules to BERT's fields
+    "bert_zero_heads": (dict(model_type="bert"), ["--config-overrides", "num_attention_heads=0"],
+                        "num_attention_heads=0 is invalid"),
+    "bert_unknown_activation": (dict(model_type="bert"), ["--config-overrides", "hidden_act=swishy"],
+                                "hidden_act='swishy' is invalid"),
+    "bert_nan_epsilon": (dict(model_type="bert"), ["--config-overrides", "layer_norm_eps=nan"],
+                         "layer_norm_eps=nan is invalid"),
+    "bert_no_segment_types": (dict(model_type="bert"), ["--config-overrides", "type_vocab_size=0"],
+                              "type_vocab_size=0 is invalid"),
+    "cache_dir_inside_the_output": (dict(), ["--cache-dir", "{bad}/out/cache"], "is inside the output"),
+    "cache_dir_is_the_checkpoint_folder": (dict(), ["--cache-dir", "{bad}/checkpoints", "--checkpoint-dir",
+                                                    "{bad}/checkpoints"], "is the checkpoint folder itself"),
+    "cache_dir_inside_the_text_folder": (dict(train="{bad}/texts"), ["--cache-dir", "{bad}/texts/cache"],
+                                         "is inside the training text"),
+    "cache_dir_a_file": (dict(), ["--cache-dir", "{bad}/blank.txt"], "exists and is not a folder"),
 }
 if not torch.cuda.is_available():
     PRETRAIN_CASES["fp16_on_the_cpu"] = (dict(), ["--mixed-precision", "fp16"], "needs a GPU")
@@ -564,6 +586,19 @@ def test_pretrain_refuses_bad_input_before_any_work(data, bad, case, capsys, no_
     # a repeated option replaces the earlier one (argparse keeps the last)
     args = scratch(data, bad, *[str(a).replace("{bad}", str(bad)) for a in extra], **options)
     fails_cleanly(pretrain_main, args, expected, bad, capsys)
+
+
+def test_pretrain_refuses_a_validation_split_that_leaves_no_training_block(data, bad, capsys, no_training):
+    """How many blocks the text packs into is known only once it is packed: the split is refused then, in one line
+    after the packing's progress bars, before any training, and nothing is written."""
+    before = snapshot(bad)
+    code = pretrain_main([str(a) for a in scratch(data, bad, "--validation-split", "0.9999")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if ": error: " in line]
+    assert code == 2 and errors == lines[-1:], lines
+    assert re.fullmatch(r"leanbert-pretrain: error: validation_split 0\.9999 of the \d+ blocks the training text packs "
+                        r"into would leave no training block; lower it or give --validation-file", errors[0]), errors
+    assert snapshot(bad) == before
 
 
 def test_pretrain_refuses_a_checkpoint_whose_tokenizer_outgrows_it_and_a_missing_model(data, bad, capsys,

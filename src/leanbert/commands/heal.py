@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--force", action="store_true", help="replace an output folder that leanbert wrote before")
     parser.add_argument("--allow-pickle", action="store_true",
-                        help="also read a teacher's pytorch_model.bin (pickle can run code: only for files you trust)")
+                        help="also read the teacher's and student's pytorch_model.bin (pickle can run code: only "
+                             "for files you trust)")
     parser.add_argument("--seed", type=seed, default=0)
     add_hub_arguments(parser)
     return parser.parse_args(argv)

@@ -29,7 +29,7 @@ def check_hub_arguments(args: argparse.Namespace) -> None:
         if given:
             raise LeanbertError(f"{given[0]} is used only with --push-to-hub")
         return
-    check_access(args.push_to_hub, revision=args.revision)
+    check_access(args.push_to_hub, revision=args.revision, private=args.private)
 
 
 def push_output(args: argparse.Namespace, folder) -> dict | None:

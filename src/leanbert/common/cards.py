@@ -130,6 +130,21 @@ def number(value) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def fixed(value, digits: int) -> str:
+    """`value` with `digits` decimals, or "n/a" where a report (perhaps edited by hand) holds no number."""
+    return f"{value:.{digits}f}" if is_number(value) else "n/a"
+
+
+def mapping(report: dict, key: str) -> dict:
+    """`report[key]` when it is a JSON object, else {}: a card is written from whatever the reports hold."""
+    value = report.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def head_of(class_name: str) -> tuple[str, str | None]:
     for suffix in sorted(HEADS, key=len, reverse=True):
         if class_name.endswith(suffix):
@@ -240,7 +255,7 @@ def write_model_card(folder: str | Path, *, kind: str, source: str | Path | None
         base_model=base_model, base_model_relation=RELATION if base_model else None,
         license=license_ if isinstance(license_, str) else None,
         datasets=[GLUE_DATASET] if kind == "finetuned" else None,
-        metrics=[HUB_METRICS[m] for m in results.get("metrics", {}) if m in HUB_METRICS] or None)
+        metrics=[HUB_METRICS[m] for m in mapping(results, "metrics") if m in HUB_METRICS] or None)
 
     name = architecture.name if architecture else "BERT"
     title = {"converted": f"{class_name}, converted from {display(source)}",
@@ -279,7 +294,7 @@ def about(name: str, architecture, config: dict) -> list[str]:
 def lineage(source, base_model, conversion: dict, training: dict, results: dict, license_) -> list[str]:
     lines = ["## Lineage", ""]
     if conversion:
-        settings = conversion.get("settings", {})
+        settings = mapping(conversion, "settings")
         mode = f", attention_mode `{conversion['attention_mode']}`" if "attention_mode" in conversion else ""
         lines += [f"- Converted from {display(conversion.get('source'))}, a "
                   f"{conversion.get('source_architecture')}, by `leanbert-convert` (leanbert "
@@ -289,7 +304,7 @@ def lineage(source, base_model, conversion: dict, training: dict, results: dict,
                   f"{settings.get('seed')}{mode}."]
         if conversion.get("note"):
             lines.append(f"- {conversion['note']}")
-        healing = conversion.get("healing")
+        healing = mapping(conversion, "healing")
         if healing:
             lines.append(f"- Healed by distillation from {display(healing.get('teacher'))} on "
                          f"{healing.get('passages_used')} passages of {display(healing.get('text'))}: "
@@ -298,7 +313,7 @@ def lineage(source, base_model, conversion: dict, training: dict, results: dict,
                          f"{healing.get('objective')}, attention weight {healing.get('attention_weight')}, seed "
                          f"{healing.get('seed')}.")
     if training:
-        settings = training.get("settings", {})
+        settings = mapping(training, "settings")
         start = (f"continued from {display(settings['model'])}" if settings.get("model") else
                  f"from scratch (`{settings.get('model_type')}`"
                  + (f", config overrides `{settings['config_overrides']}`" if settings.get("config_overrides") else "")
@@ -311,7 +326,7 @@ def lineage(source, base_model, conversion: dict, training: dict, results: dict,
                      f"{settings.get('learning_rate')} ({settings.get('scheduler')}), masking probability "
                      f"{settings.get('mlm_probability')}, seed {settings.get('seed')}.")
     if results:
-        settings = results.get("settings", {})
+        settings = mapping(results, "settings")
         lines.append(f"- Fine-tuned from {display(settings.get('model'))} on GLUE "
                      f"{str(results.get('task')).upper()} (data: {display(settings.get('data_dir'))}) by "
                      f"`leanbert-finetune` (leanbert {results.get('leanbert_version')}): {results.get('steps')} "
@@ -335,8 +350,8 @@ def lineage(source, base_model, conversion: dict, training: dict, results: dict,
 
 
 def parameters(conversion: dict, report: dict) -> list[str]:
-    counts = conversion.get("parameters")
-    if isinstance(counts, dict) and "source" in counts:
+    counts = mapping(conversion, "parameters")
+    if all(is_number(counts.get(key)) for key in ("source", "converted", "saved", "saved_fraction")):
         return ["## Parameters", "", "| model | parameters |", "|---|---|",
                 f"| source ({conversion.get('source_architecture')}) | {number(counts['source'])} |",
                 f"| this model ({conversion.get('target_architecture')}) | {number(counts['converted'])} |",
@@ -348,41 +363,41 @@ def parameters(conversion: dict, report: dict) -> list[str]:
 
 
 def fidelity(conversion: dict) -> list[str]:
-    measured = conversion.get("fidelity")
-    if not isinstance(measured, dict):
+    measured = mapping(conversion, "fidelity")
+    if not measured:
         return []
     lines = ["## Fidelity to the source", "",
              f"Measured on {measured.get('heldout_passages')} passages: the {measured.get('measure')}.", "",
              "| | mean cosine | min cosine |", "|---|---|---|",
-             f"| converted | {measured['mean_cosine']:.4f} | {measured['min_cosine']:.4f} |"]
-    after = (conversion.get("healing") or {}).get("fidelity_after")
-    if isinstance(after, dict):
-        lines.append(f"| after healing | {after['mean_cosine']:.4f} | {after['min_cosine']:.4f} |")
+             f"| converted | {fixed(measured.get('mean_cosine'), 4)} | {fixed(measured.get('min_cosine'), 4)} |"]
+    after = mapping(mapping(conversion, "healing"), "fidelity_after")
+    if after:
+        lines.append(f"| after healing | {fixed(after.get('mean_cosine'), 4)} | {fixed(after.get('min_cosine'), 4)} |")
     return lines + [""]
 
 
 def training_results(kind: str, training: dict, results: dict) -> list[str]:
     lines = []
     if training:
-        validation = training.get("validation") or {}
+        validation = mapping(training, "validation")
         lines += ["## Pretraining results", "", "| | value |", "|---|---|",
                   f"| steps | {number(training.get('steps'))} |", f"| samples | {number(training.get('samples'))} |",
-                  f"| final training loss | {training.get('final_loss', float('nan')):.4f} |"]
+                  f"| final training loss | {fixed(training.get('final_loss'), 4)} |"]
         if validation:
-            lines += [f"| validation loss | {validation['loss']:.4f} |",
-                      f"| validation perplexity | {validation['perplexity']:.2f} |"]
+            lines += [f"| validation loss | {fixed(validation.get('loss'), 4)} |",
+                      f"| validation perplexity | {fixed(validation.get('perplexity'), 2)} |"]
         lines += ["", "![pretraining curve](pretraining_curve.png)", ""]
     if results:
-        metrics, best = results.get("metrics", {}), results.get("best", {})
+        metrics, best = mapping(results, "metrics"), mapping(results, "best")
         names = [key for key in metrics if key not in ("step", "samples", "seconds", "loss")]
         lines += [f"## Results on GLUE {str(results.get('task')).upper()} (validation: "
                   f"{number(results.get('validation_examples'))} examples)", "",
                   "| | " + " | ".join(names) + " | loss | step |", "|---" * (len(names) + 3) + "|",
-                  "| final | " + " | ".join(f"{metrics[n]:.4f}" for n in names)
-                  + f" | {metrics.get('loss', float('nan')):.4f} | {metrics.get('step')} |"]
+                  "| final | " + " | ".join(fixed(metrics[n], 4) for n in names)
+                  + f" | {fixed(metrics.get('loss'), 4)} | {metrics.get('step')} |"]
         if best:
-            lines.append("| best | " + " | ".join(f"{best.get(n, float('nan')):.4f}" for n in names)
-                         + f" | {best.get('loss', float('nan')):.4f} | {best.get('step')} |")
+            lines.append("| best | " + " | ".join(fixed(best.get(n), 4) for n in names)
+                         + f" | {fixed(best.get('loss'), 4)} | {best.get('step')} |")
         lines += ["", f"The main metric is {results.get('main_metric')}; the saved model is the final one.", "",
                   "![fine-tuning curve](finetuning_curve.png)", ""]
     if kind == "healed":

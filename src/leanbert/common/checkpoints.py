@@ -160,4 +160,4 @@ class CheckpointFolder:
             remove_tree(path)
         (self.path / MARK).unlink(missing_ok=True)
         if self.ours and self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
+            remove_if_empty([self.path])  # a mount point stays (it cannot be removed)

@@ -1,15 +1,16 @@
 """Publishing a leanbert output folder on the Hugging Face Hub: checked before anything is sent, one commit.
 
-`check_access(repo_id, revision=...)` runs before any work (the commands call it before converting or training):
-the repository id and branch are well formed, a token is available (`hf auth login` or HF_TOKEN), the Hub is not
-switched off (HF_HUB_OFFLINE) and accepts the token (`whoami`; a read-only token is refused). `push_folder(folder,
-repo_id, ...)` checks the folder is a leanbert model (config.json with a leanbert `model_type` and the full
-`auto_map` with its code files, or a BERT with a leanbert report; weights; a tokenizer), creates the repository if
-needed (`create_repo(exist_ok=True)`; with `private=True` an existing public repository is refused rather than
-published to), creates the branch if `revision` names a missing one, and uploads everything in the folder except
-leanbert's bookkeeping (the manifest `.leanbert-output.json`, `.leanbert-*` files, temporary `.*.tmp-<pid>` files)
-in ONE commit. The model card goes up with its snippets pointing at the repository (`cards.for_repo`); the local
-folder is never changed.
+`check_access(repo_id, revision=..., private=...)` runs before any work (the commands call it before converting or
+training): the repository id and branch are well formed, a token is available (`hf auth login` or HF_TOKEN), the Hub
+is not switched off (HF_HUB_OFFLINE) and accepts the token (`whoami`; a read-only token is refused), the namespace is
+the token's user or one of its organisations, and with `private` the repository is not a public one.
+`push_folder(folder, repo_id, ...)` checks the folder is a leanbert model (config.json with a leanbert
+`model_type` and the full `auto_map` with its code files, or a BERT with a leanbert report; weights; a tokenizer),
+creates the repository if needed (`create_repo(exist_ok=True)`; with `private=True` an existing public repository
+is refused rather than published to), creates the branch if `revision` names a missing one, and uploads everything
+in the folder except leanbert's bookkeeping (the manifest `.leanbert-output.json`, `.leanbert-*` files, temporary
+`.*.tmp-<pid>` files) in ONE commit. The model card goes up with its snippets pointing at the repository
+(`cards.for_repo`); the local folder is never changed.
 
 Every refusal is one `LeanbertError`: "the Hub refused ...: <status> <reason>" for an HTTP error (401, 403, 404, a
 refused commit), "cannot reach the Hub" for the network. The local output is untouched either way.
@@ -101,19 +102,42 @@ def hub_errors(action: str, folder: Path | None = None):
         raise LeanbertError(f"{action} failed: {type(error).__name__}: {first_line(error)}{kept}") from None
 
 
-def check_access(repo_id: str, *, revision: str | None = None, token: str | None = None) -> str:
+def check_access(repo_id: str, *, revision: str | None = None, token: str | None = None,
+                 private: bool = False) -> str:
     """Everything about a push that can be checked before any work: the id, the branch, the token and that the Hub
-    takes it. Returns the token."""
+    takes it, that the repository's namespace is the token's user or one of its organisations, and with `private`
+    that the repository is not an existing public one. Returns the token."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     check_repo_id(repo_id)
     check_revision(revision)
     token = hub_token(token)
+    api = HfApi(token=token)
     with hub_errors("the token (whoami)"):
-        who = HfApi().whoami(token=token)
-    role = ((who.get("auth") or {}).get("accessToken") or {}).get("role") if isinstance(who, dict) else None
+        who = api.whoami()
+    who = who if isinstance(who, dict) else {}
+    role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
         raise LeanbertError(f"the Hugging Face token of {who.get('name')!r} is read-only; {TOKEN_HELP}")
+    user = who.get("name") if isinstance(who.get("name"), str) else None
+    namespace = repo_id.split("/")[0] if "/" in repo_id else user
+    orgs = [org["name"] for org in who.get("orgs") or [] if isinstance(org, dict) and isinstance(org.get("name"), str)]
+    # the Hub's names ignore case; an organisation member's write access may come from a resource group, so the
+    # member's role is left for the Hub to judge
+    if user and isinstance(who.get("orgs"), list) and namespace.casefold() not in {n.casefold() for n in [user, *orgs]}:
+        raise LeanbertError(f"cannot push to {repo_id!r}: {namespace!r} is neither the token's user ({user!r}) nor one "
+                            f"of its organisations ({', '.join(orgs) or 'none'})")
+    if private and namespace:
+        full_id = repo_id if "/" in repo_id else f"{namespace}/{repo_id}"
+        with hub_errors(f"reading the repository {full_id!r}"):
+            try:
+                public = api.repo_info(full_id, repo_type="model").private is False
+            except RepositoryNotFoundError:  # it will be created, private
+                public = False
+        if public:
+            raise LeanbertError(f"--private: the repository {full_id!r} exists and is public; make it private on the "
+                                "Hub, or push elsewhere")
     return token
 
 

@@ -2,7 +2,7 @@
 
 Loading refuses what cannot be right rather than repairing it silently: weights missing from the files (which
 transformers would fill with random values), a folder without a tokenizer (transformers would build a stand-in),
-a tokenizer that produces ids the model does not have, and pickle files unless explicitly allowed.
+a tokenizer that produces ids the model does not have or cannot pad, and pickle files unless explicitly allowed.
 """
 
 import hashlib
@@ -79,7 +79,8 @@ def load_config(source: str | Path, what: str):
 
 
 def load_tokenizer(source: str | Path, what: str, vocab_size: int):
-    """The tokenizer saved with a model; refused when absent or when it can produce ids beyond `vocab_size`."""
+    """The tokenizer saved with a model; refused when absent, without a padding token (every leanbert command pads
+    its batches) or when it can produce ids beyond `vocab_size`."""
     if is_local(source) and Path(source).is_file():
         raise LeanbertError(f"{what} {str(source)!r} is a file; give the folder that holds the tokenizer's files")
     if is_local(source) and not any((Path(source) / name).is_file() for name in VOCABULARY_FILES):
@@ -95,6 +96,9 @@ def load_tokenizer(source: str | Path, what: str, vocab_size: int):
     if len(tokenizer) < MIN_TOKENIZER_SIZE:
         raise LeanbertError(f"the tokenizer of {what} {str(source)!r} holds only {len(tokenizer)} tokens; save the "
                             "model's own tokenizer next to it")
+    if tokenizer.pad_token is None:
+        raise LeanbertError(f"the tokenizer of {what} {str(source)!r} has no padding token, which batches of texts of "
+                            "different lengths need; set its pad_token and save it again")
     if len(tokenizer) > vocab_size:
         raise LeanbertError(f"the tokenizer of {what} {str(source)!r} has {len(tokenizer)} tokens but the model's "
                             f"vocab_size is {vocab_size}: its ids would fall outside the embeddings")

@@ -3,9 +3,10 @@
 Every leanbert command that writes a folder goes through `SafeOutput`:
 
 - **Check** (before any work): the output must not overlap an input in either direction (symlinks resolved), must
-  not be a file or a symlink, must be writable (it or the folder it will be made in), and must be empty or
-  absent, or, with `force`, hold only files that leanbert wrote there and nobody changed since (listed with their
-  SHA-256 in the folder's manifest, `.leanbert-output.json`). Nothing else is ever deleted or overwritten, with or
+  not be a file, a symlink or a mount point (the result is renamed into place from beside it), must be writable
+  (it or the folder it will be made in), and must be empty or absent, or, with `force`, hold only files that
+  leanbert wrote there and nobody changed since (listed with their SHA-256 in the folder's manifest,
+  `.leanbert-output.json`). Nothing else is ever deleted or overwritten, with or
   without `force`.
 - **Claim** (in the first second): a lock file beside the output, so a concurrent run on the same output fails
   clearly, and a private staging folder beside it, which also proves the parent is writable.
@@ -13,6 +14,8 @@ Every leanbert command that writes a folder goes through `SafeOutput`:
   files are flushed to disk, and the staging folder replaces the output in one atomic exchange (Linux
   `renameat2(RENAME_EXCHANGE)`; elsewhere two renames, undone on failure). At every instant either the old or the
   new output is in place. The old copy is then removed file by file, only files the manifest lists, unchanged.
+  If the output changed meanwhile or the file system refuses the swap, the finished result is kept beside it
+  (`<name>.leanbert-unpublished-<pid>`, or in its staging folder, marked) and the error says where.
 - **Recovery**: a run killed at any point leaves its lock behind; the next run on that output sees that the lock's
   process is gone, puts back an old output that the kill left aside, removes the dead run's staging folder and
   says what it did.
@@ -20,21 +23,25 @@ Every leanbert command that writes a folder goes through `SafeOutput`:
   the run made for its output if it ended with nothing in them.
 """
 
+import contextlib
 import ctypes
 import errno
 import hashlib
 import json
 import os
+import re
 import socket
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import LeanbertError, first_line
 
 MANIFEST = ".leanbert-output.json"
 STAGING_MARK = ".leanbert-staging"
+UNPUBLISHED_MARK = ".leanbert-unpublished"  # a finished result that could not be moved out of its staging folder
 
 
 def sha256_file(path: Path) -> str:
@@ -66,20 +73,40 @@ def exists(path: str | Path) -> bool:
         return False
 
 
-def check_disjoint(path: Path, what: str, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
-    """Refuse `path` (an output or checkpoint folder) when it overlaps any local input, in either direction.
-    Inputs named "output" are compared even before they exist (they will)."""
+def check_disjoint(path: Path, what: str, inputs: Iterable[tuple[str, str | Path | None]],
+                   may_contain: bool = False) -> None:
+    """Refuse `path` (an output, checkpoint or cache folder) when it overlaps any local input, in either direction
+    (or only when it is or lies inside one, with `may_contain`: a cache folder whose writer keeps to subfolders of its
+    own). The output and checkpoint folder are compared even before they exist (they will)."""
     target = resolve(path, what)
     for name, value in inputs:
-        if value is None or (name != "output" and not exists(value)):
+        if value is None or (name not in ("output", "checkpoint folder") and not exists(value)):
             continue  # a Hub id or the bundled text: nothing local to overlap
         source = resolve(value, name)
         if target == source:
             raise LeanbertError(f"{what} {str(path)!r} is the {name} itself; choose another folder")
         if source in target.parents:
             raise LeanbertError(f"{what} {str(path)!r} is inside the {name} {str(value)!r}; choose another folder")
-        if target in source.parents:
+        if target in source.parents and not may_contain:
             raise LeanbertError(f"{what} {str(path)!r} contains the {name} {str(value)!r}; choose another folder")
+
+
+def mount_points(table: bytes) -> set[str]:
+    """The mount points a Linux mount table (`/proc/self/mountinfo`) lists: its fifth field, with the octal escapes
+    of spaces and backslashes undone, decoded as the file system's names are (`os.fsdecode`)."""
+    points = (line.split()[4] for line in table.splitlines() if len(line.split()) > 4)
+    return {os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda code: bytes([int(code[1], 8)]), point)) for point in points}
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether `path` is a mount point, a bind mount of a folder of the same file system included (the mount table
+    lists those; `os.path.ismount` only compares devices)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        return str(path.resolve()) in mount_points(Path("/proc/self/mountinfo").read_bytes())
+    except (OSError, RuntimeError, ValueError):  # no /proc (not Linux), a symlink loop
+        return False
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -282,6 +309,7 @@ class SafeOutput:
         check_writable(self.path, "output")
         self.check_replaceable()
         self.created: list[Path] = []
+        self.leave_staging = False
 
     def check_replaceable(self) -> None:
         """Refuse an output that this run may not replace (see the module docstring)."""
@@ -290,6 +318,10 @@ class SafeOutput:
             raise LeanbertError(f"output {str(path)!r} is a symbolic link; give the folder it points to")
         if path.exists() and not path.is_dir():
             raise LeanbertError(f"output {str(path)!r} exists and is not a folder")
+        if is_mount_point(path):
+            raise LeanbertError(f"output {str(path)!r} is a mount point: the finished result is renamed into place "
+                                "from beside it, which cannot cross file systems; give a folder inside it, such as "
+                                f"{str(path / 'model')!r}")
         if not path.is_dir() or not any(path.iterdir()):
             return
         if not self.force:
@@ -314,6 +346,10 @@ class SafeOutput:
                                 f"{error.strerror or error}") from None
         try:
             self.check_replaceable()  # again, now that the output is ours: it may have changed since the check
+            if exists(self.staging):  # kept by an earlier run of a process with this pid (containers reuse them)
+                self.leave_staging = True
+                raise LeanbertError(f"{str(self.staging)!r} is left by an earlier run whose process had this one's id "
+                                    "and may hold a result it could not publish; look inside, then move it away")
             self.staging.mkdir()
             (self.staging / STAGING_MARK).write_text(f"{self.command}\n")
         except BaseException:
@@ -368,7 +404,9 @@ class SafeOutput:
                     messages.append(f"kept {aside.name}: it holds files leanbert did not write ({', '.join(kept)})")
         prefix = f".{self.path.name}.leanbert-new-"  # compared as text: the name may hold glob characters
         for staging in [p for p in self.path.parent.iterdir() if p.name.startswith(prefix)]:
-            if (staging / STAGING_MARK).is_file():
+            if (staging / UNPUBLISHED_MARK).is_file():
+                messages.append(f"kept {staging.name}: it holds a finished result that run could not publish")
+            elif (staging / STAGING_MARK).is_file():
                 remove_tree(staging)
                 messages.append(f"removed the unfinished {staging.name}")
             elif staging.name.endswith(f"-{pid}") and (kept := remove_listed(staging)):
@@ -385,15 +423,19 @@ class SafeOutput:
         try:
             self.check_replaceable()
         except LeanbertError as error:  # the output changed during the run: keep both, tell the user
-            kept = self.path.with_name(f"{self.path.name}.leanbert-unpublished-{os.getpid()}")
-            (self.staging / STAGING_MARK).unlink()
-            os.rename(self.staging, kept)
-            raise LeanbertError(f"{error}; the new result is kept in {str(kept)!r}") from None
-        if self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()  # an empty folder holds nothing to keep
-        (self.staging / STAGING_MARK).unlink()
+            self.keep_unpublished(str(error))
+        emptied = self.path.is_dir() and not any(self.path.iterdir())
         try:
+            if emptied:
+                self.path.rmdir()  # an empty folder holds nothing to keep
+            (self.staging / STAGING_MARK).unlink()
             old = self.swap_in()
+        except OSError as error:  # the file system refused (the output became a mount point, went read-only, ...)
+            if emptied and not self.path.exists():
+                with contextlib.suppress(OSError):
+                    self.path.mkdir()  # the empty folder goes back where it was
+            self.keep_unpublished(f"cannot put the result in place of output {str(self.path)!r}: "
+                                  f"{error.strerror or error}")
         except BaseException:
             if self.staging.is_dir():  # not swapped in: still ours to remove
                 (self.staging / STAGING_MARK).write_text(f"{self.command}\n")
@@ -410,6 +452,24 @@ class SafeOutput:
             os.rename(old, kept)
             print(f"leanbert: the previous output {str(self.path)!r} is kept in {str(kept)!r}: {reason}",
                   file=sys.stderr)
+
+    def keep_unpublished(self, reason: str) -> NoReturn:
+        """Keep the finished result that could not be published (beside the output, or where it was staged if even
+        that rename fails), so that a failure at the very end loses nothing, and say where it is."""
+        self.leave_staging = True  # release() leaves it alone, whatever marks it holds
+        kept = self.path.with_name(f"{self.path.name}.leanbert-unpublished-{os.getpid()}")
+        if exists(kept):  # one kept by an earlier run of a process with this pid (containers reuse them)
+            kept = kept.with_name(f"{kept.name}-{time.time_ns()}")
+        try:
+            os.rename(self.staging, kept)
+        except OSError:  # the parent folder refuses too: the mark keeps a later run's recovery off it
+            kept = self.staging
+            with contextlib.suppress(OSError):
+                (kept / UNPUBLISHED_MARK).write_text(f"{self.command}: {reason}\n")
+        if kept != self.staging or (kept / UNPUBLISHED_MARK).is_file():
+            with contextlib.suppress(OSError):
+                (kept / STAGING_MARK).unlink(missing_ok=True)
+        raise LeanbertError(f"{reason}; the new result is kept in {str(kept)!r}") from None
 
     def swap_in(self) -> Path | None:
         """Put the staging folder in the output's place; return where the old output now stands (None if none)."""
@@ -429,7 +489,7 @@ class SafeOutput:
     def release(self) -> None:
         """Remove the staging folder unless it was published, the lock, and the parent folders this run created if
         nothing was published in them (an interrupted run leaves the disk as it found it)."""
-        if self.staging.is_dir() and (self.staging / STAGING_MARK).is_file():
+        if self.staging.is_dir() and (self.staging / STAGING_MARK).is_file() and not self.leave_staging:
             remove_tree(self.staging)
         release_lock(self.lock)
         remove_if_empty(self.created)
@@ -448,7 +508,10 @@ def release_lock(lock: Path) -> None:
     except (OSError, ValueError):
         return
     if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
-        lock.unlink()
+        try:
+            lock.unlink()
+        except OSError:  # its folder turned read-only: the next run on this output finds it stale and recovers
+            pass
 
 
 def remove_tree(folder: Path) -> None:

@@ -42,9 +42,10 @@ class HealingError(LeanbertError):
     """Healing cannot start; the message is meant for the user as is."""
 
 
-def load_student(student: str | Path, teacher_checksum: str):
+def load_student(student: str | Path, teacher_checksum: str, allow_pickle: bool = False):
     """The converted model (any leanbert head), its tokenizer and its conversion report; refuses anything else,
-    including a student whose report names other teacher weights than `teacher_checksum`."""
+    including a student whose report names other teacher weights than `teacher_checksum` or parameters the student
+    does not have. Pickle weights (.bin) only with `allow_pickle`."""
     config = load_config(student, "student")
     if config.model_type not in LEANBERT_TYPES:
         raise HealingError(f"student {str(student)!r} is a {config.model_type!r} model; healing takes a leanbert "
@@ -65,8 +66,23 @@ def load_student(student: str | Path, teacher_checksum: str):
     model_class = getattr(leanbert, architecture, None) if isinstance(architecture, str) else None
     if model_class is None:
         raise HealingError(f"student {str(student)!r} names an unknown architecture {config.architectures}")
-    model = load_weights(model_class, folder, "student")
+    model = load_weights(model_class, folder, "student", allow_pickle)
+    fitted = report["fitted_parameters"]
+    unknown = next((name for name in fitted if not isinstance(name, str) or name not in model.state_dict()), None)
+    if unknown is not None or not set(fitted) & healable(model):
+        what = (f"names {unknown!r}, which the student does not have" if unknown is not None
+                else "names no parameter healing trains")
+        raise HealingError(f"the conversion report of student {str(student)!r} does not fit it: its fitted_parameters "
+                           f"{what}; convert the source again")
     return model, load_tokenizer(folder, "student", config.vocab_size), report
+
+
+def healable(student) -> set[str]:
+    """The parameters healing may train: the base model's, except the pooler (the distillation loss reads hidden
+    states only, so neither the pooler nor a task head takes part)."""
+    prefix = "" if student.base_model is student else student.base_model_prefix + "."
+    return {name for name, _ in student.named_parameters()
+            if name.startswith(prefix) and not name.startswith(f"{prefix}pooler.")}
 
 
 def check_pair(teacher, teacher_tokenizer, student, student_tokenizer) -> None:
@@ -147,7 +163,7 @@ class Healing:
                  seed: int = 0):
         check_settings(steps, batch_size, max_length, learning_rate, train, objective, pooled_weight,
                        attention_weight, mixed_precision, checkpoint_every, seed)
-        self.teacher_path, self.text = str(teacher), text
+        self.teacher_path, self.text, self.allow_pickle = str(teacher), text, allow_pickle
         self.checkpoint_every = checkpoint_every
         self.passages, self.available = read_passages(text, limit=steps * batch_size, seed=seed,
                                                       min_chars=MIN_PASSAGE_CHARS, what="healing text")
@@ -171,8 +187,8 @@ class Healing:
 
     def set_student(self, student: str | Path) -> None:
         self.student_path = Path(student)
-        self.student, self.tokenizer, self.report = load_student(student, self.teacher_checksum)
-        self.sentence_transformers = read_setup(student, "student") or self.teacher_setup
+        self.student, self.tokenizer, self.report = load_student(student, self.teacher_checksum, self.allow_pickle)
+        self.sentence_transformers = read_setup(student, "student", self.allow_pickle) or self.teacher_setup
         check_pair(self.teacher, self.teacher_tokenizer, self.student, self.tokenizer)
         self.settings["student_checksum"] = weights_checksum(self.student)
 
@@ -195,11 +211,11 @@ class Healing:
         if attention_weight > 0:
             teacher.set_attn_implementation("eager")
             student.set_attn_implementation("eager")
-        trainable = set(self.report["fitted_parameters"]) if settings["train"] == "converted" else None
-        base, prefix = student.base_model, ("" if student.base_model is student else student.base_model_prefix + ".")
+        base, trainable = student.base_model, healable(student)
+        if settings["train"] == "converted":
+            trainable &= set(self.report["fitted_parameters"])
         for name, parameter in student.named_parameters():
-            inside = name.startswith(prefix) and not name.startswith(f"{prefix}pooler.")
-            parameter.requires_grad_(inside and (trainable is None or name in trainable))
+            parameter.requires_grad_(name in trainable)
 
         heldout = tokenize(tokenizer, read_passages(bundled="heldout.txt")[0], max_length)
         before = embedding_cosines(teacher, student, heldout)

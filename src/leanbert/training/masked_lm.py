@@ -20,13 +20,17 @@ import leanbert
 from ..common.cards import write_model_card
 from ..common.errors import LeanbertError, first_line
 from ..common.models import load_config, load_tokenizer, load_weights
-from ..common.output import check_writable
+from ..common.output import check_disjoint, check_writable, exists
+from ..configuration_encoder import LeanEncoderConfig, integer
 from .curves import write_curves
 from .loop import TrainingLoop, TrainingSettings, process_state
 from .run import TrainingRun
 from .text import SeededMasking, packed_blocks, text_source
 
 MODEL_TYPES = ("bert", *(architecture.model_type for architecture in leanbert.ARCHITECTURES))
+# the rules leanbert's configs apply to BERT's fields, applied to a fresh BertConfig's overrides too (a zero head
+# count, an unknown activation or a nan epsilon would otherwise fail inside the model or the training)
+BERT_FIELD_RULES = {**LeanEncoderConfig.field_rules, "num_attention_heads": integer()}
 
 
 def override_config(config, overrides: str):
@@ -42,9 +46,24 @@ def override_config(config, overrides: str):
             raise LeanbertError(f"config override {key!r}: {config.model_type} configs have no field {key!r}")
     try:
         config.update_from_string(overrides)
+        if config.model_type == "bert":  # BertConfig checks types only; leanbert's configs check each field when set
+            values = config.to_dict()
+            for field, rule in BERT_FIELD_RULES.items():
+                if field in values:
+                    rule(field, values[field])
     except (ValueError, TypeError) as error:
         raise LeanbertError(f"config override {overrides!r}: {first_line(error)}") from None
     return config
+
+
+def check_cache_folder(cache: Path, folders: list[tuple[str, str | Path]]) -> None:
+    """Refuse a `--cache-dir` that is not a folder, that is or lies inside an input, the output or the checkpoint
+    folder (datasets would write its files into them; one holding them is fine, as datasets keeps to subfolders of
+    its own), or that this user cannot write."""
+    if exists(cache) and not cache.is_dir():
+        raise LeanbertError(f"cache folder {str(cache)!r} exists and is not a folder")
+    check_disjoint(cache, "cache folder", folders, may_contain=True)
+    check_writable(cache, "cache folder")
 
 
 def build_model(model_type: str | None, overrides: str, model: str | None, tokenizer: str | None,
@@ -90,13 +109,13 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
     if not 0 <= validation_split < 1:
         raise LeanbertError(f"validation_split must be in [0, 1), got {validation_split!r}")
     train_files = text_source(train_file, "training text")
-    if cache_dir is not None:
-        check_writable(Path(cache_dir), "cache folder")
     validation_files = None if validation_file is None else text_source(validation_file, "validation text")
-    inputs = [("training text", train_file), ("validation text", validation_file), ("model", model),
-              ("tokenizer", tokenizer)]
-    run = TrainingRun(output, [(name, path) for name, path in inputs if path is not None],
-                      command="leanbert-pretrain", task="pretrain", checkpoint_dir=checkpoint_dir, force=force)
+    inputs = [(name, path) for name, path in [("training text", train_file), ("validation text", validation_file),
+                                              ("model", model), ("tokenizer", tokenizer)] if path is not None]
+    run = TrainingRun(output, inputs, command="leanbert-pretrain", task="pretrain", checkpoint_dir=checkpoint_dir,
+                      force=force)
+    if cache_dir is not None:  # datasets fills it before the output exists, so it must stand apart from every folder
+        check_cache_folder(Path(cache_dir), [*inputs, ("output", output), ("checkpoint folder", run.checkpoints.path)])
     set_seed(settings.seed)
     net, tok = build_model(model_type, config_overrides, model, tokenizer, allow_pickle)
     if tok.mask_token is None:
@@ -122,6 +141,9 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
     if validation_files is not None:
         validation = blocks(validation_files, "validation text")
     elif validation_split > 0 and len(train) >= 2:
+        if len(train) - math.ceil(validation_split * len(train)) < 1:  # datasets' count of held-out blocks
+            raise LeanbertError(f"validation_split {validation_split} of the {len(train)} blocks the training text "
+                                "packs into would leave no training block; lower it or give --validation-file")
         split = train.train_test_split(test_size=validation_split, seed=settings.seed, shuffle=True)
         train, validation = split["train"], split["test"]
     else:
