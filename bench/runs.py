@@ -143,8 +143,9 @@ def spread(values: list) -> dict:
 
 
 def signed(value: float, digits: int = 1) -> str:
-    """`value` with its sign, at `digits` decimals; one that rounds to zero is "+0.0", never "-0.0"."""
-    return f"{round(value, digits) + 0.0:+.{digits}f}"
+    """`value` with its sign, at `digits` decimals, minus as "−" like every table here; one that rounds to zero is
+    "+0.0", never "−0.0"."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}".replace("-", "−")
 
 
 def seeds_text(count: int) -> str:

@@ -281,6 +281,12 @@ def test_convergence_verdicts_follow_the_step_ratios(ratios, bert_losses, verdic
     assert (f"{reached} of {len(ratios)} seeds" if reached else "does not reach") in claim["measured"]
 
 
+@pytest.mark.parametrize("value, text", [(-0.84, "−0.8"), (0.84, "+0.8"), (-0.04, "+0.0"), (0.0, "+0.0")])
+def test_signed_differences_use_the_minus_sign_of_the_tables_and_never_a_negative_zero(value, text):
+    from runs import signed
+    assert signed(value) == text
+
+
 def test_reach_interpolates_between_evaluations():
     curve = [{"step": 100, "loss": 7.0}, {"step": 200, "loss": 6.0}, {"step": 300, "loss": 5.5}]
     assert bench_convergence.reach(curve, 6.5, "step") == 150.0  # halfway from 7.0 to 6.0
