@@ -4,6 +4,7 @@ The kill tests kill real processes with SIGKILL at the worst moments; the next r
 place and clean up what the dead run left.
 """
 
+import errno
 import json
 import os
 import signal
@@ -181,6 +182,29 @@ def test_without_an_atomic_exchange_a_failed_rename_restores_the_old_output(tmp_
     kept.rename(tmp_path / "moved away")
     publish(out, {"a.txt": "new"}, force=True)
     assert contents(out) == {"a.txt": "new"} and sorted(p.name for p in tmp_path.iterdir()) == ["moved away", "out"]
+
+
+def test_without_an_atomic_exchange_an_old_output_that_cannot_go_back_is_named(tmp_path, monkeypatch):
+    """Both renames after moving the old output aside fail: neither the old nor the new result is lost, and the one
+    line says where each stands."""
+    out = tmp_path / "out"
+    publish(out, {"a.txt": "old"})
+    monkeypatch.setattr(output_module, "exchange", lambda a, b: False)  # a system without renameat2
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if ".leanbert-new-" in str(src) or ".leanbert-old-" in str(src):
+            raise OSError(errno.EIO, "disk gone")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(output_module.os, "rename", rename)
+    with pytest.raises(LeanbertError, match=r"^cannot put the result in place of output '.*out': disk gone; the "
+                                            r"previous output stands in '.*\.out\.leanbert-old-\d+'; the new result "
+                                            r"is kept in '.*\.out\.leanbert-new-\d+'$") as error:
+        publish(out, {"a.txt": "new"}, force=True)
+    named = str(error.value).split("'")
+    assert not out.exists()
+    assert contents(Path(named[3])) == {"a.txt": "old"} and (Path(named[5]) / "a.txt").read_text() == "new"
 
 
 def test_the_mount_table_is_read_with_its_escapes_and_any_file_name_bytes():

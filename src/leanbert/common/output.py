@@ -481,8 +481,12 @@ class SafeOutput:
         os.rename(self.path, self.aside)
         try:
             os.rename(self.staging, self.path)
-        except BaseException:
-            os.rename(self.aside, self.path)
+        except BaseException as error:
+            try:
+                os.rename(self.aside, self.path)
+            except OSError as restore:  # the old output cannot go back either: say where it stands
+                raise OSError(restore.errno, f"{restore.strerror or restore}; the previous output stands in "
+                                             f"{str(self.aside)!r}") from error
             raise
         return self.aside
 
