@@ -99,7 +99,7 @@ def read_passages(path: str | Path | None = None, *, bundled: str = "calibration
     bundled file `bundled` when `path` is None. With `limit`, a seeded uniform sample of at most `limit` of them, in
     file order. Returns the passages and how many the text holds in all."""
     if path is None:
-        stream = resources.files("leanbert.conversion").joinpath("data", bundled).read_text(encoding="utf-8")
+        stream = resources.files("leanbert.common").joinpath("data", bundled).read_text(encoding="utf-8")
         source = (line.strip() for line in stream.splitlines() if line.strip())
         path = f"bundled {bundled}"
     else:
