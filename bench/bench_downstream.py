@@ -350,6 +350,11 @@ def markdown_section(results: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(fmt_spread(by_task[t], 1, 100) if t in by_task else "pending"
                                                      for t in tasks) + " |")
         lines.append("")
+        if group == "converted":
+            lines += [f"The converted models are made once (seed 0) by `leanbert-convert` with its defaults and healed "
+                      f"by `leanbert-heal --steps {results['settings']['heal_steps']}`. They fine-tune with the "
+                      "dropout their conversion wrote: it turns attention-probability dropout off where that "
+                      "dropout breaks the converted model (here the SharedBert; README, *Attention dropout*).", ""]
     lines.append("![downstream](downstream.png)")
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 import leanbert
 from conftest import real_minilm_path
 from leanbert.conversion import convert
+from leanbert.conversion.convert import DROPOUT_LOSS_RATIO, Conversion
 from leanbert.common.errors import LeanbertError
+from leanbert.common.models import mean_pool
 from leanbert.common.passages import read_passages
 
 
@@ -83,6 +85,74 @@ def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
     if to != "shatter":  # a warm start, not an equivalent model: its classifier is not expected to agree yet
         assert cosine.min() > {"sym": 0.98, "shared": 0.8}[to], cosine
     assert report["fidelity"]["mean_cosine"] > {"sym": 0.99, "shared": 0.9, "shatter": 0.8}[to]
+
+    # How much of each model survives dropout, recomputed from the written folders, is what the report says; the
+    # attention dropout written is the source's unless the report gives the reason it is not.
+    heldout = tokenizer(read_passages(bundled="heldout.txt")[0], max_length=128, truncation=True,
+                        padding="max_length", return_tensors="pt")
+    assert report["dropout"]["source"] == pytest.approx(dropout_cosine(teacher, heldout), abs=1e-5)
+    assert report["dropout"]["converted"] == pytest.approx(dropout_cosine(student, heldout), abs=1e-5)
+    kept = "why" not in report["dropout"]
+    assert student.config.attention_probs_dropout_prob == (teacher.config.attention_probs_dropout_prob if kept else 0)
+
+
+@torch.no_grad()
+def dropout_cosine(model, batch, seed=0) -> float:
+    """Mean cosine of mean-pooled last hidden states with dropout on (seeded) and off; leaves the model in eval."""
+    torch.manual_seed(seed)
+    noisy = mean_pool(model.train().base_model(**batch).last_hidden_state, batch["attention_mask"])
+    clean = mean_pool(model.eval().base_model(**batch).last_hidden_state, batch["attention_mask"])
+    return torch.nn.functional.cosine_similarity(noisy, clean, dim=-1).mean().item()
+
+
+def test_attention_too_sharp_for_the_source_dropout_is_turned_off(tiny_bert, calibration_file, tmp_path):
+    """A converted model that attention-probability dropout makes far more fragile than its source gets that
+    dropout turned off, in its config and in its modules, with the measurements and the reason: here a converted
+    SharedBert whose query scales are sharpened, as fitting MiniLM sharpens them. Unsharpened, the same model keeps
+    it; and so does one that turning it off would not mend (as fragile under the other dropout)."""
+    convert(str(tiny_bert), "shared", tmp_path / "converted", calibration_text=calibration_file, refine_steps=0)
+    conversion = Conversion(str(tiny_bert), "shared", calibration_text=calibration_file, refine_steps=0)
+    teacher = BertForSequenceClassification.from_pretrained(tiny_bert).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    heldout = tokenizer(read_passages(bundled="heldout.txt")[0], max_length=128, truncation=True,
+                        padding="max_length", return_tensors="pt")
+    rate = teacher.config.attention_probs_dropout_prob
+    assert rate > 0
+
+    def converted(sharpen=1.0, other_dropout=None):
+        """The converted model, its query scales multiplied by `sharpen`, its dropout other than on attention
+        probabilities (embeddings, residual branches) set to `other_dropout`."""
+        student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "converted")
+        for module in student.modules():
+            if isinstance(module, torch.nn.Dropout) and other_dropout is not None:
+                module.p = other_dropout
+        for layer in student.base_model.encoder.layer:
+            layer.attention.self.query_scale.data *= sharpen
+            layer.attention.self.dropout.p = rate
+        return student
+
+    student = converted()
+    assert conversion.fit_attention_dropout(teacher, student, heldout).keys() == {"source", "converted", "measure"}
+    assert student.config.attention_probs_dropout_prob == rate
+
+    student = converted(sharpen=40, other_dropout=0.0)  # attention dropout is all that breaks it
+    fragile = dropout_cosine(student, heldout)
+    measured = conversion.fit_attention_dropout(teacher, student, heldout)
+    tolerated = DROPOUT_LOSS_RATIO * (1 - measured["source"])
+    assert measured["converted_with_source_attention_dropout"] == pytest.approx(fragile, abs=1e-5)
+    assert 1 - fragile > tolerated >= 1 - measured["converted"]
+    assert measured["attention_probs_dropout_prob"] == {"source": rate, "converted": 0.0}
+    assert student.config.attention_probs_dropout_prob == 0.0
+    assert all(layer.attention.self.dropout.p == 0.0 for layer in student.base_model.encoder.layer)
+    assert measured["converted"] == pytest.approx(dropout_cosine(student, heldout), abs=1e-5)
+    assert f"{fragile:.3f}" in measured["why"]
+
+    student = converted(sharpen=40)  # sharp attention is fragile under the other dropout too: the cause is not it
+    measured = conversion.fit_attention_dropout(teacher, student, heldout)
+    assert 1 - measured["converted_without_attention_dropout"] > tolerated
+    assert "why" not in measured and student.config.attention_probs_dropout_prob == rate
+    assert all(layer.attention.self.dropout.p == rate for layer in student.base_model.encoder.layer)
+    assert measured["converted"] == pytest.approx(dropout_cosine(student, heldout), abs=1e-5)
 
 
 def test_symbert_conversion_of_an_exactly_representable_bert_is_lossless(calibration_file, tmp_path):

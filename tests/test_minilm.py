@@ -11,6 +11,7 @@ from transformers import AutoModel, AutoTokenizer, BertModel
 
 from conftest import SHARED_DATA, real_minilm_path
 from leanbert.conversion import convert
+from leanbert.conversion.convert import DROPOUT_LOSS_RATIO
 from leanbert.common.models import mean_pool
 from leanbert.common.passages import read_passages
 
@@ -42,6 +43,20 @@ def test_minilm_conversion_report_is_measured(to, tmp_path):
     assert report["fidelity"]["min_cosine"] == pytest.approx(cosine.min().item(), abs=1e-4)
     assert cosine.mean() >= TARGET_COSINE[to]
     assert report["parameters"]["converted"] < report["parameters"]["source"] == 22_713_216
+
+    # The fitted SharedBert's attention is too sharp for MiniLM's attention dropout: conversion writes it off, says
+    # why in the report and the card, and the model then keeps as much under dropout as the source. SymBert's is not.
+    dropout = report["dropout"]
+    tolerated = DROPOUT_LOSS_RATIO * (1 - dropout["source"])
+    source_rate = json.loads((source / "config.json").read_text())["attention_probs_dropout_prob"]
+    written_rate = json.loads((output / "config.json").read_text())["attention_probs_dropout_prob"]
+    if to == "shared":
+        assert 1 - dropout["converted_with_source_attention_dropout"] > tolerated > 1 - dropout["converted"]
+        assert written_rate == 0.0 < source_rate
+        assert "Attention-probability dropout is off" in (output / "README.md").read_text()
+    else:
+        assert "why" not in dropout and 1 - dropout["converted"] <= tolerated
+        assert written_rate == source_rate
 
 
 @pytest.mark.slow

@@ -79,6 +79,8 @@ def convert_command(argv=None) -> int:
                "note": report["note"]}
     if "healing" in report:
         summary["fidelity_after_healing"] = report["healing"]["fidelity_after"]
+    if "why" in report["dropout"]:
+        summary["attention_dropout"] = report["dropout"]["why"]
     if pushed := push_output(args, args.output):
         summary["hub"] = pushed
     print(json.dumps(summary, indent=2))

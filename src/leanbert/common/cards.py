@@ -304,6 +304,10 @@ def lineage(source, base_model, conversion: dict, training: dict, results: dict,
                   f"{settings.get('seed')}{mode}."]
         if conversion.get("note"):
             lines.append(f"- {conversion['note']}")
+        dropout = mapping(conversion, "dropout")
+        if "why" in dropout:
+            lines.append(f"- Attention-probability dropout is off in this model's config: {dropout['why']}. Set "
+                         "`attention_probs_dropout_prob` to turn it back on.")
         healing = mapping(conversion, "healing")
         if healing:
             lines.append(f"- Healed by distillation from {display(healing.get('teacher'))} on "
