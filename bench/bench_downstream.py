@@ -335,7 +335,7 @@ def plot(results: dict, path: Path) -> None:
 
 def markdown_section(results: dict) -> str:
     """One table per group: mean ± std over seeds of each task's GLUE score, and of their mean, with the chance
-    score of each task (always the most frequent training label)."""
+    score of each task (always the most frequent training label); a planned model not run yet is pending."""
     lines = ["GLUE scores ×100 on the validation sets (Matthews for CoLA, mean of F1 and accuracy for MRPC, of "
              "Pearson and Spearman for STS-B, accuracy otherwise); mean ± standard deviation over the seeds; final "
              "evaluation after the last epoch. Chance (always the most frequent training label): "
@@ -346,7 +346,8 @@ def markdown_section(results: dict) -> str:
         lines += [f"**{group}** models ({results['settings'][group]}; per task "
                   + "; ".join(f"{t}: {o}" for t, o in results["settings"]["tasks"].items() if o) + "):", "",
                   "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-        for name, by_task in names.items():
+        for name in dict.fromkeys([*results.get("models", {}).get(group, []), *names]):  # planned, then any other
+            by_task = names.get(name, {})
             lines.append(f"| {name} | " + " | ".join(fmt_spread(by_task[t], 1, 100) if t in by_task else "pending"
                                                      for t in tasks) + " |")
         lines.append("")

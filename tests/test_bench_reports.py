@@ -330,6 +330,20 @@ def test_sharedbert_must_be_measurably_better_than_symmetric_attention(shared, v
     assert claim["verdict"] == verdict and "paired over 2 seeds" in claim["measured"]
 
 
+def test_downstream_table_lists_every_planned_model_and_marks_missing_runs_pending():
+    """A planned model whose scores are not recorded yet (or were dropped to run it again) keeps its row."""
+    from runs import spread
+
+    scores = {"rte": spread([0.55, 0.56]), "mean": spread([0.55, 0.56])}
+    results = {"tasks": ["rte"], "chance": {"rte": 0.5}, "command": "python bench/bench_downstream.py",
+               "models": {"converted": ["all-MiniLM-L6-v2", "SharedBert (converted, healed)"]},
+               "settings": {"converted": "--learning-rate 5e-5", "tasks": {"rte": ""}, "heal_steps": 400},
+               "summary": {"converted": {"all-MiniLM-L6-v2": scores}}}
+    rows = [line for line in bench_downstream.markdown_section(results).splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| all-MiniLM-L6-v2 | 55.5 ± 0.7 | 55.5 ± 0.7 |",
+                        "| SharedBert (converted, healed) | pending | pending |"]
+
+
 def test_report_marks_results_of_another_layout_as_stale_and_missing_ones_as_pending(tmp_path):
     (tmp_path / "speed.json").write_text(json.dumps({"rows": []}))  # written by a version without a schema
     text = report.build(tmp_path, tmp_path)
