@@ -154,10 +154,11 @@ def seeds_text(count: int) -> str:
 
 
 def fmt_spread(entry: dict, digits: int = 3, scale: float = 1.0) -> str:
-    """"mean ± std (n)" for a table cell; "–" when no seed has a value, and how many lack one."""
+    """"mean ± std (n)" for a table cell, minus as "−" like `signed` (a mean that rounds to zero is never "−0.0");
+    "–" when no seed has a value, and how many lack one."""
     if entry["mean"] is None:
         return "–"
-    text = f"{entry['mean'] * scale:.{digits}f}"
+    text = f"{round(entry['mean'] * scale, digits) + 0.0:.{digits}f}".replace("-", "−")
     if entry["std"] is not None:
         text += f" ± {entry['std'] * scale:.{digits}f}"
     if entry["missing"]:

@@ -287,6 +287,13 @@ def test_signed_differences_use_the_minus_sign_of_the_tables_and_never_a_negativ
     assert signed(value) == text
 
 
+@pytest.mark.parametrize("scores, text", [([-0.021, -0.019], "−2.0 ± 0.1"), ([0.031, 0.029], "3.0 ± 0.1"),
+                                          ([-0.0004, 0.0], "0.0 ± 0.0")])
+def test_table_cells_print_negative_means_with_the_tables_minus_sign(scores, text):
+    from runs import fmt_spread, spread
+    assert fmt_spread(spread(scores), 1, 100) == text
+
+
 def test_reach_interpolates_between_evaluations():
     curve = [{"step": 100, "loss": 7.0}, {"step": 200, "loss": 6.0}, {"step": 300, "loss": 5.5}]
     assert bench_convergence.reach(curve, 6.5, "step") == 150.0  # halfway from 7.0 to 6.0
