@@ -147,12 +147,39 @@ def test_attention_too_sharp_for_the_source_dropout_is_turned_off(tiny_bert, cal
     assert measured["converted"] == pytest.approx(dropout_cosine(student, heldout), abs=1e-5)
     assert f"{fragile:.3f}" in measured["why"]
 
+    keeping = Conversion(str(tiny_bert), "shared", calibration_text=calibration_file, refine_steps=0,
+                         keep_attention_dropout=True)
+    student = converted(sharpen=40, other_dropout=0.0)  # as fragile, but the user asked to keep the dropout
+    measured = keeping.fit_attention_dropout(teacher, student, heldout)
+    assert "why" not in measured and student.config.attention_probs_dropout_prob == rate
+    assert all(layer.attention.self.dropout.p == rate for layer in student.base_model.encoder.layer)
+    assert measured["converted"] == pytest.approx(fragile, abs=1e-5) and f"{fragile:.3f}" in measured["kept"]
+    assert 1 - measured["converted_without_attention_dropout"] <= tolerated
+
     student = converted(sharpen=40)  # sharp attention is fragile under the other dropout too: the cause is not it
     measured = conversion.fit_attention_dropout(teacher, student, heldout)
     assert 1 - measured["converted_without_attention_dropout"] > tolerated
     assert "why" not in measured and student.config.attention_probs_dropout_prob == rate
     assert all(layer.attention.self.dropout.p == rate for layer in student.base_model.encoder.layer)
     assert measured["converted"] == pytest.approx(dropout_cosine(student, heldout), abs=1e-5)
+
+
+def test_keep_attention_dropout_reaches_the_report_and_the_card(tiny_bert, calibration_file, tmp_path):
+    """--keep-attention-dropout is recorded in the report's settings, and a report that kept a harmful dropout at
+    the user's request says so in the model card (the tiny model's attention is not sharp enough to trigger it)."""
+    from leanbert.commands.convert import main
+    from leanbert.common.cards import write_model_card
+    output = tmp_path / "kept"
+    assert main(["--source", str(tiny_bert), "--to", "shared", "--output", str(output), "--calibration-text",
+                 str(calibration_file), "--refine-steps", "0", "--keep-attention-dropout"]) == 0
+    report = json.loads((output / "conversion_report.json").read_text())
+    assert report["settings"]["keep_attention_dropout"] is True
+    report["dropout"]["kept"] = "kept at 0.1 as asked (--keep-attention-dropout), though it costs this much"
+    (output / "conversion_report.json").write_text(json.dumps(report))
+    card = write_model_card(output, kind="converted", source=str(tiny_bert)).read_text()
+    assert "Attention-probability dropout was kept at 0.1 as asked" in card
+    with pytest.raises(LeanbertError, match="keep_attention_dropout"):
+        Conversion(str(tiny_bert), "shared", calibration_text=calibration_file, keep_attention_dropout="no")
 
 
 def test_symbert_conversion_of_an_exactly_representable_bert_is_lossless(calibration_file, tmp_path):

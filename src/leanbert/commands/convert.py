@@ -33,6 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=positive_int, default=128, help="tokens per calibration passage")
     parser.add_argument("--attention-mode", default="pairwise", choices=("pairwise", "symmetric"),
                         help="SymBert scores: learned pairwise matrix (default) or plain symmetric")
+    parser.add_argument("--keep-attention-dropout", action="store_true",
+                        help="keep the source's attention-probability dropout even where it makes the converted model "
+                             "far more fragile than the source (by default it is then written as 0.0; the report "
+                             "says why)")
     parser.add_argument("--force", action="store_true", help="replace an output folder that leanbert wrote before")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also read pytorch_model.bin weights (pickle can run code: only for sources you trust)")
@@ -67,7 +71,7 @@ def convert_command(argv=None) -> int:
     conversion = Conversion(args.source, args.to, calibration_text=args.calibration_text,
                             calibration_passages=args.calibration_passages, refine_steps=args.refine_steps,
                             max_length=args.max_length, attention_mode=args.attention_mode,
-                            allow_pickle=args.allow_pickle, seed=args.seed)
+                            keep_attention_dropout=args.keep_attention_dropout, allow_pickle=args.allow_pickle, seed=args.seed)
     with target as staging:
         report = conversion.write_to(staging)
         if healing is None:
@@ -79,8 +83,8 @@ def convert_command(argv=None) -> int:
                "note": report["note"]}
     if "healing" in report:
         summary["fidelity_after_healing"] = report["healing"]["fidelity_after"]
-    if "why" in report["dropout"]:
-        summary["attention_dropout"] = report["dropout"]["why"]
+    if advice := report["dropout"].get("why") or report["dropout"].get("kept"):
+        summary["attention_dropout"] = advice
     if pushed := push_output(args, args.output):
         summary["hub"] = pushed
     print(json.dumps(summary, indent=2))

@@ -308,6 +308,8 @@ def lineage(source, base_model, conversion: dict, training: dict, results: dict,
         if "why" in dropout:
             lines.append(f"- Attention-probability dropout is off in this model's config: {dropout['why']}. Set "
                          "`attention_probs_dropout_prob` to turn it back on.")
+        elif "kept" in dropout:
+            lines.append(f"- Attention-probability dropout was {dropout['kept']}.")
         healing = mapping(conversion, "healing")
         if healing:
             lines.append(f"- Healed by distillation from {display(healing.get('teacher'))} on "

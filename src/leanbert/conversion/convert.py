@@ -68,7 +68,8 @@ class Conversion:
 
     def __init__(self, source: str | Path, to: str, *, calibration_text: str | Path | None = None,
                  calibration_passages: int = 256, refine_steps: int = 300, max_length: int = 128,
-                 attention_mode: str = "pairwise", allow_pickle: bool = False, seed: int = 0):
+                 attention_mode: str = "pairwise", keep_attention_dropout: bool = False, allow_pickle: bool = False,
+                 seed: int = 0):
         if to not in TARGETS:
             raise ConversionError(f"--to {to!r} is not supported; allowed: {', '.join(TARGETS)}")
         for name, value, low, high in (("refine_steps", refine_steps, 0, None), ("max_length", max_length, 2, None),
@@ -78,6 +79,9 @@ class Conversion:
         if to != "sym" and attention_mode != "pairwise":
             raise ConversionError("--attention-mode applies to --to sym only")
         self.source, self.to, self.seed = str(source), to, seed
+        if not isinstance(keep_attention_dropout, bool):
+            raise ConversionError(f"keep_attention_dropout must be True or False, not {keep_attention_dropout!r}")
+        self.keep_attention_dropout = keep_attention_dropout
         self.calibration_text, self.refine_steps, self.max_length = calibration_text, refine_steps, max_length
         self.calibration, available = read_passages(calibration_text, limit=calibration_passages, seed=seed,
                                                     what="calibration text")
@@ -101,12 +105,14 @@ class Conversion:
         check_calibration_tokens(self.batch, self.config.hidden_size, where)
         self.settings = {"calibration_text": str(calibration_text) if calibration_text else "bundled",
                          "calibration_passages": len(self.calibration), "calibration_passages_available": available,
-                         "max_length": max_length, "refine_steps": refine_steps, "seed": seed}
+                         "max_length": max_length, "refine_steps": refine_steps, "seed": seed,
+                         "keep_attention_dropout": self.keep_attention_dropout}
 
     def fit_attention_dropout(self, teacher, student, heldout) -> dict:
         """Measure how much of the source and of the converted model survives dropout (`dropout_agreement`); turn
         the student's attention-probability dropout off (config and modules) when that dropout is what makes it far
-        more fragile than the source (`DROPOUT_LOSS_RATIO`). Returns the measurements and any change, for the report."""
+        more fragile than the source (`DROPOUT_LOSS_RATIO`), unless `keep_attention_dropout` asks to keep it (then
+        the report says what keeping it costs). Returns the measurements and any change, for the report."""
         source = dropout_agreement(teacher, heldout, self.seed)
         converted = dropout_agreement(student, heldout, self.seed)
         measured = {"source": source, "converted": converted,
@@ -122,6 +128,13 @@ class Conversion:
         if 1 - without > tolerated:  # as fragile without it: attention dropout is not the cause, so it stays
             set_attention_dropout(student, rate)
             return {**measured, "converted_without_attention_dropout": without}
+        if self.keep_attention_dropout:
+            set_attention_dropout(student, rate)
+            return {**measured, "converted_without_attention_dropout": without,
+                    "kept": f"kept at {rate} as asked (--keep-attention-dropout), though with it on its sentence "
+                            f"embeddings keep a cosine of only {converted:.3f} to those with dropout off ({without:.3f} "
+                            f"without it; the source's: {source:.3f}): fine-tuning with it may lose much of the "
+                            "conversion"}
         student.config.attention_probs_dropout_prob = 0.0
         return {**measured, "converted": without, "converted_with_source_attention_dropout": converted,
                 "attention_probs_dropout_prob": {"source": rate, "converted": 0.0},
@@ -196,9 +209,9 @@ def convert(source: str | Path, to: str, output: str | Path, *, force: bool = Fa
     """Convert the BERT checkpoint `source` (folder or Hub id) to `to` ("sym", "shared" or "shatter") in `output`.
 
     `settings` are `Conversion`'s (calibration_text, calibration_passages, refine_steps, max_length,
-    attention_mode, allow_pickle, seed). Everything is checked before any work; the output is replaced only when
-    the new one is complete, and only with `force` (see `leanbert.common.output`). Returns the conversion report,
-    also written to `output/conversion_report.json`.
+    attention_mode, keep_attention_dropout, allow_pickle, seed). Everything is checked before any work; the output
+    is replaced only when the new one is complete, and only with `force` (see `leanbert.common.output`). Returns the
+    conversion report, also written to `output/conversion_report.json`.
     """
     inputs = [("source", source), ("calibration text", settings.get("calibration_text"))]
     target = SafeOutput(output, inputs=inputs, force=force, command="leanbert-convert")
