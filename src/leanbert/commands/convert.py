@@ -71,7 +71,8 @@ def convert_command(argv=None) -> int:
     conversion = Conversion(args.source, args.to, calibration_text=args.calibration_text,
                             calibration_passages=args.calibration_passages, refine_steps=args.refine_steps,
                             max_length=args.max_length, attention_mode=args.attention_mode,
-                            keep_attention_dropout=args.keep_attention_dropout, allow_pickle=args.allow_pickle, seed=args.seed)
+                            keep_attention_dropout=args.keep_attention_dropout, allow_pickle=args.allow_pickle,
+                            seed=args.seed)
     with target as staging:
         report = conversion.write_to(staging)
         if healing is None:

@@ -132,9 +132,9 @@ class Conversion:
             set_attention_dropout(student, rate)
             return {**measured, "converted_without_attention_dropout": without,
                     "kept": f"kept at {rate} as asked (--keep-attention-dropout), though with it on its sentence "
-                            f"embeddings keep a cosine of only {converted:.3f} to those with dropout off ({without:.3f} "
-                            f"without it; the source's: {source:.3f}): fine-tuning with it may lose much of the "
-                            "conversion"}
+                            f"embeddings keep a cosine of only {converted:.3f} to those with dropout off "
+                            f"({without:.3f} without it; the source's: {source:.3f}): fine-tuning with it may lose "
+                            "much of the conversion"}
         student.config.attention_probs_dropout_prob = 0.0
         return {**measured, "converted": without, "converted_with_source_attention_dropout": converted,
                 "attention_probs_dropout_prob": {"source": rate, "converted": 0.0},
