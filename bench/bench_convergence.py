@@ -54,6 +54,7 @@ TOKENIZER = Path(__file__).resolve().parent / "tokenizer"
 TEXT = DATA / "text" / "gutenberg-pd"  # train.txt and valid.txt
 REFERENCE = "BERT"
 SCHEMA = 2  # the results' layout: report.py regenerates nothing from another
+OWN_COMMAND = "bench/bench_convergence.py"
 
 # name -> (model type, config fields): BERT and every declared architecture in each of its variants
 MODELS = {REFERENCE: ("bert", {}),
@@ -345,13 +346,21 @@ def side_by_side(entry: dict | None) -> str:
     return f"{entry['seconds']:.3f} (×{entry['ratio']:.2f}, {entry['q1']:.2f}–{entry['q3']:.2f})"
 
 
+def command_text(command: str) -> str:
+    """The command behind the table; when bench_downstream made these runs (it pretrains the models it fine-tunes
+    through this script), also the script that makes them alone."""
+    if command.startswith(f"python {OWN_COMMAND}"):
+        return f"`{command}`"
+    return f"`{command}`, which pretrains these models through `python {OWN_COMMAND}` (the same runs on their own)"
+
+
 def markdown_section(results: dict) -> str:
     """The convergence table for BENCHMARKS.md."""
     analysis, plateau = results["analysis"], results["plateaus"]["context_free"]
     lines = [f"{results['shape']}; {results['settings']}. Seeds {results['seeds']}; mean ± standard deviation "
              f"over the seeds. Without context a model scores {results['plateaus']['unigram']:.3f} from the token "
              f"frequencies alone, {plateau:.3f} at best when it also copies the visible tokens (the plateau).",
-             "", f"Command: `{results['command']}`", "",
+             "", f"Command: {command_text(results['command'])}", "",
              "| model | parameters | final validation loss | steps to BERT's final loss | × BERT's steps "
              "| time to BERT's final loss (s) | × BERT's time | s/step, side by side (× BERT, q1–q3) "
              "| s/step in the run |", "|---|---|---|---|---|---|---|---|---|"]

@@ -407,3 +407,11 @@ def test_convergence_states_where_bert_left_each_plateau():
             f"{fmt_spread(context_free, 0)}") in text
     # 5.8 is 0.4 below 6.2, 5.5 is 0.7 below: both past the margin
     assert "ends 0.55 nats below the context-free plateau: at least 0.25 nats in every seed" in text
+
+
+def test_convergence_names_its_own_script_when_downstream_made_the_runs():
+    made_here = bench_convergence.command_text("python bench/bench_convergence.py --seeds 0")
+    assert made_here == "`python bench/bench_convergence.py --seeds 0`"
+    made_by_downstream = bench_convergence.command_text("python bench/bench_downstream.py")
+    assert made_by_downstream.startswith("`python bench/bench_downstream.py`")
+    assert "`python bench/bench_convergence.py`" in made_by_downstream
