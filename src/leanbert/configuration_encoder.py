@@ -11,6 +11,7 @@ that a config can be built and edited one field at a time (transformers' `Config
 `hidden_size=37` with 12 heads).
 """
 
+import dataclasses
 import math
 
 from transformers import PretrainedConfig
@@ -117,6 +118,14 @@ class LeanEncoderConfig(PretrainedConfig):
         "sparse_prediction": BOOLEAN,
         "sparse_pred_ignore_index": Rule(is_int, "must be an integer"),
     }
+
+    if not dataclasses.is_dataclass(PretrainedConfig):  # transformers 4, where configs are not dataclasses
+        def __init__(self, **kwargs):
+            """Every annotated field takes its declared default unless given, as in a transformers 5 dataclass config:
+            without this, a config built on transformers 4 would save a config.json without its fields."""
+            defaults = {name: klass.__dict__[name] for klass in reversed(type(self).__mro__)
+                        for name in getattr(klass, "__annotations__", {}) if name in klass.__dict__}
+            super().__init__(**{**defaults, **kwargs})
 
     def __setattr__(self, name: str, value) -> None:
         if name in self.field_rules:

@@ -7,7 +7,8 @@ its config, through the class attribute `attention_class` of its `PreTrainedMode
 
 Shapes: B batch, L sequence length, d hidden size, H heads, d_h = d / H.
 
-This file ships next to each checkpoint (remote code): it imports only torch, transformers and its siblings.
+This file ships next to each checkpoint (remote code): it imports only torch, transformers and its siblings, and runs
+on transformers 4.48 and later (`transformers_compat.py`).
 """
 
 import sys
@@ -15,10 +16,7 @@ import sys
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -28,9 +26,17 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+
+from .transformers_compat import (
+    CAN_CHECKPOINT,
+    GradientCheckpointingLayer,
+    TransformersKwargs,
+    can_return_tuple,
+    capture_outputs,
+    create_bidirectional_mask,
+    init,
+    merge_with_config_defaults,
+)
 
 
 def eager_attention_forward(
@@ -227,6 +233,12 @@ class LeanLMPredictionHead(nn.Module):
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
+    def _tie_weights(self) -> None:
+        """Make the decoder's bias the head's `bias`. transformers 5 ties it through `_tied_weights_keys`; transformers
+        4 ties only the decoder's weight from there and calls this after loading, without which the bias would load
+        as zero or uninitialised memory."""
+        self.decoder.bias = self.bias
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.transform(hidden_states))
 
@@ -247,7 +259,7 @@ class LeanPreTrainedModel(PreTrainedModel):
     `base_model_class` (the architecture's `...Model`).
     """
 
-    supports_gradient_checkpointing = True
+    supports_gradient_checkpointing = CAN_CHECKPOINT
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True

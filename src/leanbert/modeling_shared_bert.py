@@ -6,10 +6,7 @@ Shared weights for query, key and value in BERT (arXiv 2412.00359). Everything o
 
 import torch
 from torch import nn
-from transformers import initialization as init
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
 
 from .configuration_shared_bert import SharedBertConfig
 from .modeling_encoder import (
@@ -23,6 +20,7 @@ from .modeling_encoder import (
     eager_attention_forward,
     head_size,
 )
+from .transformers_compat import ALL_ATTENTION_FUNCTIONS, TransformersKwargs, init
 
 
 class SharedBertSelfAttention(nn.Module):
@@ -58,10 +56,10 @@ class SharedBertSelfAttention(nn.Module):
         k = s.view(heads_shape).transpose(1, 2)
         v = (s * self.value_scale).view(heads_shape).transpose(1, 2)
 
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        context, weights = attention_interface(
+        context, weights = attend(
             self,
             q,
             k,
@@ -76,6 +74,7 @@ class SharedBertSelfAttention(nn.Module):
 
 class SharedBertPreTrainedModel(LeanPreTrainedModel):
     config: SharedBertConfig
+    config_class = SharedBertConfig  # transformers < 4.54 reads the class attribute, not the annotation
     base_model_prefix = "shared_bert"
     attention_class = SharedBertSelfAttention
 

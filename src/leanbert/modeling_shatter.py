@@ -14,10 +14,7 @@ from math import comb
 
 import torch
 from torch import nn
-from transformers import initialization as init
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
 
 from .configuration_shatter import ShatterConfig
 from .modeling_encoder import (
@@ -30,6 +27,7 @@ from .modeling_encoder import (
     LeanPreTrainedModel,
     eager_attention_forward,
 )
+from .transformers_compat import ALL_ATTENTION_FUNCTIONS, TransformersKwargs, init
 
 
 def bernstein_parts(relative: torch.Tensor, num_parts: int, scale: int) -> torch.Tensor:
@@ -140,10 +138,10 @@ class ShatterSelfAttention(nn.Module):
         # batched matmuls rather than einsum: several times faster on the CPU, forward and backward
         wide = torch.matmul(g.transpose(1, 2), values).reshape(B, 1, L, -1)  # (B, 1, L, (m+1)·d)
         if self.config.attention_normalizer == "softmax":
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            attend = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
-            mixed, weights = attention_interface(
+            mixed, weights = attend(
                 self, q, k, wide, attention_mask,
                 dropout=self.dropout.p if self.training else 0.0, scaling=self.scaling, **kwargs,
             )  # (B, L, 1, (m+1)·d)
@@ -169,6 +167,7 @@ class ShatterSelfAttention(nn.Module):
 
 class ShatterPreTrainedModel(LeanPreTrainedModel):
     config: ShatterConfig
+    config_class = ShatterConfig  # transformers < 4.54 reads the class attribute, not the annotation
     base_model_prefix = "shatter"
     attention_class = ShatterSelfAttention
     _supports_flash_attn = False  # values are (P)·d wide, wider than queries

@@ -6,10 +6,7 @@ arXiv 2406.06366). Everything outside self-attention is BERT's (`modeling_encode
 
 import torch
 from torch import nn
-from transformers import initialization as init
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
 
 from .configuration_sym_bert import SymBertConfig
 from .modeling_encoder import (
@@ -23,6 +20,7 @@ from .modeling_encoder import (
     eager_attention_forward,
     head_size,
 )
+from .transformers_compat import ALL_ATTENTION_FUNCTIONS, TransformersKwargs, init
 
 
 class SymBertSelfAttention(nn.Module):
@@ -59,10 +57,10 @@ class SymBertSelfAttention(nn.Module):
         # Symmetric dot-product attention with pairwise coefficient: s_ij = q_i B_h q_j^T / sqrt(d_h)
         q_pairwise = q if self.pairwise is None else torch.matmul(q, self.pairwise)  # (B, H, L, d_h)
 
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        context, weights = attention_interface(
+        context, weights = attend(
             self,
             q_pairwise,
             q,
@@ -77,6 +75,7 @@ class SymBertSelfAttention(nn.Module):
 
 class SymBertPreTrainedModel(LeanPreTrainedModel):
     config: SymBertConfig
+    config_class = SymBertConfig  # transformers < 4.54 reads the class attribute, not the annotation
     base_model_prefix = "sym_bert"
     attention_class = SymBertSelfAttention
 
