@@ -1,4 +1,4 @@
-"""The console scripts (`leanbert-convert`, `-heal`, `-pretrain`, `-finetune`). Each imports its command only
+"""The console scripts (`leanbert-convert`, `-heal`, `-pretrain`, `-finetune`, `-export`). Each imports its command only
 here, inside the guard: loading torch and transformers takes seconds, and a Ctrl-C or SIGTERM in them ends with
 one line and exit code 130, as one during the run does, instead of a traceback or a silent death. The commands are
 in `leanbert.commands` (whose runner takes over the signals once loaded)."""
@@ -36,3 +36,7 @@ def pretrain() -> int:
 
 def finetune() -> int:
     return launch("finetune")
+
+
+def export() -> int:
+    return launch("export")

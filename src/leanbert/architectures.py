@@ -42,6 +42,12 @@ class Architecture:
                 if getattr(cls, "_auto_class", None) and cls.config_class is self.config_class}
 
     @property
+    def has_bert_form(self) -> bool:
+        """Whether its attention equals BERT's with particular weights (`bert_projections()`), so that
+        `leanbert-export` can write its models as plain BERT."""
+        return hasattr(next(iter(self.classes.values())).attention_class, "bert_projections")
+
+    @property
     def exports(self) -> list[type]:
         """The public classes: the config and everything in the modeling module's `__all__`."""
         return [self.config_class, *(getattr(self.modeling, name) for name in self.modeling.__all__)]

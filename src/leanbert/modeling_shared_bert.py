@@ -71,6 +71,16 @@ class SharedBertSelfAttention(nn.Module):
         )
         return context.reshape(*hidden_states.shape[:-1], -1), weights  # (B, L, d)
 
+    @torch.no_grad()
+    def bert_projections(self) -> dict[str, torch.Tensor]:
+        """BERT's query, key and value weights and biases that give exactly these q, k and v (BERT's form, for an
+        export): s ⊙ d_q = x (diag(d_q) W_s)^T + b_s ⊙ d_q, so W_q = diag(d_q) W_s and b_q = b_s ⊙ d_q in `nn.Linear`'s
+        (out, in) layout, and so for the key and the value."""
+        weight, bias = self.shared.weight, self.shared.bias
+        return {f"{name}.{part}": tensor
+                for name, scale in (("query", self.query_scale), ("key", self.key_scale), ("value", self.value_scale))
+                for part, tensor in (("weight", scale[:, None] * weight), ("bias", scale * bias))}
+
 
 class SharedBertPreTrainedModel(LeanPreTrainedModel):
     config: SharedBertConfig

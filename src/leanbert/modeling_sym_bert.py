@@ -72,6 +72,23 @@ class SymBertSelfAttention(nn.Module):
         )
         return context.reshape(*hidden_states.shape[:-1], -1), weights  # (B, L, d)
 
+    @torch.no_grad()
+    def bert_projections(self) -> dict[str, torch.Tensor]:
+        """BERT's query, key and value weights and biases that give exactly these scores (BERT's form, for an export):
+        per head h, q_h B_h = x (B_h^T W_h)^T + b_h B_h, so W_q[h] = B_h^T W_qk[h] and b_q[h] = b_qk[h] B_h in
+        `nn.Linear`'s (out, in) layout; W_k = W_qk, b_k = b_qk; B_h = I for the symmetric mode. Folded in float64."""
+        weight, bias = self.query_key.weight.double(), self.query_key.bias.double()
+        query_weight, query_bias = weight, bias
+        if self.pairwise is not None:
+            heads, size = self.pairwise.shape[:2]
+            pairwise = self.pairwise.double()  # (H, d_h, d_h)
+            query_weight = torch.matmul(pairwise.transpose(1, 2), weight.view(heads, size, -1)).reshape(weight.shape)
+            query_bias = torch.matmul(bias.view(heads, 1, size), pairwise).reshape(bias.shape)
+        dtype = self.query_key.weight.dtype
+        return {"query.weight": query_weight.to(dtype), "query.bias": query_bias.to(dtype),
+                "key.weight": self.query_key.weight.clone(), "key.bias": self.query_key.bias.clone(),
+                "value.weight": self.value.weight.clone(), "value.bias": self.value.bias.clone()}
+
 
 class SymBertPreTrainedModel(LeanPreTrainedModel):
     config: SymBertConfig

@@ -39,7 +39,7 @@ from .models import is_local
 
 PLACEHOLDER = "path/to/this/model"
 CARD = "README.md"
-KINDS = ("converted", "healed", "pretrained", "finetuned")
+KINDS = ("converted", "healed", "pretrained", "finetuned", "exported")
 RELATION = "finetune"  # see the module docstring
 GLUE_DATASET = "nyu-mll/glue"
 # class-name suffix -> (Auto class, Hub pipeline tag); the longest suffix that matches wins
@@ -54,6 +54,7 @@ HEADS = {
 HUB_METRICS = {"pearson": "pearsonr", "spearmanr": "spearmanr", "accuracy": "accuracy", "f1": "f1",
                "matthews_correlation": "matthews_correlation"}
 REPORTS = ("conversion_report.json", "training_report.json", "results.json")
+EXPORT_REPORT = "export_report.json"
 
 
 def for_repo(text: str, repo_id: str) -> str:
@@ -137,6 +138,10 @@ def is_number(value) -> bool:
 def fixed(value, digits: int) -> str:
     """`value` with `digits` decimals, or "n/a" where a report (perhaps edited by hand) holds no number."""
     return f"{value:.{digits}f}" if is_number(value) else "n/a"
+
+
+def scientific(value) -> str:
+    return f"{value:.1e}" if is_number(value) else "n/a"
 
 
 def mapping(report: dict, key: str) -> dict:
@@ -228,7 +233,7 @@ def write_model_card(folder: str | Path, *, kind: str, source: str | Path | None
     """Write `folder/README.md` for the model saved in `folder`; `kind` is how it was made ("converted", "healed",
     "pretrained", "finetuned"), `source` the model it started from (a folder or Hub id; for converted and healed
     models the conversion report's source by default). Returns the card's path."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCardData
 
     import leanbert
 
@@ -237,8 +242,9 @@ def write_model_card(folder: str | Path, *, kind: str, source: str | Path | None
     folder = Path(folder)
     config = read_json(folder / "config.json")
     conversion, training, results = (read_json(folder / name) for name in REPORTS)
-    if source is None and kind in ("converted", "healed"):
-        source = conversion.get("source")
+    exported = read_json(folder / EXPORT_REPORT)
+    if source is None and kind in ("converted", "healed", "exported"):
+        source = (exported if kind == "exported" else conversion).get("source")
     source = None if source is None else str(source)
     model_type = config.get("model_type", "")
     architecture = next((a for a in leanbert.ARCHITECTURES if a.model_type == model_type), None)
@@ -249,7 +255,8 @@ def write_model_card(folder: str | Path, *, kind: str, source: str | Path | None
     base_model = hub_id(source) or inherited_base_model(source)
     origin = source_card(source)
     license_ = getattr(origin.data, "license", None) if origin is not None else None
-    tags = ["leanbert", model_type] + (["sentence-transformers"] if (folder / "modules.json").is_file() else [])
+    tags = ["leanbert", model_type, exported.get("source_model_type")]
+    tags += ["sentence-transformers"] if (folder / "modules.json").is_file() else []
     data = ModelCardData(
         library_name="transformers", pipeline_tag=pipeline_tag, tags=[tag for tag in tags if tag],
         base_model=base_model, base_model_relation=RELATION if base_model else None,
@@ -261,18 +268,75 @@ def write_model_card(folder: str | Path, *, kind: str, source: str | Path | None
     title = {"converted": f"{class_name}, converted from {display(source)}",
              "healed": f"{class_name}, converted from {display(source)} and healed by distillation",
              "pretrained": f"{class_name}, pretrained with masked-LM",
-             "finetuned": f"{class_name}, fine-tuned on GLUE {str(results.get('task', '')).upper()}"}[kind]
+             "finetuned": f"{class_name}, fine-tuned on GLUE {str(results.get('task', '')).upper()}",
+             "exported": f"{class_name}, the exact BERT form of {exported.get('source_architecture')} "
+                         f"{display(source)}"}[kind]
     body = [f"# {title}", ""]
+    if kind == "exported":
+        body += export_sections(exported, source, base_model, license_)
+        body += usage(auto, None, sentence_transformers=(folder / "modules.json").is_file())
+        return save_card(folder, data, body)
     body += about(name, architecture, config)
     body += lineage(source, base_model, conversion, training, results, license_)
     body += parameters(conversion, training or results)
     body += fidelity(conversion)
     body += training_results(kind, training, results)
     body += usage(auto, architecture, sentence_transformers=(folder / "modules.json").is_file())
+    return save_card(folder, data, body)
+
+
+def save_card(folder: Path, data, body: list[str]) -> Path:
+    """Write the card (YAML metadata, then the body's lines) to `folder/README.md`."""
+    from huggingface_hub import ModelCard
+
     text = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body).rstrip() + "\n"
     path = folder / CARD
     ModelCard(text).save(path)
     return path
+
+
+def export_sections(exported: dict, source, base_model, license_) -> list[str]:
+    """What an exported BERT is, where it comes from, that it computes the same outputs and what that costs."""
+    import leanbert
+
+    native = next((a for a in leanbert.ARCHITECTURES if a.model_type == exported.get("source_model_type")), None)
+    paper = (f" ([arXiv {native.arxiv}](https://arxiv.org/abs/{native.arxiv}): {native.title[0].lower()}"
+             f"{native.title[1:]})" if native else "")
+    mode = f", attention_mode `{exported['attention_mode']}`" if "attention_mode" in exported else ""
+    check, counts, flops = (mapping(exported, key) for key in ("check", "parameters", "inference_flops"))
+    added = counts.get("added_fraction")
+    lines = ["## Model", "",
+             f"A plain BERT (`model_type: bert`, transformers' `{exported.get('exported_architecture')}`): no custom "
+             "code, no `trust_remote_code`. It loads with transformers 4.x and 5.x alone and runs wherever BERT runs "
+             "(text-embeddings-inference, vLLM, optimum's ONNX export, transformers.js, candle).", "",
+             f"It was trained or converted as **{native.name if native else exported.get('source_model_type')}**"
+             f"{paper}{mode}, whose attention is BERT's with particular weights; `leanbert-export` (leanbert "
+             f"{exported.get('leanbert_version')}) multiplied those weights out. Its outputs are those of the source: "
+             f"on {check.get('batch')}, every output (hidden states, pooler, logits) differs by at most "
+             f"{scientific(check.get('max'))} (float32).", "",
+             "## Lineage", "", f"- Exported from {display(source)}, a {exported.get('source_architecture')}."]
+    origin = local_card_title(source)
+    if origin:
+        lines.append(f"- {display(source)} is itself a leanbert model: {origin}"
+                     + (f", derived from {display(base_model)}" if base_model else "") + ".")
+    if isinstance(license_, str):
+        lines.append(f"- Licence: `{license_}`, as stated by the source's card.")
+    if exported.get("sparse_prediction"):
+        lines.append("- The source predicted masked tokens sparsely in training (`sparse_prediction`); BERT computes "
+                     "the same logits at every position.")
+    lines += ["", f"`{EXPORT_REPORT}` in this repository holds every measurement.", "",
+              "## Cost", "",
+              "The same function at BERT's cost: the shared projections of the source are three full ones again. "
+              "Keep the source model where leanbert (or remote code) can run and its lower cost matters.", "",
+              "| | parameters | inference FLOPs |", "|---|---|---|",
+              f"| source ({exported.get('source_architecture')}) | {number(counts.get('source'))} | "
+              f"{number(flops.get('source'))} |",
+              f"| this model ({exported.get('exported_architecture')}) | {number(counts.get('exported'))} | "
+              f"{number(flops.get('exported'))} |", "",
+              f"FLOPs of one forward pass on the batch of the check ({flops.get('batch')}); this model costs "
+              f"×{fixed(flops.get('ratio'), 3)} as much and has {fixed(100 * added if is_number(added) else None, 2)}% more "
+              "parameters.", ""]
+    return lines
 
 
 def about(name: str, architecture, config: dict) -> list[str]:

@@ -1,0 +1,132 @@
+"""`leanbert-export`: a SymBert or SharedBert folder written as the plain BERT that computes the same outputs.
+
+The output is an ordinary transformers BERT folder (`model_type: bert`, `BertModel` or `BertFor...` with the same
+head, no code files, no `auto_map`), with the tokenizer, the sentence-transformers set-up when the model has one,
+a model card and `export_report.json`. It loads with transformers 4.x or 5.x alone and runs wherever BERT runs
+(text-embeddings-inference, vLLM, optimum's ONNX export, ...). `Export` checks everything before any work: the
+folder is a leanbert model with a BERT form, whose weights fit its config, with a tokenizer. After writing, the
+saved BERT is loaded back with transformers and compared with the source model on a padded batch; a difference
+beyond float32 rounding is an error and nothing is published.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+import leanbert
+
+from ..common.cards import write_model_card
+from ..common.errors import LeanbertError
+from ..common.models import load_config, load_tokenizer, load_weights, weights_checksum
+from ..common.output import SafeOutput
+from ..common.sentence_transformers import read_setup, write_setup
+from .bert import bert_class, check_batch, max_difference, outputs, to_bert
+
+REPORT = "export_report.json"
+# The largest difference between an output of the source and of its BERT form, relative to the output's largest
+# magnitude (at least 1), that counts as the same function: float32 rounding of the folded weights stays near 1e-7.
+TOLERANCE = 1e-5
+LEANBERT_TYPES = {architecture.model_type: architecture for architecture in leanbert.ARCHITECTURES}
+
+
+class ExportError(LeanbertError):
+    """The model cannot be exported; the message is meant for the user as is."""
+
+
+def load_leanbert(model: str | Path, allow_pickle: bool = False):
+    """The leanbert model in `model` (a folder or Hub id) with its tokenizer; refused unless it has a BERT form."""
+    config = load_config(model, "model")
+    if config.model_type == "bert":
+        raise ExportError(f"model {str(model)!r} is a plain BERT already (model_type 'bert'); nothing to export")
+    architecture = LEANBERT_TYPES.get(config.model_type)
+    if architecture is None:
+        raise ExportError(f"model {str(model)!r} is a {config.model_type!r} model; leanbert-export takes a "
+                          f"leanbert model ({', '.join(LEANBERT_TYPES)})")
+    names = {cls.__name__: cls for cls in architecture.classes.values()}
+    class_name = (config.architectures or [f"{architecture.name}Model"])[0]
+    if class_name not in names:
+        raise ExportError(f"model {str(model)!r} names the architecture {class_name!r}, which {architecture.name} "
+                          f"does not have ({', '.join(sorted(names))})")
+    if not architecture.has_bert_form:
+        raise ExportError(f"model {str(model)!r} is a {architecture.name}, which has no BERT form (its attention "
+                          "mixes values by relative-position parts, which BERT's attention cannot express); to serve "
+                          "it without leanbert, export it to ONNX (README: 'Export to ONNX')")
+    tokenizer = load_tokenizer(model, "model", config.vocab_size)
+    return load_weights(names[class_name], model, "model", allow_pickle), tokenizer
+
+
+class Export:
+    """One export, validated on construction (one `LeanbertError` naming the problem, before any work) and run by
+    `write_to(folder)`."""
+
+    def __init__(self, model: str | Path, *, allow_pickle: bool = False):
+        self.source = str(model)
+        self.sentence_transformers = read_setup(model, "model", allow_pickle=allow_pickle)
+        self.model, self.tokenizer = load_leanbert(model, allow_pickle)
+
+    def write_to(self, folder: Path) -> dict:
+        """Write the BERT form, its tokenizer, the sentence-transformers set-up, the report and the card; check
+        the saved BERT against the source model; return the report."""
+        started = time.perf_counter()
+        model = self.model
+        bert = to_bert(model)
+        bert.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        write_setup(self.sentence_transformers, folder)
+
+        saved_class = bert_class(model)
+        saved = saved_class.from_pretrained(folder, dtype=torch.float32).eval()  # what a user loads
+        batch = check_batch(model.config)
+        expected, native_flops = outputs(model, batch)
+        got, bert_flops = outputs(saved, batch)
+        differences = max_difference(expected, got)
+        scale = max(1.0, max(tensor.abs().max().item() for tensor in expected.values()))
+        worst = max(differences, key=differences.get)
+        if differences[worst] > TOLERANCE * scale:
+            raise ExportError(f"the exported BERT does not reproduce {self.source!r}: output {worst} differs by "
+                              f"{differences[worst]:.3g} (a bug: please report it)")
+        native_params, bert_params = model.num_parameters(), saved.num_parameters()
+        config = model.config
+        report = {
+            "source": self.source,
+            "source_architecture": type(model).__name__,
+            "source_model_type": config.model_type,
+            **({"attention_mode": config.attention_mode} if hasattr(config, "attention_mode") else {}),
+            "source_checksum": weights_checksum(model),
+            "exported_architecture": saved_class.__name__,
+            "parameters": {"source": native_params, "exported": bert_params, "added": bert_params - native_params,
+                           "added_fraction": round(bert_params / native_params - 1, 6)},
+            "inference_flops": {"source": native_flops, "exported": bert_flops,
+                                "ratio": round(bert_flops / native_flops, 6),
+                                "batch": list(batch["input_ids"].shape),
+                                "measure": "FLOPs of one forward pass on the check batch (torch's FlopCounterMode)"},
+            "check": {"max_abs_difference": differences, "max": differences[worst], "tolerance": TOLERANCE * scale,
+                      "batch": f"{batch['input_ids'].shape[0]} random sequences of up to "
+                               f"{batch['input_ids'].shape[1]} tokens with padding, two segments",
+                      "measure": "max absolute difference between each output of the source model (leanbert) and "
+                                 "of the exported folder loaded with transformers' BERT class, float32"},
+            "sparse_prediction": getattr(config, "sparse_prediction", False),
+            "transformers_version": transformers.__version__,
+            "leanbert_version": leanbert.__version__,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        write_model_card(folder, kind="exported", source=self.source)
+        return report
+
+
+def export(model: str | Path, output: str | Path, *, force: bool = False, allow_pickle: bool = False) -> dict:
+    """Write the leanbert model `model` (a SymBert or SharedBert folder or Hub id) as plain BERT into `output`.
+
+    Everything is checked before any work; the output is replaced only when the new one is complete, and only with
+    `force` (see `leanbert.common.output`). Returns the report, also written to `output/export_report.json`.
+    """
+    target = SafeOutput(output, inputs=[("model", model)], force=force, command="leanbert-export")
+    exporting = Export(model, allow_pickle=allow_pickle)
+    with target as staging:
+        report = exporting.write_to(staging)
+        target.publish()
+    return report
