@@ -55,6 +55,34 @@ def arch(request):
     return request.param
 
 
+def save_tiny_model(arch: str, head: str, folder: Path, tokenizer, seed: int = 0, **fields):
+    """A tiny `arch` model (config `fields` on top) with the `head`, its weights moved off their init (so that a
+    tensor that fails to load shows in the outputs), saved with `tokenizer` into `folder`; returns the model in eval
+    mode."""
+    torch.manual_seed(seed)
+    labels = {"num_labels": 2} if head == "ForQuestionAnswering" else {"num_labels": 3}
+    config = tiny_config(arch, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **labels, **fields)
+    model = model_class(arch, head)(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def padded_token_batch(vocab_size: int, seed: int = 3) -> dict[str, torch.Tensor]:
+    """Three rows of token ids, two of them padded (with id 0) to different lengths, two segments."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, vocab_size, (3, 11), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    attention_mask[2, 3:] = 0
+    token_type_ids = (torch.arange(11) >= 5).long().expand(3, -1).clone()
+    return {"input_ids": input_ids.masked_fill(attention_mask == 0, 0), "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids}
+
+
 @pytest.fixture
 def batch():
     """Two sequences; the second has three padding positions at the end."""
@@ -153,3 +181,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def st_source(tmp_path_factory):
+    """A small random BERT saved as a sentence-transformers model like all-MiniLM-L6-v2 (mean pooling,
+    normalisation), with a max_seq_length other than the tokenizer's, prompts and a similarity function; and text."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from leanbert.common.passages import read_passages
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+    root = tmp_path_factory.mktemp("st")
+    tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, initializer_range=0.2)).save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    model = SentenceTransformer(modules=[Transformer(str(root / "bert"), max_seq_length=128), Pooling(48, "mean"),
+                                         Normalize()],
+                                prompts={"query": "query: ", "passage": "passage: "}, similarity_fn_name="dot")
+    model.save(str(root / "source"))
+    (root / "text.txt").write_text("\n".join(read_passages()[0][:48]))
+    return root

@@ -20,7 +20,7 @@ try:
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 except ImportError:  # sentence-transformers < 6
     from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoTokenizer
 
 from conftest import real_minilm_path
 from leanbert.commands.convert import main as convert_main
@@ -70,24 +70,6 @@ def without_leanbert(folder: Path, texts: list[str], tmp_path: Path) -> tuple[di
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), load_file(tmp_path / "emb.st")["embeddings"]
-
-
-@pytest.fixture(scope="module")
-def st_source(tmp_path_factory):
-    """A small random BERT saved as a sentence-transformers model like all-MiniLM-L6-v2 (mean pooling,
-    normalisation), with a max_seq_length other than the tokenizer's, prompts and a similarity function; and text."""
-    root = tmp_path_factory.mktemp("st")
-    tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, initializer_range=0.2)).save_pretrained(root / "bert")
-    tokenizer.save_pretrained(root / "bert")
-    model = SentenceTransformer(modules=[Transformer(str(root / "bert"), max_seq_length=128), Pooling(48, "mean"),
-                                         Normalize()],
-                                prompts={"query": "query: ", "passage": "passage: "}, similarity_fn_name="dot")
-    model.save(str(root / "source"))
-    (root / "text.txt").write_text("\n".join(read_passages()[0][:48]))
-    return root
 
 
 @pytest.fixture(scope="module")

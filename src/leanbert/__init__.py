@@ -6,10 +6,17 @@ each architecture's default LoRA target modules. Both derive from the declaratio
 """
 
 import transformers
-
-from .architectures import ARCHITECTURES, Architecture
+from packaging.version import Version
 
 __version__ = "0.1.0"
+REQUIRED_TRANSFORMERS = "5.0"
+
+if Version(transformers.__version__) < Version(REQUIRED_TRANSFORMERS):
+    raise ImportError(f"leanbert {__version__} needs transformers >= {REQUIRED_TRANSFORMERS} (this environment has "
+                      f"{transformers.__version__}); the checkpoints it saves load without leanbert on transformers "
+                      "4.48 or later, with trust_remote_code=True")
+
+from .architectures import ARCHITECTURES, Architecture  # noqa: E402
 
 __all__ = ["ARCHITECTURES", "Architecture"]
 for _architecture in ARCHITECTURES:

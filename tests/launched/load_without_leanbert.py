@@ -4,13 +4,21 @@ compare with what the saving process computed.
 
     python load_without_leanbert.py JOBS.json OUT.safetensors
 
-JOBS.json: {"inputs": {name: nested lists}, "models": [{"name", "folder", "auto", "remote", "round_trip"}],
-"sentence_transformers": [{"name", "folder", "sentences", "remote"}]}. `remote` loads with
-`trust_remote_code=True`; without it, a folder that needs code fails to load. `round_trip` also saves the loaded
-model here and loads that again, recording its outputs as `<name>.round_trip.<field>`. Only torch, safetensors,
-transformers and sentence-transformers are imported: `import leanbert` raises.
+JOBS.json holds "inputs" (name -> nested lists: the batch) and lists of jobs:
+- "models": {"name", "folder", "auto", "remote", "round_trip"}: load with the Auto class (`remote`:
+  `trust_remote_code=True`; without it, a folder that needs code fails to load), record every output as
+  `<name>.<field>[.<index>]`; `round_trip` also saves the loaded model here and records the reloaded one's outputs
+  as `<name>.round_trip.<field>...`;
+- "sentence_transformers": {"name", "folder", "sentences", "remote"}: `<name>.embeddings`;
+- "tokenizers": folders for `AutoTokenizer.from_pretrained` without `trust_remote_code`: whether it asked to run
+  code (the prompt is answered "no") and the class it gave;
+- "configs": folders whose config class is built afresh here (`Config()`): the fields it would save;
+- "checkpointing": folders whose model is trained one step with gradient checkpointing, or refuses it.
+Facts that are not tensors go into the file's metadata as JSON. Only torch, safetensors, transformers and
+sentence-transformers are imported: `import leanbert` raises.
 """
 
+import builtins
 import json
 import sys
 import tempfile
@@ -24,23 +32,23 @@ from safetensors.torch import save_file  # noqa: E402
 jobs_file, out_file = sys.argv[1:3]
 jobs = json.loads(open(jobs_file, encoding="utf-8").read())
 inputs = {key: torch.tensor(value) for key, value in jobs["inputs"].items()}
-recorded = {}
+recorded, facts = {}, {"transformers": transformers.__version__}
 
 
 def record(name: str, model) -> None:
-    """Every tensor of the model's output on the padded batch (multiple-choice models get it as one choice of two)."""
+    """Every tensor of the model's output on the padded batch (multiple-choice models see it as two choices)."""
     batch = inputs
     if type(model).__name__.endswith("ForMultipleChoice"):
         batch = {key: torch.stack([value, value.flip(0)], dim=1) for key, value in inputs.items()}
     with torch.no_grad():
         output = model(**batch, output_hidden_states=True)
     for field, value in output.items():
-        values = value if isinstance(value, tuple) else (value,)
-        for index, tensor in enumerate(values):
-            recorded[f"{name}.{field}.{index}"] = tensor.float().clone()
+        for index, tensor in enumerate(value if isinstance(value, tuple) else (value,)):
+            key = f"{name}.{field}.{index}" if isinstance(value, tuple) else f"{name}.{field}"
+            recorded[key] = tensor.float().clone()
 
 
-for job in jobs["models"]:
+for job in jobs.get("models", []):
     auto = getattr(transformers, job["auto"])
     model = auto.from_pretrained(job["folder"], trust_remote_code=job["remote"]).eval()
     origin = type(model).__module__
@@ -51,8 +59,7 @@ for job in jobs["models"]:
     if job.get("round_trip"):
         with tempfile.TemporaryDirectory() as folder:
             model.save_pretrained(folder)
-            again = auto.from_pretrained(folder, trust_remote_code=job["remote"]).eval()
-            record(f"{job['name']}.round_trip", again)
+            record(f"{job['name']}.round_trip", auto.from_pretrained(folder, trust_remote_code=job["remote"]).eval())
 
 for job in jobs.get("sentence_transformers", []):
     from sentence_transformers import SentenceTransformer
@@ -60,5 +67,26 @@ for job in jobs.get("sentence_transformers", []):
     encoder = SentenceTransformer(job["folder"], device="cpu", trust_remote_code=job["remote"])
     recorded[f"{job['name']}.embeddings"] = encoder.encode(job["sentences"], convert_to_tensor=True).float()
 
-recorded["transformers_version"] = torch.tensor([int(part) for part in transformers.__version__.split(".")[:2]])
-save_file(recorded, out_file)
+prompts = []
+builtins.input = lambda prompt="": prompts.append(prompt) or "n"
+for folder in jobs.get("tokenizers", []):
+    prompts.clear()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    facts.setdefault("tokenizers", {})[folder] = {"class": type(tokenizer).__name__, "asked": bool(prompts)}
+
+for folder in jobs.get("configs", []):
+    config_class = type(transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True))
+    facts.setdefault("configs", {})[folder] = config_class().to_dict()
+
+for folder in jobs.get("checkpointing", []):
+    model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True).train()
+    try:
+        model.gradient_checkpointing_enable()
+    except ValueError as error:
+        facts.setdefault("checkpointing", {})[folder] = f"refused: {error}"
+        continue
+    model(**inputs).last_hidden_state.sum().backward()
+    checkpointed = sum(getattr(layer, "gradient_checkpointing", False) for layer in model.modules())
+    facts.setdefault("checkpointing", {})[folder] = f"trained, {checkpointed} layers checkpointed"
+
+save_file(recorded, out_file, metadata={"facts": json.dumps(facts)})

@@ -312,8 +312,10 @@ def export_sections(exported: dict, source, base_model, license_) -> list[str]:
              f"It was trained or converted as **{native.name if native else exported.get('source_model_type')}**"
              f"{paper}{mode}, whose attention is BERT's with particular weights; `leanbert-export` (leanbert "
              f"{exported.get('leanbert_version')}) multiplied those weights out. Its outputs are those of the source: "
-             f"on {check.get('batch')}, every output (hidden states, pooler, logits) differs by at most "
-             f"{scientific(check.get('max'))} (float32).", "",
+             f"on {check.get('batch')}, every output (hidden states, pooler, logits) differs from the source model's by at "
+             f"most {scientific(check.get('max'))} in float32, where the source model itself is within "
+             f"{scientific(check.get('source_float32_error'))} of its exact (float64) outputs and this model within "
+             f"{scientific(check.get('exported_float32_error'))}.", "",
              "## Lineage", "", f"- Exported from {display(source)}, a {exported.get('source_architecture')}."]
     origin = local_card_title(source)
     if origin:
