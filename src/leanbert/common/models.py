@@ -113,9 +113,11 @@ def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool 
     `config` replaces the saved one (a head for another number of labels).
     Only safetensors files are read unless `allow_pickle` (a `pytorch_model.bin` can run code)."""
     try:
+        # mismatched sizes are reported in `info` rather than raised (transformers' error points at a report
+        # leanbert silences) and refused below, in one line that names the tensor
         model, info = model_class.from_pretrained(source, use_safetensors=None if allow_pickle else True, config=config,
                                                   dtype=torch.float32, output_loading_info=True,
-                                                  trust_remote_code=False)
+                                                  ignore_mismatched_sizes=True, trust_remote_code=False)
     except Exception as error:
         refused = code_refused(what, source, error)
         if refused:
@@ -135,8 +137,10 @@ def load_weights(model_class, source: str | Path, what: str, allow_pickle: bool 
         raise LeanbertError(f"the weights of {what} {str(source)!r} are incomplete: {len(missing)} tensors missing "
                             f"({shown})")
     if info.get("mismatched_keys"):
-        raise LeanbertError(f"the weights of {what} {str(source)!r} do not fit its config: "
-                            f"{info['mismatched_keys'][0]}")
+        name, saved, built = sorted(info["mismatched_keys"], key=str)[0]
+        raise LeanbertError(f"the weights of {what} {str(source)!r} do not fit its config: {name} is "
+                            f"{tuple(saved)} in the file but {tuple(built)} by the config "
+                            f"({len(info['mismatched_keys'])} tensors differ)")
     return model.eval()
 
 

@@ -6,8 +6,8 @@ a model card and `export_report.json`. It loads with transformers 4.x or 5.x alo
 (text-embeddings-inference, vLLM, optimum's ONNX export, ...). `Export` checks everything before any work: the
 folder is a leanbert model with a BERT form, whose weights fit its config, with a tokenizer. After writing, the
 saved BERT is loaded back with transformers and run on a padded batch beside the source model, in float32 and in
-float64; an export further from the exact outputs than float32 rounding explains is an error and nothing is
-published.
+float64; an export further from the exact outputs than float32 rounding explains is a bug (exit code 1) and nothing
+is published.
 """
 
 import copy
@@ -33,6 +33,10 @@ REPORT = "export_report.json"
 # 1e-7. A model whose weights cancel (a converted SymBert's query/key weight can be large where its pairwise matrices
 # shrink it back) is itself far from its exact outputs in float32; its export is then often nearer to them.
 TOLERANCE = 1e-5
+# Where the source model's own float32 error is large, the export's is of the same size but not below it on every
+# output (two different sequences of roundings): up to twice the source's counts as the same function. A wrong fold
+# is off by the size of the outputs themselves.
+FLOAT32_MARGIN = 2
 LEANBERT_TYPES = {architecture.model_type: architecture for architecture in leanbert.ARCHITECTURES}
 
 
@@ -85,16 +89,20 @@ class Export:
         saved = saved_class.from_pretrained(folder, dtype=torch.float32).eval()  # what a user loads
         batch = check_batch(model.config)
         exact, _ = outputs(copy.deepcopy(model).double(), batch)  # the source's function without float32 rounding
+        broken = next((name for name, tensor in exact.items() if not torch.isfinite(tensor).all()), None)
+        if broken is not None:
+            raise ExportError(f"model {self.source!r} computes non-finite values ({broken} holds NaN or infinity): "
+                              "its weights are broken, so there is nothing exact to export")
         expected, native_flops = outputs(model, batch)
         got, bert_flops = outputs(saved, batch)
         differences = max_difference(expected, got)
         source_error, exported_error = max_difference(expected, exact), max_difference(got, exact)
         scale = max(1.0, max(tensor.abs().max().item() for tensor in exact.values()))
-        worst = max(exported_error, key=lambda name: exported_error[name] - source_error[name])
-        if exported_error[worst] > source_error[worst] + TOLERANCE * scale:
-            raise ExportError(f"the exported BERT does not reproduce {self.source!r}: its output {worst} is "
-                              f"{exported_error[worst]:.3g} from the source's exact (float64) value, where the source "
-                              f"model itself is {source_error[worst]:.3g} from it (a bug: please report it)")
+        worst = max(exported_error, key=lambda name: exported_error[name] - FLOAT32_MARGIN * source_error[name])
+        if exported_error[worst] > FLOAT32_MARGIN * source_error[worst] + TOLERANCE * scale:  # leanbert's fault
+            raise RuntimeError(f"the exported BERT does not reproduce {self.source!r}: its output {worst} is "
+                               f"{exported_error[worst]:.3g} from the source's exact (float64) value, where the "
+                               f"source model itself is {source_error[worst]:.3g} from it")
         native_params, bert_params = model.num_parameters(), saved.num_parameters()
         config = model.config
         report = {
@@ -118,7 +126,8 @@ class Export:
                       "measure": "max absolute difference between each output of the source model (leanbert) and "
                                  "of the exported folder loaded with transformers' BERT class, float32; and of each "
                                  "from the source model computed in float64 (its exact value): the export must be no "
-                                 f"further from it than the source itself, plus {TOLERANCE} times the outputs' scale"},
+                                 f"further from it than {FLOAT32_MARGIN} times the source itself, plus {TOLERANCE} "
+                                 "times the outputs' scale"},
             "sparse_prediction": getattr(config, "sparse_prediction", False),
             "transformers_version": transformers.__version__,
             "leanbert_version": leanbert.__version__,
