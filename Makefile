@@ -45,6 +45,7 @@ test: install compat
 bench: install
 	$(BIN)/python bench/bench_parameters.py
 	$(BIN)/python bench/bench_speed.py --resume
+	$(BIN)/python bench/bench_deploy.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_downstream.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py
 	$(BIN)/python bench/report.py
@@ -54,6 +55,7 @@ QUICK := bench/results/quick
 bench-quick: install
 	$(BIN)/python bench/bench_parameters.py --output-dir $(QUICK)
 	$(BIN)/python bench/bench_speed.py --quick --output-dir $(QUICK)
+	$(BIN)/python bench/bench_deploy.py --quick --output-dir $(QUICK)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_downstream.py --quick
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py --quick
 	$(BIN)/python bench/report.py --results $(QUICK) --output $(QUICK)/BENCHMARKS.md

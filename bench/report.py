@@ -43,7 +43,9 @@ OTHERS = [("conversion.md", "converting all-MiniLM-L6-v2: STS-B Spearman and cos
                             "(`bench/bench_conversion.py`)"),
           ("healing.md", "healing the converted models by distillation (`bench/bench_healing.py`)"),
           ("shatter_pretrain.md", "the small pretraining runs that chose Shatter's defaults "
-                                  "(`bench/bench_shatter_pretrain.py`)")]
+                                  "(`bench/bench_shatter_pretrain.py`)"),
+          ("deploy.md", "inference of SymBert and SharedBert in their native form against their exact BERT export "
+                        "(`bench/bench_deploy.py`)")]
 
 SCALE = """\
 ## What our scale cannot test

@@ -218,3 +218,31 @@ def test_bench_training_cache_part_on_the_first_bytes_of_the_text(tmp_path):
     assert cache["text"] == "../shared/data/text/gutenberg-pd/train.txt"
     assert cache["tokens"] == cache["blocks"] * 16 and cache["blocks"] > 0
     assert f"Tokenisation cache ({cache['text_bytes'] / 1e6:.1f} MB of train.txt" in printed  # its table
+
+
+def test_bench_deploy_quick(tmp_path):
+    """bench/bench_deploy.py at 1 layer: every architecture with a BERT form against its export and BertModel; the
+    ratios agree with the raw times, the parameter counts with models built here, the outputs are equal."""
+    rounds = 3
+    subprocess.run([sys.executable, str(REPO / "bench" / "bench_deploy.py"), "--quick", "--layers", "1", "--batch", "2",
+                    "--seq", "16", "--rounds", str(rounds), "--warmup", "0", "--output-dir", str(tmp_path)],
+                   cwd=REPO, check=True, capture_output=True, timeout=300)
+    results = json.loads((tmp_path / "deploy.json").read_text())
+    rows = {row["model"]: row for row in results["rows"]}
+    assert list(rows) == ["SymBert pairwise", "SymBert symmetric", "SharedBert"]
+    base = dict(vocab_size=30522, num_hidden_layers=1)
+    exported_params = BertModel(BertConfig(**base)).num_parameters()
+    for name, row in rows.items():
+        native, exported = results["times"][name], results["times"][f"{name} exported"]
+        assert len(native) == len(exported) == rounds
+        q1, median, q3 = paired_quartiles(exported, native)
+        assert [row["exported_over_native"][key] for key in ("q1", "median", "q3")] == pytest.approx([q1, median, q3])
+        assert row["bert_over_native"]["median"] == pytest.approx(paired_quartiles(results["times"]["BertModel"],
+                                                                                   native)[1])
+        assert row["exported_params"] == exported_params > row["params"]
+        assert row["max_abs_difference"] < 1e-4
+    architecture = next(a for a in leanbert.ARCHITECTURES if a.model_type == "shared_bert")
+    assert rows["SharedBert"]["params"] == architecture.classes["AutoModel"](
+        architecture.config_class(**base)).num_parameters()
+    assert "| SharedBert |" in (tmp_path / "deploy.md").read_text()
+    assert (tmp_path / "deploy.png").stat().st_size > 0

@@ -28,6 +28,7 @@ from huggingface_hub.utils import _http
 
 import leanbert
 from leanbert.commands.convert import main as convert_main
+from leanbert.commands.export import main as export_main
 from leanbert.common.cards import for_repo
 from leanbert.common.errors import LeanbertError
 from leanbert.common.hub import push_folder
@@ -324,6 +325,25 @@ def test_convert_heal_and_push_from_the_command_line(hub, tiny_bert, calibration
     assert "after healing" in commit["files"]["README.md"].decode()
     assert hub.sent("whoami") == 1, "the token is checked once, before any work"
     assert not foreign_entries(output), "the published output is intact and leanbert's own"
+
+
+def test_export_and_push_from_the_command_line(hub, tiny_bert, calibration_file, tmp_path, capsys):
+    """An exported BERT is pushed like any leanbert output: a BERT with its leanbert report, no code files; a
+    refused token is refused before any export work."""
+    convert(str(tiny_bert), "sym", tmp_path / "sym", calibration_text=calibration_file, refine_steps=0)
+    assert export_main(["--model", str(tmp_path / "sym"), "--output", str(tmp_path / "bert"),
+                        "--push-to-hub", "alice/sym-bert"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    (commit,) = hub.commits
+    assert summary["hub"]["repo_id"] == "alice/sym-bert" and commit["repo_id"] == "alice/sym-bert"
+    assert sorted(commit["files"]) == ["README.md", "config.json", "export_report.json", "model.safetensors",
+                                       "tokenizer.json", "tokenizer_config.json"]
+    assert json.loads(commit["files"]["config.json"])["model_type"] == "bert"
+    assert hub.validated[-1]["tags"] == ["leanbert", "bert", "sym_bert"]
+    hub.refuse["whoami"] = 401
+    fails_in_one_line(export_main, ["--model", tmp_path / "sym", "--output", tmp_path / "again",
+                                    "--push-to-hub", "alice/sym-bert"], "401", capsys)
+    assert not (tmp_path / "again").exists()
 
 
 # ------------------------------------------------------------------------------------------------ bad input

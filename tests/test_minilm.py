@@ -7,10 +7,12 @@ import sys
 
 import pytest
 import torch
+from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer, BertModel
 
 from conftest import SHARED_DATA, real_minilm_path
 from leanbert.conversion import convert
+from leanbert.export import export
 from leanbert.conversion.convert import DROPOUT_LOSS_RATIO
 from leanbert.common.models import mean_pool
 from leanbert.common.passages import read_passages
@@ -57,6 +59,15 @@ def test_minilm_conversion_report_is_measured(to, tmp_path):
     else:
         assert "why" not in dropout and 1 - dropout["converted"] <= tolerated
         assert written_rate == source_rate
+
+    # its exact BERT form: plain BertModel, the same sentence embeddings through sentence-transformers
+    exported = export(output, tmp_path / f"{to}-bert")
+    assert exported["check"]["max"] <= 1e-5
+    sentences = read_passages(bundled="heldout.txt")[0][:16]
+    native = SentenceTransformer(str(output), device="cpu").encode(sentences, convert_to_tensor=True)
+    bert = SentenceTransformer(str(tmp_path / f"{to}-bert"), device="cpu")
+    assert type(bert[0].auto_model) is BertModel and bert.max_seq_length == 256
+    torch.testing.assert_close(bert.encode(sentences, convert_to_tensor=True), native, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow

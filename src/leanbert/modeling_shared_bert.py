@@ -56,10 +56,10 @@ class SharedBertSelfAttention(nn.Module):
         k = s.view(heads_shape).transpose(1, 2)
         v = (s * self.value_scale).view(heads_shape).transpose(1, 2)
 
-        attend = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        context, weights = attend(
+        context, weights = attention_interface(
             self,
             q,
             k,

@@ -138,10 +138,10 @@ class ShatterSelfAttention(nn.Module):
         # batched matmuls rather than einsum: several times faster on the CPU, forward and backward
         wide = torch.matmul(g.transpose(1, 2), values).reshape(B, 1, L, -1)  # (B, 1, L, (m+1)·d)
         if self.config.attention_normalizer == "softmax":
-            attend = ALL_ATTENTION_FUNCTIONS.get_interface(
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
-            mixed, weights = attend(
+            mixed, weights = attention_interface(
                 self, q, k, wide, attention_mask,
                 dropout=self.dropout.p if self.training else 0.0, scaling=self.scaling, **kwargs,
             )  # (B, L, 1, (m+1)·d)

@@ -57,10 +57,10 @@ class SymBertSelfAttention(nn.Module):
         # Symmetric dot-product attention with pairwise coefficient: s_ij = q_i B_h q_j^T / sqrt(d_h)
         q_pairwise = q if self.pairwise is None else torch.matmul(q, self.pairwise)  # (B, H, L, d_h)
 
-        attend = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        context, weights = attend(
+        context, weights = attention_interface(
             self,
             q_pairwise,
             q,

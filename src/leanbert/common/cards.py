@@ -203,7 +203,7 @@ def snippet(auto: str, architecture, remote: bool) -> str:
     if architecture is not None and not remote:
         lines += [f"import leanbert  # registers {architecture.name} with transformers' Auto classes", ""]
     lines += [f'model_id = "{PLACEHOLDER}"  # this folder, or its id on the Hub',
-              "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+              f"tokenizer = AutoTokenizer.from_pretrained(model_id{', trust_remote_code=True' if remote else ''})",
               f"model = {auto}.from_pretrained(model_id{', trust_remote_code=True' if remote else ''}).eval()",
               *example]
     return "```python\n" + "\n".join(lines) + "\n```"
