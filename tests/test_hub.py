@@ -223,7 +223,7 @@ def converted(tiny_bert, calibration_file, tmp_path_factory):
 
 CONVERTED_FILES = ["README.md", "config.json", "configuration_encoder.py", "configuration_shatter.py",
                    "conversion_report.json", "model.safetensors", "modeling_encoder.py", "modeling_shatter.py",
-                   "tokenizer.json", "tokenizer_config.json"]
+                   "tokenizer.json", "tokenizer_config.json", "transformers_compat.py"]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -319,7 +319,8 @@ def test_convert_heal_and_push_from_the_command_line(hub, tiny_bert, calibration
     assert sorted(commit["files"]) == [
         "README.md", "config.json", "configuration_encoder.py", "configuration_shatter.py",
         "conversion_report.json", "healing_curve.json", "healing_curve.png", "model.safetensors",
-        "modeling_encoder.py", "modeling_shatter.py", "tokenizer.json", "tokenizer_config.json"]
+        "modeling_encoder.py", "modeling_shatter.py", "tokenizer.json", "tokenizer_config.json",
+        "transformers_compat.py"]
     assert commit["header"]["summary"] == "healed" and not hub.repos["alice/shatter-healed"]["private"]
     assert commit["modes"]["healing_curve.png"] == "lfsFile"
     assert "after healing" in commit["files"]["README.md"].decode()

@@ -21,7 +21,7 @@ import json
 import re
 from pathlib import Path
 
-from .cards import CARD, REPORTS, for_repo
+from .cards import CARD, EXPORT_REPORT, REPORTS, for_repo
 from .errors import LeanbertError, first_line
 from .models import VOCABULARY_FILES
 from .output import MANIFEST, STAGING_MARK
@@ -177,9 +177,10 @@ def check_model_folder(folder: str | Path) -> None:
     config = read_config(folder)
     model_type = config.get("model_type")
     architecture = next((a for a in leanbert.ARCHITECTURES if a.model_type == model_type), None)
-    if architecture is None and not (model_type == "bert" and any((folder / r).is_file() for r in REPORTS)):
+    reports = (*REPORTS, EXPORT_REPORT)
+    if architecture is None and not (model_type == "bert" and any((folder / r).is_file() for r in reports)):
         raise LeanbertError(f"{str(folder)!r} is not a leanbert model: its config.json has model_type "
-                            f"{model_type!r} and it holds no leanbert report ({', '.join(REPORTS)})")
+                            f"{model_type!r} and it holds no leanbert report ({', '.join(reports)})")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
