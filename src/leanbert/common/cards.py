@@ -317,12 +317,7 @@ def export_sections(exported: dict, source, base_model, license_) -> list[str]:
              f"{scientific(check.get('source_float32_error'))} of its exact (float64) outputs and this model within "
              f"{scientific(check.get('exported_float32_error'))}.", "",
              "## Lineage", "", f"- Exported from {display(source)}, a {exported.get('source_architecture')}."]
-    origin = local_card_title(source)
-    if origin:
-        lines.append(f"- {display(source)} is itself a leanbert model: {origin}"
-                     + (f", derived from {display(base_model)}" if base_model else "") + ".")
-    if isinstance(license_, str):
-        lines.append(f"- Licence: `{license_}`, as stated by the source's card.")
+    lines += provenance(source, base_model, license_)
     if exported.get("sparse_prediction"):
         lines.append("- The source predicted masked tokens sparsely in training (`sparse_prediction`); BERT computes "
                      "the same logits at every position.")
@@ -404,6 +399,17 @@ def lineage(source, base_model, conversion: dict, training: dict, results: dict,
                      f"`leanbert-finetune` (leanbert {results.get('leanbert_version')}): {results.get('steps')} "
                      f"steps, batch {settings.get('batch_size')}, learning rate {settings.get('learning_rate')}, "
                      f"max length {settings.get('max_seq_length')}, seed {settings.get('seed')}.")
+    lines += provenance(source, base_model, license_)
+    reports = [f"`{name}`" for name, report in zip(REPORTS, (conversion, training, results)) if report]
+    if reports:
+        lines += ["", f"{', '.join(reports)} in this repository hold{'s' if len(reports) == 1 else ''} every "
+                      "setting and measurement."]
+    return lines + [""]
+
+
+def provenance(source, base_model, license_) -> list[str]:
+    """Lineage lines: what a local leanbert start folder itself came from (its card), and the licence."""
+    lines = []
     origin = local_card_title(source)
     if origin:
         lines.append(f"- {display(source)} is itself a leanbert model: {origin}"
@@ -414,11 +420,7 @@ def lineage(source, base_model, conversion: dict, training: dict, results: dict,
         lines.append("- Licence: the source's card states none; the source's terms apply to what derives from it.")
     else:
         lines.append("- Licence: none stated; the training text's terms may apply.")
-    reports = [f"`{name}`" for name, report in zip(REPORTS, (conversion, training, results)) if report]
-    if reports:
-        lines += ["", f"{', '.join(reports)} in this repository hold{'s' if len(reports) == 1 else ''} every "
-                      "setting and measurement."]
-    return lines + [""]
+    return lines
 
 
 def parameters(conversion: dict, report: dict) -> list[str]:
