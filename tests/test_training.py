@@ -711,6 +711,15 @@ def test_finetune_refuses_bad_input_before_any_work(tiny_bert_encoder, bad, case
     fails_cleanly(finetune_main, args, expected, bad, capsys)
 
 
+def test_finetune_names_a_classification_head_of_another_size(tiny_bert, bad, capsys, no_training):
+    """The tiny BERT's head has 3 labels, RTE has 2: one line saying so (transformers' own error would point at a
+    load report that is silenced)."""
+    args = ["--model", tiny_bert, "--task", "rte", "--data-dir", GLUE, "--max-seq-length", SEQ, "--max-train-steps", 2,
+            "--output", bad / "out"]
+    fails_cleanly(finetune_main, args, "has a classification head of another size than the 2 labels of rte", bad,
+                  capsys)
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
