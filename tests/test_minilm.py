@@ -62,7 +62,11 @@ def test_minilm_conversion_report_is_measured(to, tmp_path):
 
     # its exact BERT form: plain BertModel, the same sentence embeddings through sentence-transformers
     exported = export(output, tmp_path / f"{to}-bert")
-    assert exported["check"]["max"] <= 1e-5
+    # MiniLM's hidden states reach magnitudes near 20 on the check's random tokens, where float32 puts the source
+    # model itself about 1e-5 from its exact (float64) outputs: the export is as near to them (measured 1.2e-5 apart
+    # from the source for SymBert, 1.6e-5 for SharedBert)
+    check = exported["check"]
+    assert check["exported_float32_error"] <= 2 * check["source_float32_error"] and check["max"] <= 3e-5, check
     sentences = read_passages(bundled="heldout.txt")[0][:16]
     native = SentenceTransformer(str(output), device="cpu").encode(sentences, convert_to_tensor=True)
     bert = SentenceTransformer(str(tmp_path / f"{to}-bert"), device="cpu")

@@ -23,7 +23,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
 import leanbert
-from conftest import HEADS, REPO, padded_token_batch, real_minilm_path, save_tiny_model
+from conftest import HEADS, REPO, model_class, padded_token_batch, real_minilm_path, save_tiny_model
 from leanbert.conversion import convert
 from leanbert.export import export
 from leanbert.export.bert import outputs
@@ -52,7 +52,7 @@ def saved(tmp_path_factory, st_source):
     tokenizer = AutoTokenizer.from_pretrained(real_minilm_path())
     batch = padded_token_batch(len(tokenizer))
     jobs = {"inputs": {key: value.tolist() for key, value in batch.items()}, "models": [],
-            "sentence_transformers": [], "tokenizers": [], "configs": [], "checkpointing": []}
+            "attentions": [], "sentence_transformers": [], "tokenizers": [], "configs": [], "checkpointing": []}
     reference = {}
 
     def expect(name: str, model) -> None:
@@ -73,6 +73,16 @@ def saved(tmp_path_factory, st_source):
                 jobs["models"].append({"name": f"exported-{name}", "folder": str(root / "exported" / name),
                                        "auto": auto, "remote": False})
                 expect(f"exported-{name}", model)
+        jobs["attentions"].append({"name": variant, "folder": str(root / "native" / f"{variant}-ForMaskedLM"),
+                                   "auto": "AutoModelForMaskedLM"})
+        eager = model_class(architecture.model_type, "ForMaskedLM").from_pretrained(
+            root / "native" / f"{variant}-ForMaskedLM", attn_implementation="eager").eval()
+        with torch.no_grad():
+            output = eager(**batch, output_attentions=True, output_hidden_states=True, return_dict=False)
+        flat = [tensor for value in output for tensor in (value if isinstance(value, tuple) else (value,))]
+        layers = eager.config.num_hidden_layers
+        assert len(flat) == 1 + (layers + 1) + layers  # logits, hidden states, attention maps
+        reference.update({f"{variant}.eager.{index}": tensor.float() for index, tensor in enumerate(flat)})
         jobs["configs"].append(str(root / "native" / f"{variant}-Model"))
         jobs["checkpointing"].append(str(root / "native" / f"{variant}-Model"))
     jobs["tokenizers"] = [str(root / "native" / "sym_bert-pairwise-Model"),
@@ -154,6 +164,17 @@ def test_sentence_transformers_gives_the_same_embeddings(saved, loaded):
     _, got, _ = loaded
     for name in ("st-native", "st-exported"):
         torch.testing.assert_close(got[f"{name}.embeddings"], reference[f"{name}.embeddings"], atol=TOLERANCE, rtol=0)
+
+
+def test_eager_attention_weights_and_tuples_match(saved, loaded):
+    """`output_attentions` with eager attention and `return_dict=False`, which transformers 4 serves through the
+    fallbacks (output capture by hooks, tuples)."""
+    _, _, reference = saved
+    _, got, _ = loaded
+    eager = {key: value for key, value in reference.items() if ".eager." in key}
+    assert len(eager) == len(VARIANTS) * 6  # logits, 3 hidden states, 2 attention maps each
+    for key, value in eager.items():
+        torch.testing.assert_close(got[key], value, atol=TOLERANCE, rtol=0, msg=key)
 
 
 def test_a_config_built_there_has_every_field(saved, loaded):

@@ -9,6 +9,8 @@ JOBS.json holds "inputs" (name -> nested lists: the batch) and lists of jobs:
   `trust_remote_code=True`; without it, a folder that needs code fails to load), record every output as
   `<name>.<field>[.<index>]`; `round_trip` also saves the loaded model here and records the reloaded one's outputs
   as `<name>.round_trip.<field>...`;
+- "attentions": {"name", "folder", "auto"}: loaded with eager attention and run with `output_attentions=True` and
+  `return_dict=False`: `<name>.eager.<i>`, every element of the tuple (attentions included);
 - "sentence_transformers": {"name", "folder", "sentences", "remote"}: `<name>.embeddings`;
 - "tokenizers": folders for `AutoTokenizer.from_pretrained` without `trust_remote_code`: whether it asked to run
   code (the prompt is answered "no") and the class it gave;
@@ -60,6 +62,15 @@ for job in jobs.get("models", []):
         with tempfile.TemporaryDirectory() as folder:
             model.save_pretrained(folder)
             record(f"{job['name']}.round_trip", auto.from_pretrained(folder, trust_remote_code=job["remote"]).eval())
+
+for job in jobs.get("attentions", []):
+    model = getattr(transformers, job["auto"]).from_pretrained(job["folder"], trust_remote_code=True,
+                                                               attn_implementation="eager").eval()
+    with torch.no_grad():
+        output = model(**inputs, output_attentions=True, output_hidden_states=True, return_dict=False)
+    flat = [tensor for value in output for tensor in (value if isinstance(value, tuple) else (value,))]
+    for index, tensor in enumerate(flat):
+        recorded[f"{job['name']}.eager.{index}"] = tensor.float().clone()
 
 for job in jobs.get("sentence_transformers", []):
     from sentence_transformers import SentenceTransformer
