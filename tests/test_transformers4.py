@@ -185,6 +185,7 @@ def test_a_config_built_there_has_every_field(saved, loaded):
         expected = VARIANTS[variant][0].config_class().to_dict()
         for field in VARIANTS[variant][0].config_class.field_rules:
             assert fields.get(field) == expected[field], (variant, field, fields.get(field))
+        assert fields["model_type (attribute)"] == fields["model_type"] == expected["model_type"]
 
 
 def test_gradient_checkpointing_works_or_is_refused(saved, loaded):

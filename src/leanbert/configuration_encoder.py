@@ -12,6 +12,7 @@ that a config can be built and edited one field at a time (transformers' `Config
 """
 
 import dataclasses
+import inspect
 import math
 
 from transformers import PretrainedConfig
@@ -124,7 +125,8 @@ class LeanEncoderConfig(PretrainedConfig):
             """Every annotated field takes its declared default unless given, as in a transformers 5 dataclass config:
             without this, a config built on transformers 4 would save a config.json without its fields."""
             defaults = {name: klass.__dict__[name] for klass in reversed(type(self).__mro__)
-                        for name in getattr(klass, "__annotations__", {}) if name in klass.__dict__}
+                        if issubclass(klass, LeanEncoderConfig)
+                        for name in inspect.get_annotations(klass) if name in klass.__dict__}
             super().__init__(**{**defaults, **kwargs})
 
     def __setattr__(self, name: str, value) -> None:

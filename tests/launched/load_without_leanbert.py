@@ -87,7 +87,8 @@ for folder in jobs.get("tokenizers", []):
 
 for folder in jobs.get("configs", []):
     config_class = type(transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True))
-    facts.setdefault("configs", {})[folder] = config_class().to_dict()
+    config = config_class()
+    facts.setdefault("configs", {})[folder] = {**config.to_dict(), "model_type (attribute)": config.model_type}
 
 for folder in jobs.get("checkpointing", []):
     model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True).train()
