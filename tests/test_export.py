@@ -201,7 +201,8 @@ def test_a_wrong_fold_is_caught_and_nothing_is_published(tokenizer, tmp_path, mo
         projections = right(self)
         heads, size = self.pairwise.shape[:2]
         weight = self.query_key.weight.view(heads, size, -1)
-        projections["query.weight"] = torch.matmul(self.pairwise.detach(), weight.detach()).reshape(-1, weight.shape[-1])
+        folded = torch.matmul(self.pairwise.detach(), weight.detach())  # B_h W_h: the transpose forgotten
+        projections["query.weight"] = folded.reshape(-1, weight.shape[-1])
         return projections
 
     monkeypatch.setattr(SymBertSelfAttention, "bert_projections", untransposed)

@@ -114,8 +114,8 @@ def loaded(request, saved):
     python = environment(request.param)
     out = root / f"loaded-{request.param}.safetensors"
     env = {**os.environ, "HF_MODULES_CACHE": str(root / f"modules-{request.param}"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([str(python), str(LOADER), str(root / "jobs.json"), str(out)], env=env, stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run([str(python), str(LOADER), str(root / "jobs.json"), str(out)], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     with safe_open(str(out), framework="pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -221,7 +221,8 @@ def test_import_leanbert_on_transformers_4_fails_in_one_line(version, tmp_path):
                               "--model", "m", "--output", "o"], env=env, cwd=tmp_path, capture_output=True,
                              text=True, timeout=300)
     lines = command.stderr.strip().splitlines()
-    assert command.returncode == 2 and len(lines) == 1 and lines[0].startswith("leanbert-export: error: leanbert "), lines
+    assert command.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("leanbert-export: error: leanbert "), lines
     assert list(tmp_path.iterdir()) == []
 
 

@@ -311,9 +311,9 @@ def export_sections(exported: dict, source, base_model, license_) -> list[str]:
              "(text-embeddings-inference, vLLM, optimum's ONNX export, transformers.js, candle).", "",
              f"It was trained or converted as **{native.name if native else exported.get('source_model_type')}**"
              f"{paper}{mode}, whose attention is BERT's with particular weights; `leanbert-export` (leanbert "
-             f"{exported.get('leanbert_version')}) multiplied those weights out. Its outputs are those of the source: "
-             f"on {check.get('batch')}, every output (hidden states, pooler, logits) differs from the source model's by at "
-             f"most {scientific(check.get('max'))} in float32, where the source model itself is within "
+             f"{exported.get('leanbert_version')}) multiplied those weights out. Its outputs are those of the "
+             f"source: on {check.get('batch')}, every output (hidden states, pooler, logits) differs from the source "
+             f"model's by at most {scientific(check.get('max'))} in float32, where the source model itself is within "
              f"{scientific(check.get('source_float32_error'))} of its exact (float64) outputs and this model within "
              f"{scientific(check.get('exported_float32_error'))}.", "",
              "## Lineage", "", f"- Exported from {display(source)}, a {exported.get('source_architecture')}."]
@@ -331,7 +331,8 @@ def export_sections(exported: dict, source, base_model, license_) -> list[str]:
               f"| this model ({exported.get('exported_architecture')}) | {number(counts.get('exported'))} | "
               f"{number(flops.get('exported'))} |", "",
               f"FLOPs of one forward pass on the batch of the check ({flops.get('batch')}); this model costs "
-              f"×{fixed(flops.get('ratio'), 3)} as much and has {fixed(100 * added if is_number(added) else None, 2)}% more "
+              f"×{fixed(flops.get('ratio'), 3)} as much and has "
+              f"{fixed(100 * added if is_number(added) else None, 2)}% more "
               "parameters.", ""]
     return lines
 
