@@ -63,7 +63,13 @@ def load_leanbert(model: str | Path, allow_pickle: bool = False):
                           "mixes values by relative-position parts, which BERT's attention cannot express); to serve "
                           "it without leanbert, export it to ONNX (README: 'Export to ONNX')")
     tokenizer = load_tokenizer(model, "model", config.vocab_size)
-    return load_weights(names[class_name], model, "model", allow_pickle), tokenizer
+    loaded = load_weights(names[class_name], model, "model", allow_pickle)
+    broken = next((name for name, tensor in loaded.state_dict().items()
+                   if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    if broken is not None:
+        raise ExportError(f"the weights of model {str(model)!r} hold non-finite values ({broken} holds NaN or "
+                          "infinity): there is nothing exact to export")
+    return loaded, tokenizer
 
 
 class Export:
@@ -90,9 +96,9 @@ class Export:
         batch = check_batch(model.config)
         exact, _ = outputs(copy.deepcopy(model).double(), batch)  # the source's function without float32 rounding
         broken = next((name for name, tensor in exact.items() if not torch.isfinite(tensor).all()), None)
-        if broken is not None:
+        if broken is not None:  # finite weights whose outputs overflow even in float64
             raise ExportError(f"model {self.source!r} computes non-finite values ({broken} holds NaN or infinity): "
-                              "its weights are broken, so there is nothing exact to export")
+                              "there is nothing exact to export")
         expected, native_flops = outputs(model, batch)
         got, bert_flops = outputs(saved, batch)
         differences = max_difference(expected, got)
