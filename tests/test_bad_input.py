@@ -93,7 +93,9 @@ CONVERT_CASES = {
     "negative_refine": (["--refine-steps", "-1"], "argument --refine-steps: must be >= 0"),
     "seed_beyond_32_bits": (["--seed", "4294967296"], "argument --seed: must be in [0, 2**32 - 1]"),
     "no_passages": (["--calibration-passages", "0"], "argument --calibration-passages"),
-    "one_line_calibration": (["--calibration-text", "{root}/one_line.txt"], "too small for the fit: 1 passages"),
+    "one_line_calibration": (["--calibration-text", "{root}/one_line.txt"],
+                             "too small for the fit: 1 distinct passages"),
+    "two_lines_repeated": (["--calibration-text", "{root}/repeated.txt"], "too small for the fit: 2 distinct passages"),
     "undecodable_calibration": (["--calibration-text", "{root}/latin1.txt"], "is not UTF-8 text (line 2"),
     "missing_calibration": (["--calibration-text", "{root}/nowhere.txt"], "not found: no such file"),
     "heal_without_text": (["--heal"], "--heal needs --heal-text"),
@@ -110,6 +112,8 @@ CONVERT_CASES = {
 @pytest.mark.parametrize("case", sorted(CONVERT_CASES))
 def test_convert_refuses_bad_settings_with_one_line(work, case, capsys):
     (work / "one_line.txt").write_text("A single passage of calibration text is far too little for any fit.\n")
+    (work / "repeated.txt").write_text("The first of two passages, each written out thirty-two times.\n"
+                                       "The second passage, just as often, which makes 64 lines of text.\n" * 32)
     (work / "latin1.txt").write_bytes("first line\nsecond line, caf\u00e9\n".encode("latin-1"))
     (work / "user_folder").mkdir(exist_ok=True)
     (work / "user_folder" / "thesis.tex").write_text("precious")

@@ -27,13 +27,15 @@ def check_calibration_size(passages: int, max_length: int, config) -> None:
 
 
 def check_calibration_tokens(batch: dict[str, torch.Tensor], hidden_size: int, where: str) -> None:
-    """Refuse calibration text too small for the fit: fewer than MIN_PASSAGES passages or TOKENS_PER_DIMENSION
-    real tokens per hidden dimension (the whitened least-squares fits turn degenerate below that)."""
-    passages, tokens = batch["input_ids"].shape[0], int(batch["attention_mask"].sum())
+    """Refuse calibration text too small for the fit: fewer than MIN_PASSAGES distinct passages or
+    TOKENS_PER_DIMENSION real tokens of distinct passages per hidden dimension (the whitened least-squares fits turn
+    degenerate below that). A passage repeated adds nothing to the fit, so repeats are counted once."""
+    distinct = {tuple(ids[mask.bool()].tolist()) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])}
+    passages, tokens = len(distinct), sum(map(len, distinct))
     needed = TOKENS_PER_DIMENSION * hidden_size
     if passages < MIN_PASSAGES or tokens < needed:
-        raise ConversionError(f"calibration text {where} is too small for the fit: {passages} passages and {tokens} "
-                              f"tokens, at least {MIN_PASSAGES} passages and {needed} tokens "
+        raise ConversionError(f"calibration text {where} is too small for the fit: {passages} distinct passages "
+                              f"and {tokens} tokens in them, at least {MIN_PASSAGES} passages and {needed} tokens "
                               f"({TOKENS_PER_DIMENSION} per hidden dimension) are needed")
 
 

@@ -35,15 +35,23 @@ BERT_FIELD_RULES = {**LeanEncoderConfig.field_rules, "num_attention_heads": inte
 
 def override_config(config, overrides: str):
     """`key=value,...` applied as transformers' `update_from_string` does (the value takes the type of the field's
-    current value); an unknown field or a value the config refuses is one line."""
+    current value) to the fields that shape the encoder (those leanbert's config rules cover); an unknown field, any
+    other field (a decoder or cross-attention switch, `model_type`, an output flag) or a value the config refuses is
+    one line."""
     if not overrides:
         return config
+    rules = type(config).field_rules if isinstance(config, LeanEncoderConfig) else BERT_FIELD_RULES
+    settable = sorted(set(rules) & set(config.to_dict()))
     for item in overrides.split(","):
         key = item.partition("=")[0].strip()
         if "=" not in item or not key:
             raise LeanbertError(f"config override {item!r} is not key=value")
         if key not in config.to_dict():
             raise LeanbertError(f"config override {key!r}: {config.model_type} configs have no field {key!r}")
+        if key not in settable:  # is_decoder, add_cross_attention, model_type, architectures, return_dict, ...
+            raise LeanbertError(f"config override {key!r} does not apply to pretraining a {config.model_type} "
+                                "encoder (it would change what is trained, or what the output says it is); the "
+                                f"fields that can be set: {', '.join(settable)}")
     try:
         config.update_from_string(overrides)
         if config.model_type == "bert":  # BertConfig checks types only; leanbert's configs check each field when set
