@@ -256,13 +256,21 @@ def test_resume_refuses_changed_settings_and_never_unpickles_code(work, heal_arg
 
     flag = tmp_path / "code_ran"
     rng = checkpoints / "step_2" / "random_states_0.pkl"
+    saved = rng.read_bytes()
     rng.write_bytes(pickle.dumps(Payload(str(flag))))
     fails_cleanly(heal_main, resumed, "was changed after it was saved (random_states_0.pkl)", tmp_path, capsys)
     assert not flag.exists(), "a tampered checkpoint ran code"
-    # a tamperer who also fixes the checksum meets torch's weights-only loader, which refuses to run code
+    # a tamperer who also fixes the checksum (checksums detect accidents, not forgery) meets torch's weights-only
+    # loader, which refuses to run code; and random states that do not load stop the resume (accelerate would
+    # skip them without a word)
     progress_file = checkpoints / "step_2" / "progress.json"
     progress = json.loads(progress_file.read_text())
     progress["files"][rng.name] = hashlib.sha256(rng.read_bytes()).hexdigest()
+    progress_file.write_text(json.dumps(progress))
+    fails_cleanly(heal_main, resumed, "its random states (random_states_0.pkl) do not load", tmp_path, capsys)
+    assert not flag.exists(), "a tampered checkpoint ran code"
+    rng.write_bytes(saved)
+    progress["files"][rng.name] = hashlib.sha256(saved).hexdigest()
     progress_file.write_text(json.dumps(progress))
     (checkpoints / "step_3.partial").mkdir()  # a save killed half-way is skipped
     assert heal_main(resumed) == 0

@@ -15,12 +15,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import (DistributedType, is_mps_available, is_npu_available, is_xpu_available,
                               parse_flag_from_env, set_seed)
+from accelerate.utils import load as load_with_accelerate
+from accelerate.utils.constants import RNG_STATE_NAME
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -32,6 +35,7 @@ from ..common.errors import LeanbertError, check_integer, first_line
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MAX_SEED = 2**32 - 1  # what numpy's and accelerate's seeding accept
+RANDOM_STATES = {"random_state", "numpy_random_seed", "torch_manual_seed"}  # what accelerate saves per process
 # parameters that take no weight decay, by name, as transformers' Trainer decides (plus every LayerNorm)
 NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 
@@ -202,7 +206,19 @@ class TrainingLoop:
                 "history": self.history}
 
     def resume(self, path, progress: dict) -> None:
-        """Continue from a checkpoint written by `run` (model, optimizer, scheduler and random states)."""
+        """Continue from a checkpoint written by `run` (model, optimizer, scheduler and random states). accelerate
+        skips random states it cannot load without a word (the run would go on with other dropout and masks), so
+        this process's are loaded here first, with the same weights-only loader, and refused if they do not load."""
+        states = Path(path) / f"{RNG_STATE_NAME}_{self.accelerator.process_index}.pkl"
+        try:
+            loaded = load_with_accelerate(states)
+            problem = None if isinstance(loaded, dict) and RANDOM_STATES <= set(loaded) else "not random states"
+        except Exception as error:  # absent, damaged, or refused by the weights-only loader
+            problem = first_line(error)
+        if problem:
+            raise TrainingError(f"cannot resume from {str(path)!r}: its random states ({states.name}) do not load "
+                                f"({problem}); accelerate would go on without them, so the run would not continue "
+                                "as it started")
         try:
             self.accelerator.load_state(str(path))
         except Exception as error:  # a damaged file: torch's weights-only loader refuses code
