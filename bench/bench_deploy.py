@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_speed import keep_freed_memory
+from bench_speed import keep_freed_memory, paired
 from tqdm import tqdm
 from transformers import BertConfig, BertModel
 
@@ -72,13 +72,6 @@ def build(architecture, fields: dict, layers: int) -> torch.nn.Module:
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.01)
     return model
-
-
-def paired(reference: list[float], own: list[float]) -> dict:
-    """Per-round ratios reference time / own time: median and quartiles."""
-    ratios = [ref / mine for ref, mine in zip(reference, own)]
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
-    return {"median": statistics.median(ratios), "q1": q1, "q3": q3}
 
 
 @torch.no_grad()
@@ -136,9 +129,9 @@ def markdown(results: dict) -> str:
     for row in results["rows"]:
         exported, bert = row["exported_over_native"], row["bert_over_native"]
         lines.append(f"| {row['model']} | {row['params']:,} → {row['exported_params']:,} | "
-                     f"{row['native_median_s']:.3f} | {row['exported_median_s']:.3f} | ×{exported['median']:.3f} "
-                     f"({exported['q1']:.3f}–{exported['q3']:.3f}) | ×{bert['median']:.3f} ({bert['q1']:.3f}–"
-                     f"{bert['q3']:.3f}) | {row['max_abs_difference']:.1e} |")
+                     f"{row['native_median_s']:.3f} | {row['exported_median_s']:.3f} | ×{exported['ratio']:.3f} "
+                     f"({exported['ratio_q1']:.3f}–{exported['ratio_q3']:.3f}) | ×{bert['ratio']:.3f} "
+                     f"({bert['ratio_q1']:.3f}–{bert['ratio_q3']:.3f}) | {row['max_abs_difference']:.1e} |")
     lines += ["", f"transformers' `BertModel` of the same size: {results['bert_median_s']:.3f} s a batch.", "",
               "![native vs exported](deploy.png)", ""]
     return "\n".join(lines)
@@ -156,9 +149,9 @@ def plot(results: dict, path: Path) -> None:
     width = 0.38
     for offset, key, label in ((-width / 2, "exported_over_native", "exported BERT / native"),
                                (width / 2, "bert_over_native", "BertModel / native")):
-        medians = [row[key]["median"] for row in rows]
-        errors = [[m - row[key]["q1"] for m, row in zip(medians, rows)],
-                  [row[key]["q3"] - m for m, row in zip(medians, rows)]]
+        medians = [row[key]["ratio"] for row in rows]
+        errors = [[m - row[key]["ratio_q1"] for m, row in zip(medians, rows)],
+                  [row[key]["ratio_q3"] - m for m, row in zip(medians, rows)]]
         axis.bar([i + offset for i in range(len(rows))], [m - 1 for m in medians], width, bottom=1, yerr=errors,
                  capsize=5, label=label)
     axis.set_xticks(range(len(rows)), [row["model"] for row in rows])
