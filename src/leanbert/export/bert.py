@@ -57,8 +57,9 @@ def bert_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def to_bert(model):
-    """The BERT model (transformers' own class, eager mode, float32) that computes what the leanbert `model` does.
-    Every weight of it comes from `model`: a name it lacks or one left over is an error, not a random value."""
+    """The BERT model (transformers' own class, eval mode, in the dtype of `model`) that computes what the leanbert
+    `model` does. Every weight of it comes from `model`: a name it lacks or one left over is an error, not a random
+    value."""
     bert = bert_class(model)(bert_config(model)).eval()
     missing, unexpected = bert.load_state_dict(bert_state_dict(model), strict=False)
     tied = set(getattr(bert, "all_tied_weights_keys", {}) or {})
