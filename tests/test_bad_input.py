@@ -28,7 +28,7 @@ def work(tmp_path_factory, tiny_bert, calibration_file):
     root = tmp_path_factory.mktemp("bad_input")
     shutil.copytree(tiny_bert, root / "bert")
     shutil.copy(calibration_file, root / "text.txt")
-    convert(str(root / "bert"), "sym", root / "student", calibration_text=root / "text.txt", refine_steps=0)
+    convert(str(root / "bert"), "sym_bert", root / "student", calibration_text=root / "text.txt", refine_steps=0)
     shutil.copytree(root / "student", root / "good_output")
     return root
 
@@ -81,7 +81,7 @@ SOURCE_CASES = {
 def test_a_broken_source_is_refused_before_any_work(work, case, capsys):
     source = broken_source(work, case)
     try:
-        fails_cleanly(convert_main, ["--source", source, "--to", "sym", "--output", work / "out"],
+        fails_cleanly(convert_main, ["--source", source, "--to", "sym_bert", "--output", work / "out"],
                       SOURCE_CASES[case], work, capsys)
     finally:
         shutil.rmtree(source)
@@ -118,7 +118,7 @@ def test_convert_refuses_bad_settings_with_one_line(work, case, capsys):
     (work / "user_folder").mkdir(exist_ok=True)
     (work / "user_folder" / "thesis.tex").write_text("precious")
     extra, expected = CONVERT_CASES[case]
-    args = ["--source", work / "bert", "--to", "sym", "--output", work / "out",
+    args = ["--source", work / "bert", "--to", "sym_bert", "--output", work / "out",
             *[a.replace("{root}", str(work)) for a in extra]]
     fails_cleanly(convert_main, args, expected, work, capsys)
 
@@ -287,7 +287,7 @@ def test_keyboard_interrupt_exits_130_and_leaves_the_old_output(work, capsys, mo
 
     monkeypatch.setattr(importlib.import_module("leanbert.conversion.convert"), "layer_inputs", interrupted)
     before = snapshot(work)
-    code = convert_main([str(a) for a in ("--source", work / "bert", "--to", "sym", "--output", work / "good_output",
+    code = convert_main([str(a) for a in ("--source", work / "bert", "--to", "sym_bert", "--output", work / "good_output",
                                           "--force", "--calibration-text", work / "text.txt")])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 130 and lines == ["leanbert-convert: interrupted; no output was written or replaced"]
@@ -306,7 +306,7 @@ def test_next_sentence_and_pretraining_sources_convert(work, tmp_path):
         bert = bert_class.from_pretrained(work / "bert")
         bert.save_pretrained(source)
         AutoTokenizer.from_pretrained(work / "bert").save_pretrained(source)
-        report = convert(str(source), "sym", tmp_path / f"{bert_class.__name__}-out",
+        report = convert(str(source), "sym_bert", tmp_path / f"{bert_class.__name__}-out",
                          calibration_text=work / "text.txt", refine_steps=0)
         assert report["target_architecture"] == student_class.__name__
         student = student_class.from_pretrained(tmp_path / f"{bert_class.__name__}-out")

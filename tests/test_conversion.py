@@ -38,7 +38,7 @@ def run_cli(*args):
                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
 
 
-@pytest.mark.parametrize("to", ["sym", "shared", "shatter"])
+@pytest.mark.parametrize("to", ["sym_bert", "shared_bert", "shatter"])
 def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
     before = digest(tiny_bert)
     output = tmp_path / "converted"
@@ -53,12 +53,12 @@ def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
 
     teacher = BertForSequenceClassification.from_pretrained(tiny_bert).eval()
     student = AutoModelForSequenceClassification.from_pretrained(output).eval()
-    prefix = {"sym": "SymBert", "shared": "SharedBert", "shatter": "Shatter"}[to]
+    prefix = {"sym_bert": "SymBert", "shared_bert": "SharedBert", "shatter": "Shatter"}[to]
     assert type(student) is getattr(leanbert, f"{prefix}ForSequenceClassification")
 
     exact = {"classifier.weight", "bert.pooler.dense.weight", "bert.embeddings.word_embeddings.weight",
              "bert.encoder.layer.1.intermediate.dense.weight", "bert.encoder.layer.1.output.LayerNorm.weight"}
-    if to == "sym":  # the value path copies exactly; only scores are approximated
+    if to == "sym_bert":  # the value path copies exactly; only scores are approximated
         exact |= {"bert.encoder.layer.0.attention.self.value.weight",
                   "bert.encoder.layer.0.attention.output.dense.weight"}
     student_state = student.state_dict()
@@ -73,7 +73,7 @@ def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
     assert report["parameters"]["converted"] == stored(output) < stored(tiny_bert)
     assert [layer["layer"] for layer in report["layers"]] == [0, 1]
     # measured: sym 0.33 / 0.18, shared 0.60 / 0.47, shatter 0.26 / 0.22; an unfitted block is near 1 or above
-    assert all(layer["heldout_logit_rel_error"] < {"sym": 0.5, "shared": 0.8, "shatter": 0.4}[to]
+    assert all(layer["heldout_logit_rel_error"] < {"sym_bert": 0.5, "shared_bert": 0.8, "shatter": 0.4}[to]
                for layer in report["layers"])
 
     tokenizer = AutoTokenizer.from_pretrained(output)
@@ -83,8 +83,8 @@ def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
         source_logits, converted_logits = teacher(**batch).logits, student(**batch).logits
     cosine = torch.nn.functional.cosine_similarity(source_logits, converted_logits, dim=-1)
     if to != "shatter":  # a warm start, not an equivalent model: its classifier is not expected to agree yet
-        assert cosine.min() > {"sym": 0.98, "shared": 0.8}[to], cosine
-    assert report["fidelity"]["mean_cosine"] > {"sym": 0.99, "shared": 0.9, "shatter": 0.8}[to]
+        assert cosine.min() > {"sym_bert": 0.98, "shared_bert": 0.8}[to], cosine
+    assert report["fidelity"]["mean_cosine"] > {"sym_bert": 0.99, "shared_bert": 0.9, "shatter": 0.8}[to]
 
     # How much of each model survives dropout, recomputed from the written folders, is what the report says; the
     # attention dropout written is the source's unless the report gives the reason it is not.
@@ -110,8 +110,8 @@ def test_attention_too_sharp_for_the_source_dropout_is_turned_off(tiny_bert, cal
     dropout turned off, in its config and in its modules, with the measurements and the reason: here a converted
     SharedBert whose query scales are sharpened, as fitting MiniLM sharpens them. Unsharpened, the same model keeps
     it; and so does one that turning it off would not mend (as fragile under the other dropout)."""
-    convert(str(tiny_bert), "shared", tmp_path / "converted", calibration_text=calibration_file, refine_steps=0)
-    conversion = Conversion(str(tiny_bert), "shared", calibration_text=calibration_file, refine_steps=0)
+    convert(str(tiny_bert), "shared_bert", tmp_path / "converted", calibration_text=calibration_file, refine_steps=0)
+    conversion = Conversion(str(tiny_bert), "shared_bert", calibration_text=calibration_file, refine_steps=0)
     teacher = BertForSequenceClassification.from_pretrained(tiny_bert).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     heldout = tokenizer(read_passages(bundled="heldout.txt")[0], max_length=128, truncation=True,
@@ -147,7 +147,7 @@ def test_attention_too_sharp_for_the_source_dropout_is_turned_off(tiny_bert, cal
     assert measured["converted"] == pytest.approx(dropout_cosine(student, heldout), abs=1e-5)
     assert f"{fragile:.3f}" in measured["why"]
 
-    keeping = Conversion(str(tiny_bert), "shared", calibration_text=calibration_file, refine_steps=0,
+    keeping = Conversion(str(tiny_bert), "shared_bert", calibration_text=calibration_file, refine_steps=0,
                          keep_attention_dropout=True)
     student = converted(sharpen=40, other_dropout=0.0)  # as fragile, but the user asked to keep the dropout
     measured = keeping.fit_attention_dropout(teacher, student, heldout)
@@ -170,7 +170,7 @@ def test_keep_attention_dropout_reaches_the_report_and_the_card(tiny_bert, calib
     from leanbert.commands.convert import main
     from leanbert.common.cards import write_model_card
     output = tmp_path / "kept"
-    assert main(["--source", str(tiny_bert), "--to", "shared", "--output", str(output), "--calibration-text",
+    assert main(["--source", str(tiny_bert), "--to", "shared_bert", "--output", str(output), "--calibration-text",
                  str(calibration_file), "--refine-steps", "0", "--keep-attention-dropout"]) == 0
     report = json.loads((output / "conversion_report.json").read_text())
     assert report["settings"]["keep_attention_dropout"] is True
@@ -179,7 +179,7 @@ def test_keep_attention_dropout_reaches_the_report_and_the_card(tiny_bert, calib
     card = write_model_card(output, kind="converted", source=str(tiny_bert)).read_text()
     assert "Attention-probability dropout was kept at 0.1 as asked" in card
     with pytest.raises(LeanbertError, match="keep_attention_dropout"):
-        Conversion(str(tiny_bert), "shared", calibration_text=calibration_file, keep_attention_dropout="no")
+        Conversion(str(tiny_bert), "shared_bert", calibration_text=calibration_file, keep_attention_dropout="no")
 
 
 def test_symbert_conversion_of_an_exactly_representable_bert_is_lossless(calibration_file, tmp_path):
@@ -195,7 +195,7 @@ def test_symbert_conversion_of_an_exactly_representable_bert_is_lossless(calibra
         attention.key.weight.data = mix @ attention.query.weight.data  # k_h = q_h A_h (no key bias needed)
     bert.save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
-    report = convert(str(tmp_path / "bert"), "sym", tmp_path / "out", calibration_text=calibration_file,
+    report = convert(str(tmp_path / "bert"), "sym_bert", tmp_path / "out", calibration_text=calibration_file,
                      refine_steps=0)
     assert report["layers"][0]["heldout_logit_rel_error"] < 1e-3
     assert report["fidelity"]["min_cosine"] > 0.9999
@@ -205,7 +205,7 @@ def test_refuses_non_empty_output_and_force_replaces_only_leanbert_outputs(tiny_
     output = tmp_path / "taken"
     output.mkdir()
     (output / "keep.txt").write_text("precious")
-    args = ("--source", tiny_bert, "--to", "sym", "--output", output, "--refine-steps", "0", "--calibration-text",
+    args = ("--source", tiny_bert, "--to", "sym_bert", "--output", output, "--refine-steps", "0", "--calibration-text",
             calibration_file)
     result = run_cli(*args)
     assert result.returncode == 2
@@ -230,7 +230,7 @@ def test_refuses_non_empty_output_and_force_replaces_only_leanbert_outputs(tiny_
 
 @pytest.mark.parametrize("case", ["missing", "not_bert", "pickle_only", "inside_source", "bad_to"])
 def test_bad_input_fails_with_one_clear_line(case, tiny_bert, tmp_path):
-    source, to, output = tiny_bert, "sym", tmp_path / "out"
+    source, to, output = tiny_bert, "sym_bert", tmp_path / "out"
     expected = {
         "missing": "not found: no such folder",
         "not_bert": "is a 'sym_bert' checkpoint; a BERT checkpoint (model_type 'bert') is needed",
@@ -264,8 +264,8 @@ def test_pickle_source_converts_with_explicit_opt_in(tiny_bert, calibration_file
     source = tmp_path / "bin"
     save_pickle_checkpoint(tiny_bert, source)
     settings = dict(calibration_text=calibration_file, refine_steps=0)
-    report = convert(str(source), "sym", tmp_path / "out", allow_pickle=True, **settings)
-    convert(str(tiny_bert), "sym", tmp_path / "twin", **settings)
+    report = convert(str(source), "sym_bert", tmp_path / "out", allow_pickle=True, **settings)
+    convert(str(tiny_bert), "sym_bert", tmp_path / "twin", **settings)
     assert report["source_architecture"] == "BertForSequenceClassification"
     twin = load_file(tmp_path / "twin" / "model.safetensors")
     converted = load_file(tmp_path / "out" / "model.safetensors")
@@ -276,5 +276,5 @@ def test_pickle_source_converts_with_explicit_opt_in(tiny_bert, calibration_file
 
 def test_conversion_error_for_missing_calibration_text(tiny_bert, tmp_path):
     with pytest.raises(LeanbertError, match="not found: no such file or folder"):
-        convert(str(tiny_bert), "sym", tmp_path / "out", calibration_text=tmp_path / "none.txt")
+        convert(str(tiny_bert), "sym_bert", tmp_path / "out", calibration_text=tmp_path / "none.txt")
     assert list(tmp_path.iterdir()) == []

@@ -94,7 +94,7 @@ def test_the_card_says_what_the_model_was_and_what_it_costs(tokenizer, tmp_path)
 
 
 def test_a_sentence_transformers_model_exports_with_its_modules(st_source, tmp_path):
-    convert(str(st_source / "source"), "sym", tmp_path / "sym", calibration_text=st_source / "text.txt",
+    convert(str(st_source / "source"), "sym_bert", tmp_path / "sym", calibration_text=st_source / "text.txt",
             refine_steps=0)
     report = export(tmp_path / "sym", tmp_path / "bert")
     for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):

@@ -95,7 +95,7 @@ def saved(tmp_path_factory, st_source):
     for module in modules:
         module["type"] = f"sentence_transformers.models.{module['type'].rsplit('.', 1)[-1]}"
     (root / "st-source" / "modules.json").write_text(json.dumps(modules))
-    convert(str(root / "st-source"), "shared", root / "st-native", calibration_text=st_source / "text.txt",
+    convert(str(root / "st-source"), "shared_bert", root / "st-native", calibration_text=st_source / "text.txt",
             refine_steps=0)
     export(root / "st-native", root / "st-exported")
     embeddings = SentenceTransformer(str(root / "st-native"), device="cpu").encode(SENTENCES, convert_to_tensor=True)

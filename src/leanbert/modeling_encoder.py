@@ -59,6 +59,58 @@ def eager_attention_forward(
     return output, weights
 
 
+class LeanSelfAttention(nn.Module):
+    """What an architecture's self-attention module provides: to the shared encoder, and to conversion, export and
+    the benchmarks, which read it from here rather than keeping lists of architectures.
+
+    - `forward(hidden_states (B, L, d), attention_mask) -> (context (B, L, d), weights (B, H, L, L) or None)`, the
+      paper's equation, through transformers' attention interface where it fits.
+    - `has_output_projection`: whether BERT's output projection (`attention.output.dense`) follows. False when the
+      module's value matrices already map into the residual stream.
+    - `reference_logits(x)`: the pre-softmax scores (n, H, L, L) written out from the weights in float64, the
+      paper's formula without the forward's shortcuts: what tests check `forward` against and what conversion
+      measures its fidelity with.
+    - `forward_matmuls(config, batch_size, seq_len)`: every matrix product of one forward pass, as (FLOPs, number of
+      operands that need a gradient), in `torch.utils.flop_counter`'s count (benchmarks' FLOP counts).
+    - `bert_projections()`: BERT's query, key and value weights and biases that compute exactly this attention,
+      for modules that have such a BERT form (then `leanbert-export` writes the model as plain BERT); None if not.
+
+    A module that does not supply `reference_logits` or `forward_matmuls` fails loudly where they are needed.
+    """
+
+    has_output_projection: bool = True
+
+    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not write out its attention logits (reference_logits)")
+
+    @classmethod
+    def forward_matmuls(cls, config, batch_size: int, seq_len: int) -> list[tuple[int, int]]:
+        raise NotImplementedError(f"{cls.__name__} does not count its matrix products (forward_matmuls)")
+
+    def bert_projections(self) -> dict[str, torch.Tensor] | None:
+        return None
+
+    @classmethod
+    def has_bert_form(cls) -> bool:
+        return cls.bert_projections is not LeanSelfAttention.bert_projections
+
+
+def linear_flops(tokens: int, inputs: int, outputs: int) -> tuple[int, int]:
+    """An (tokens x inputs) @ (inputs x outputs) product with a trainable weight: (FLOPs, 2 operands needing a
+    gradient). Biases are elementwise and not counted."""
+    return 2 * tokens * inputs * outputs, 2
+
+
+def scores_flops(batch_size: int, seq_len: int, width: int) -> tuple[int, int]:
+    """q·kᵀ (or a·v) over all heads together: batch × L × L × width multiply-adds, both operands trainable."""
+    return 2 * batch_size * seq_len * seq_len * width, 2
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(n, L, d) -> (n, H, L, d / H)."""
+    return x.view(*x.shape[:2], heads, -1).transpose(1, 2)
+
+
 def head_size(config) -> int:
     """d_h = hidden_size / num_attention_heads. A rule between two config fields, so it is checked here, where the
     model is built, as BERT's attention does."""
@@ -116,7 +168,7 @@ class LeanEmbeddings(nn.Module):
 
 class LeanSelfOutput(nn.Module):
     """Output projection, dropout and post-LN residual. The projection is omitted for attention modules whose
-    value matrices already map into the residual stream (`attention_class.has_output_projection = False`)."""
+    value matrices already map into the residual stream (`LeanSelfAttention.has_output_projection`)."""
 
     def __init__(self, config, project: bool = True):
         super().__init__()
@@ -133,10 +185,10 @@ class LeanSelfOutput(nn.Module):
 class LeanAttention(nn.Module):
     """The attention block: the architecture's self-attention (`self`) followed by `output`, as in BERT."""
 
-    def __init__(self, config, attention_class: type[nn.Module]):
+    def __init__(self, config, attention_class: type[LeanSelfAttention]):
         super().__init__()
         self.self = attention_class(config)
-        self.output = LeanSelfOutput(config, project=getattr(attention_class, "has_output_projection", True))
+        self.output = LeanSelfOutput(config, project=attention_class.has_output_projection)
 
     def forward(
         self,
@@ -158,18 +210,23 @@ class LeanIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
-class LeanOutput(LeanSelfOutput):
+class LeanOutput(nn.Module):
     """Second feed-forward projection, dropout and post-LN residual."""
 
     def __init__(self, config):
-        super().__init__(config)
+        super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
 
 
 class LeanLayer(GradientCheckpointingLayer):
     """One post-LN transformer layer: attention block, then feed-forward block."""
 
-    def __init__(self, config, attention_class: type[nn.Module]):
+    def __init__(self, config, attention_class: type[LeanSelfAttention]):
         super().__init__()
         self.attention = LeanAttention(config, attention_class)
         self.intermediate = LeanIntermediate(config)
@@ -186,7 +243,7 @@ class LeanLayer(GradientCheckpointingLayer):
 
 
 class LeanEncoder(nn.Module):
-    def __init__(self, config, attention_class: type[nn.Module]):
+    def __init__(self, config, attention_class: type[LeanSelfAttention]):
         super().__init__()
         self.layer = nn.ModuleList([LeanLayer(config, attention_class) for _ in range(config.num_hidden_layers)])
 
@@ -255,8 +312,8 @@ class LeanOnlyMLMHead(nn.Module):
 class LeanPreTrainedModel(PreTrainedModel):
     """Weights init and the transformers feature flags shared by all leanbert models.
 
-    Subclasses set `config` (annotation), `base_model_prefix` and `attention_class`; heads also set
-    `base_model_class` (the architecture's `...Model`).
+    Subclasses set `config` (annotation), `base_model_prefix` and `attention_class` (a `LeanSelfAttention`); heads
+    also set `base_model_class` (the architecture's `...Model`).
     """
 
     supports_gradient_checkpointing = CAN_CHECKPOINT

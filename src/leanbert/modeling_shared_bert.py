@@ -17,17 +17,20 @@ from .modeling_encoder import (
     LeanForTokenClassification,
     LeanModel,
     LeanPreTrainedModel,
+    LeanSelfAttention,
     eager_attention_forward,
     head_size,
+    linear_flops,
+    scores_flops,
+    split_heads,
 )
 from .transformers_compat import ALL_ATTENTION_FUNCTIONS, TransformersKwargs, init
 
 
-class SharedBertSelfAttention(nn.Module):
+class SharedBertSelfAttention(LeanSelfAttention):
     """s = x W_s + b_s; q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v; softmax(q k^T / sqrt(d_h)) v per head.
 
-    One d->d matmul where BERT does three; the scalings are d-vectors. Logits are symmetric before masking and
-    depend on d_q ⊙ d_k only.
+    One d->d matmul where BERT does three; the scalings are d-vectors, so the scores depend on d_q ⊙ d_k only.
     """
 
     def __init__(self, config: SharedBertConfig):
@@ -50,10 +53,9 @@ class SharedBertSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         heads_shape = (*hidden_states.shape[:-1], -1, self.head_size)
         s = self.shared(hidden_states)  # (B, L, d)
-        # Shared query, key and value: q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v. The logits (s ⊙ d_q)(s ⊙ d_k)^T
-        # equal (s ⊙ d_q ⊙ d_k) s^T, so the key is s itself: one elementwise product fewer, one tensor fewer kept.
-        q = (s * (self.query_scale * self.key_scale)).view(heads_shape).transpose(1, 2)  # (B, H, L, d_h)
-        k = s.view(heads_shape).transpose(1, 2)
+        # Shared weights for query, key and value (the paper's eq.): q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v
+        q = (s * self.query_scale).view(heads_shape).transpose(1, 2)  # (B, H, L, d_h)
+        k = (s * self.key_scale).view(heads_shape).transpose(1, 2)
         v = (s * self.value_scale).view(heads_shape).transpose(1, 2)
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -70,6 +72,24 @@ class SharedBertSelfAttention(nn.Module):
             **kwargs,
         )
         return context.reshape(*hidden_states.shape[:-1], -1), weights  # (B, L, d)
+
+    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(s ⊙ d_q)(s ⊙ d_k)^T / sqrt(d_h) per head with s = x W_s + b_s, in float64: (n, L, d) -> (n, H, L, L)."""
+        s = x.double() @ self.shared.weight.double().T + self.shared.bias.double()
+        heads = self.config.num_attention_heads
+        q, k = split_heads(s * self.query_scale.double(), heads), split_heads(s * self.key_scale.double(), heads)
+        return q @ k.transpose(-1, -2) * self.scaling
+
+    def reference_values(self, x: torch.Tensor) -> torch.Tensor:
+        """v = s ⊙ d_v per head, in float64: (n, L, d) -> (n, H, L, d_h)."""
+        s = x.double() @ self.shared.weight.double().T + self.shared.bias.double()
+        return split_heads(s * self.value_scale.double(), self.config.num_attention_heads)
+
+    @classmethod
+    def forward_matmuls(cls, config: SharedBertConfig, batch_size: int, seq_len: int) -> list[tuple[int, int]]:
+        """The one shared projection, scores and a·v (the scalings are elementwise)."""
+        d = config.hidden_size
+        return [linear_flops(batch_size * seq_len, d, d)] + [scores_flops(batch_size, seq_len, d)] * 2
 
     @torch.no_grad()
     def bert_projections(self) -> dict[str, torch.Tensor]:

@@ -4,8 +4,8 @@ What the paper states: a single attention head; the relative positions j - i are
 each part with its own value matrix, which is what lets one head replace many; no absolute positions needed.
 What is our reconstruction (the method section was not available): the query-only score (keys are the layer
 input, since with one head W_q W_k^T is one d x d bilinear form), the Bernstein-polynomial partition and its exact
-one-call expansion, the learned partition, folding the output projection into the value matrices, and the
-sigmoid option. Each is a `ShatterConfig` field.
+one-call expansion (the fast path), the learned partition, folding the output projection into the value matrices,
+and the sigmoid option. Each is a `ShatterConfig` field.
 
     o_i = Σ_k Σ_j a_ij p_k(j - i) V_k x_j = Σ_k [(A ⊙ P_k)(X V_k)]_i
 """
@@ -25,21 +25,30 @@ from .modeling_encoder import (
     LeanForTokenClassification,
     LeanModel,
     LeanPreTrainedModel,
+    LeanSelfAttention,
     eager_attention_forward,
+    linear_flops,
+    scores_flops,
 )
 from .transformers_compat import ALL_ATTENTION_FUNCTIONS, TransformersKwargs, init
 
 
+# The learned partition starts from the Bernstein parts through their logarithm; the parts are exactly 0 at the ends
+# of the range (t = 0 or 1), so they are raised to this floor first: finite logits that softmax can still move.
+MIN_INITIAL_PART = 1e-4
+
+
 def bernstein_parts(relative: torch.Tensor, num_parts: int, scale: int) -> torch.Tensor:
     """p_k(r) = C(m, k) t^k (1 - t)^(m - k), t = (r + R) / 2R, m = P - 1: non-negative for |r| <= R and summing
-    to one for every r. (..., ) -> (..., P)."""
+    to one for every r. (..., ) -> (..., P), float64."""
     m = num_parts - 1
     t = (relative.double() + scale) / (2 * scale)
     return torch.stack([comb(m, k) * t**k * (1 - t) ** (m - k) for k in range(num_parts)], dim=-1)
 
 
 class BernsteinPartition(nn.Module):
-    """Fixed Bernstein parts, factored as p_k(j - i) = Σ_a f_a(i) g_ka(j) so that no n x n part is ever built.
+    """Fixed Bernstein parts p_k(j - i) (`bernstein_parts`), which also factor as p_k(j - i) = Σ_a f_a(i) g_ka(j):
+    the fast path (`ShatterSelfAttention.factored_forward`) uses that to never build an n x n part.
 
     With t = c_i + u_j, c_i = 1/2 - i/2R and u_j = j/2R, and p_k(t) = Σ_n β_kn t^n:
     p_k = Σ_a c_i^a · Σ_e β_k,a+e C(a+e, a) u_j^e, i.e. f_a(i) = c_i^a and g_ka(j) = Σ_e G_kae u_j^e.
@@ -79,21 +88,28 @@ class LearnedPartition(nn.Module):
 
     def initial_logits(self) -> torch.Tensor:
         distances = torch.arange(-self.scale, self.scale + 1)
-        return bernstein_parts(distances, self.num_parts, self.scale).clamp(min=1e-4).log().float()
+        return bernstein_parts(distances, self.num_parts, self.scale).clamp(min=MIN_INITIAL_PART).log().float()
 
     def forward(self, relative: torch.Tensor) -> torch.Tensor:
         index = relative.clamp(-self.scale, self.scale) + self.scale
         return self.logits[index].softmax(dim=-1)
 
 
-class ShatterSelfAttention(nn.Module):
+PARTITIONS = {"bernstein": BernsteinPartition, "learned": LearnedPartition}
+
+
+class ShatterSelfAttention(LeanSelfAttention):
     """One head of full width d; values V_1..V_P (output projection folded in) mixed by soft relative parts.
+
+    `forward` is the paper's sum over parts under the eager implementation and for the learned partition; with
+    Bernstein parts under any other attention implementation (SDPA by default) it is `factored_forward`, the same
+    sum computed by one call of that implementation, tested equal to the sum.
 
     The embeddings refuse sequences longer than max_position_embeddings and the Bernstein partition is built only
     with R >= max_position_embeddings - 1, so every distance it sees has |j - i| <= R, where its parts are valid.
     """
 
-    has_output_projection = False
+    has_output_projection = False  # V_1..V_P map into the residual stream themselves
 
     def __init__(self, config: ShatterConfig):
         super().__init__()
@@ -109,9 +125,13 @@ class ShatterSelfAttention(nn.Module):
         self.query = nn.Linear(d, d)
         self.key = nn.Linear(d, d) if config.key_projection else None
         self.value = nn.Linear(d, parts * d)  # V_1..V_P stacked
-        partition = BernsteinPartition if config.partition == "bernstein" else LearnedPartition
-        self.partition = partition(parts, scale)
+        self.partition = PARTITIONS[config.partition](parts, scale)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    @staticmethod
+    def uses_factored_parts(config: ShatterConfig) -> bool:
+        """Whether `forward` takes the factored fast path: Bernstein parts, and an implementation other than eager."""
+        return config.partition == "bernstein" and config._attn_implementation not in (None, "eager")
 
     def forward(
         self,
@@ -123,18 +143,30 @@ class ShatterSelfAttention(nn.Module):
         q = self.query(hidden_states).unsqueeze(1)  # (B, 1, L, d): a single head
         k = (hidden_states if self.key is None else self.key(hidden_states)).unsqueeze(1)  # (B, 1, L, d)
         values = self.value(hidden_states).view(B, L, self.num_parts, d)  # (B, L, P, d): V_k x_j
+        if self.uses_factored_parts(self.config):
+            return self.factored_forward(q, k, values, attention_mask, **kwargs)
 
-        if isinstance(self.partition, LearnedPartition):
-            # o = Σ_k (A ⊙ P_k)(X V_k): one explicit n x n product per learned part
-            weights = self.probabilities(q, k, attention_mask)  # (B, 1, L, L)
-            positions = torch.arange(L, device=hidden_states.device)
-            parts = self.partition(positions[None, :] - positions[:, None]).to(weights.dtype)  # (L, L, P)
-            output = sum(torch.matmul(weights[:, 0] * parts[..., p], values[:, :, p]) for p in range(self.num_parts))
-            return output, weights
+        # Relative sequence partitioning (the paper's eq.): o_i = Σ_k Σ_j a_ij p_k(j - i) V_k x_j
+        #                                                      = Σ_k [(A ⊙ P_k)(X V_k)]_i
+        weights = self.probabilities(q, k, attention_mask)[:, 0]  # (B, L, L): A
+        positions = torch.arange(L, device=hidden_states.device)
+        parts = self.partition(positions[None, :] - positions[:, None]).to(weights.dtype)  # (L, L, P): p_k(j - i)
+        output = sum(torch.matmul(weights * parts[..., p], values[:, :, p]) for p in range(self.num_parts))
+        return output, weights.unsqueeze(1)  # (B, L, d), (B, 1, L, L)
 
-        # Relative partitioning, expanded: p_k(j-i) = Σ_a f_a(i) g_ka(j), so
-        # o_i = Σ_a f_a(i) [A · W_a]_i with W_a[j] = Σ_k g_ka(j) V_k x_j: one attention call, (m+1)·d-wide values
-        f, g = self.partition.factors(L, hidden_states.device, values.dtype)  # (L, m+1), (L, P, m+1)
+    def factored_forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        values: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The paper's sum with Bernstein parts, expanded: p_k(j - i) = Σ_a f_a(i) g_ka(j), so
+        o_i = Σ_a f_a(i) [A · W_a]_i with W_a[j] = Σ_k g_ka(j) V_k x_j: one attention call with (m+1)·d-wide values
+        instead of P explicit n x n products."""
+        B, L, parts, d = values.shape
+        f, g = self.partition.factors(L, values.device, values.dtype)  # (L, m+1), (L, P, m+1)
         # batched matmuls rather than einsum: several times faster on the CPU, forward and backward
         wide = torch.matmul(g.transpose(1, 2), values).reshape(B, 1, L, -1)  # (B, 1, L, (m+1)·d)
         if self.config.attention_normalizer == "softmax":
@@ -163,6 +195,30 @@ class ShatterSelfAttention(nn.Module):
             count = valid.sum(dim=-1, keepdim=True).clamp(min=1)
             weights = torch.sigmoid(scores - count.to(scores.dtype).log()) * valid
         return self.dropout(weights)
+
+    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """q_i k_j^T / sqrt(d) with q = x W_q + b_q and k = x (or its key projection), one head, in float64:
+        (n, L, d) -> (n, 1, L, L)."""
+        x = x.double()
+        q = x @ self.query.weight.double().T + self.query.bias.double()
+        k = x if self.key is None else x @ self.key.weight.double().T + self.key.bias.double()
+        return (q @ k.transpose(-1, -2) * self.scaling)[:, None]
+
+    @classmethod
+    def forward_matmuls(cls, config: ShatterConfig, batch_size: int, seq_len: int) -> list[tuple[int, int]]:
+        """The query, the P value matrices (output folded in), any key projection and the scores; then either the P
+        explicit (A ⊙ P_k)(X V_k) products or the factored path's one attention call with P·d-wide values between
+        two products with the fixed factors, and the factors themselves."""
+        tokens, d, parts = batch_size * seq_len, config.hidden_size, config.num_parts
+        scores = scores_flops(batch_size, seq_len, d)
+        products = [linear_flops(tokens, d, d), linear_flops(tokens, d, parts * d), scores]
+        products += [linear_flops(tokens, d, d)] * config.key_projection
+        if not cls.uses_factored_parts(config):
+            return products + [scores] * parts
+        return products + [(2 * seq_len * parts**3, 0),  # the factors g: (L, P) powers times (P, P, P) coefficients
+                           (2 * tokens * parts * parts * d, 1),  # g_kaᵀ · V_k x_j: (P × P) per token and channel
+                           (scores[0] * parts, 2),  # a · (P·d-wide values)
+                           (2 * tokens * parts * d, 1)]  # Σ_a f_a(i) · mixed_a
 
 
 class ShatterPreTrainedModel(LeanPreTrainedModel):

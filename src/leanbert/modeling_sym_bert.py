@@ -17,13 +17,17 @@ from .modeling_encoder import (
     LeanForTokenClassification,
     LeanModel,
     LeanPreTrainedModel,
+    LeanSelfAttention,
     eager_attention_forward,
     head_size,
+    linear_flops,
+    scores_flops,
+    split_heads,
 )
 from .transformers_compat import ALL_ATTENTION_FUNCTIONS, TransformersKwargs, init
 
 
-class SymBertSelfAttention(nn.Module):
+class SymBertSelfAttention(LeanSelfAttention):
     """One projection q = xW + b serves as query and key; scores s_ij = q_i B_h q_j^T / sqrt(d_h).
 
     The fast path folds B_h into the query side (q' = q B_h, n·d·d_h extra flops) and hands (q', q, v) to any
@@ -71,6 +75,24 @@ class SymBertSelfAttention(nn.Module):
             **kwargs,
         )
         return context.reshape(*hidden_states.shape[:-1], -1), weights  # (B, L, d)
+
+    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """s_ij = q_i B_h q_j^T / sqrt(d_h) with q = x W + b, in float64: (n, L, d) -> (n, H, L, L)."""
+        x = x.double()
+        q = split_heads(x @ self.query_key.weight.double().T + self.query_key.bias.double(),
+                        self.config.num_attention_heads)
+        q_left = q if self.pairwise is None else q @ self.pairwise.double()
+        return q_left @ q.transpose(-1, -2) * self.scaling
+
+    @classmethod
+    def forward_matmuls(cls, config: SymBertConfig, batch_size: int, seq_len: int) -> list[tuple[int, int]]:
+        """The query-key and value projections, scores and a·v; with the pairwise matrix, q B_h (d_h x d_h per head
+        and token)."""
+        tokens, d = batch_size * seq_len, config.hidden_size
+        products = [linear_flops(tokens, d, d)] * 2 + [scores_flops(batch_size, seq_len, d)] * 2
+        if config.attention_mode == "pairwise":
+            products.append((2 * tokens * d * d // config.num_attention_heads, 2))
+        return products
 
     @torch.no_grad()
     def bert_projections(self) -> dict[str, torch.Tensor]:

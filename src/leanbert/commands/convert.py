@@ -7,7 +7,9 @@ import sys
 
 from ..common.cli import ArgumentParser, non_negative_int, positive_int, run, seed
 from ..common.output import SafeOutput
-from ..conversion.convert import TARGETS, Conversion
+from ..architectures import BY_MODEL_TYPE
+from ..conversion.convert import Conversion
+from ..conversion.refine import REFINE_STEPS
 from ..healing.distill import Healing
 from ..training import TrainingRun
 from .heal import add_healing_arguments, healing_kwargs
@@ -17,22 +19,24 @@ from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="leanbert-convert",
-        description="Convert a BERT checkpoint (BertModel or BertFor*) into SymBert, SharedBert or Shatter, "
+        description="Convert a BERT checkpoint (BertModel or BertFor*) into a leanbert architecture, "
                     "calibrated on real text, and report how close the result is to the source.",
     )
     parser.add_argument("--source", required=True, help="BERT checkpoint: a local folder or a Hub model id")
-    parser.add_argument("--to", required=True, choices=sorted(TARGETS), help="target architecture")
+    parser.add_argument("--to", required=True, choices=sorted(BY_MODEL_TYPE),
+                        help="target architecture, by its model_type")
     parser.add_argument("--output", required=True, help="folder to write the converted model to")
     parser.add_argument("--calibration-text", help="text file (one passage per line) or folder of .txt files "
                                                    "(default: bundled public-domain passages)")
     parser.add_argument("--calibration-passages", type=positive_int, default=256,
                         help="passages sampled (with --seed) from the calibration text; memory grows with it "
                              "(default 256)")
-    parser.add_argument("--refine-steps", type=non_negative_int, default=300,
-                        help="per-layer refinement steps after the closed-form fit (0 = closed form only)")
+    parser.add_argument("--refine-steps", type=non_negative_int, default=REFINE_STEPS,
+                        help=f"per-layer refinement steps after the closed-form fit (0 = closed form only; default "
+                             f"{REFINE_STEPS})")
     parser.add_argument("--max-length", type=positive_int, default=128, help="tokens per calibration passage")
-    parser.add_argument("--attention-mode", default="pairwise", choices=("pairwise", "symmetric"),
-                        help="SymBert scores: learned pairwise matrix (default) or plain symmetric")
+    parser.add_argument("--attention-mode", choices=("pairwise", "symmetric"),
+                        help="sym_bert's scores: learned pairwise matrix (its default) or plain symmetric")
     parser.add_argument("--keep-attention-dropout", action="store_true",
                         help="keep the source's attention-probability dropout even where it makes the converted model "
                              "far more fragile than the source (by default it is then written as 0.0; the report "

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 import leanbert
 
+from ..architectures import ARCHITECTURES, BY_MODEL_TYPE
 from ..common.cards import write_model_card
 from ..common.errors import check_integer
 from ..common.models import dropout_agreement, embedding_cosines, load_bert, tokenize, weights_checksum
@@ -24,28 +25,11 @@ from ..common.passages import read_passages
 from ..common.sentence_transformers import read_setup, write_setup
 from .calibration import check_calibration_size, check_calibration_tokens, layer_inputs
 from .metrics import attention_logit_rel_error
+from .refine import REFINE_STEPS
 from .source import HEADS, ConversionError, leanbert_config_fields, transfer_weights
 
 REPORT = "conversion_report.json"
 
-# --to name -> (config class, class-name prefix, teacher weight fragments that are approximated, fitting module);
-# each fitting module `<to>_fit` has `fit_<to>_attention(teacher_block, student_block, hidden, mask, ...)`.
-TARGETS = {
-    "sym": (leanbert.SymBertConfig, "SymBert", ("attention.self.query.", "attention.self.key.")),
-    "shared": (leanbert.SharedBertConfig, "SharedBert",
-               ("attention.self.query.", "attention.self.key.", "attention.self.value.", "attention.output.dense.")),
-    "shatter": (leanbert.ShatterConfig, "Shatter",
-                ("attention.self.", "attention.output.dense.", "embeddings.position_embeddings.")),
-}
-LOSSY_NOTE = {
-    "sym": "SymBert reproduces the source closely after calibration; check mean_cosine before relying on it.",
-    "sym_symmetric": "Symmetric SymBert (B = I) cannot represent BERT's asymmetric scores: expect a cosine near 0.9 "
-                     "on MiniLM and heal it before use.",
-    "shared": "A converted SharedBert is a starting point, not an equivalent model: one projection cannot serve "
-              "BERT's query, key and value at once. Heal it by distillation before use (leanbert-heal).",
-    "shatter": "A Shatter warm start, not an equivalent model: one attention map replaces BERT's heads and absolute "
-               "positions are dropped. Heal or fine-tune it before use.",
-}
 # A converted model that loses to attention-probability dropout more than this many times as much of its sentence
 # embedding as its source loses to all of its dropout (1 - `dropout_agreement`, at least 0.01) is written with that
 # dropout off. A fitted SharedBert's query and key scales reach about 10 on MiniLM, so its attention is nearly one-hot
@@ -67,17 +51,22 @@ class Conversion:
     the problem, before any computation) and run by `write_to(folder)`."""
 
     def __init__(self, source: str | Path, to: str, *, calibration_text: str | Path | None = None,
-                 calibration_passages: int = 256, refine_steps: int = 300, max_length: int = 128,
-                 attention_mode: str = "pairwise", keep_attention_dropout: bool = False, allow_pickle: bool = False,
+                 calibration_passages: int = 256, refine_steps: int = REFINE_STEPS, max_length: int = 128,
+                 attention_mode: str | None = None, keep_attention_dropout: bool = False, allow_pickle: bool = False,
                  seed: int = 0):
-        if to not in TARGETS:
-            raise ConversionError(f"--to {to!r} is not supported; allowed: {', '.join(TARGETS)}")
+        if to not in BY_MODEL_TYPE:
+            raise ConversionError(f"--to {to!r} is not supported; allowed: {', '.join(BY_MODEL_TYPE)}")
+        self.architecture = architecture = BY_MODEL_TYPE[to]
         for name, value, low, high in (("refine_steps", refine_steps, 0, None), ("max_length", max_length, 2, None),
                                        ("calibration_passages", calibration_passages, 1, None),
                                        ("seed", seed, 0, 2**32 - 1)):
             check_integer(name, value, low, high)
-        if to != "sym" and attention_mode != "pairwise":
-            raise ConversionError("--attention-mode applies to --to sym only")
+        self.extra = {}
+        if attention_mode is not None:
+            if "attention_mode" not in architecture.config_class.field_rules:
+                with_modes = [a.model_type for a in ARCHITECTURES if "attention_mode" in a.config_class.field_rules]
+                raise ConversionError(f"--attention-mode applies to --to {' or '.join(with_modes)} only")
+            self.extra = {"attention_mode": attention_mode}
         self.source, self.to, self.seed = str(source), to, seed
         if not isinstance(keep_attention_dropout, bool):
             raise ConversionError(f"keep_attention_dropout must be True or False, not {keep_attention_dropout!r}")
@@ -87,11 +76,11 @@ class Conversion:
                                                     what="calibration text")
         self.sentence_transformers = read_setup(source, allow_pickle=allow_pickle)  # checked before the weights
         self.teacher, self.tokenizer = load_bert(source, allow_pickle)
-        self.config_class, self.prefix, self.approximated = TARGETS[to]
-        self.extra = {"attention_mode": attention_mode} if to == "sym" else {}
+        self.config_class, self.prefix = architecture.config_class, architecture.name
+        self.approximated = architecture.conversion.approximated
         fields = leanbert_config_fields(self.teacher.config)
-        if to == "shatter":
-            fields.pop("num_attention_heads")
+        if not architecture.has_heads:  # a single-headed architecture (Shatter)
+            fields.pop("num_attention_heads", None)
         try:
             self.config = self.config_class(**fields, **self.extra)
         except ValueError as error:
@@ -107,6 +96,11 @@ class Conversion:
                          "calibration_passages": len(self.calibration), "calibration_passages_available": available,
                          "max_length": max_length, "refine_steps": refine_steps, "seed": seed,
                          "keep_attention_dropout": self.keep_attention_dropout}
+
+    def note(self) -> str:
+        """What to expect of the converted model: its variant's note in the declaration, else the default's."""
+        notes, variants = self.architecture.conversion.notes, self.architecture.variants
+        return notes.get(self.architecture.variant_of(self.config), notes[next(iter(variants))])
 
     def fit_attention_dropout(self, teacher, student, heldout) -> dict:
         """Measure how much of the source and of the converted model survives dropout (`dropout_agreement`); turn
@@ -147,9 +141,10 @@ class Conversion:
         """Convert, write the model, its tokenizer and `conversion_report.json` to `folder`; return the report."""
         started = time.perf_counter()
         teacher, config, prefix = self.teacher, self.config, self.prefix
-        fit = getattr(import_module(f".{self.to}_fit", __package__), f"fit_{self.to}_attention")
+        module, function = self.architecture.conversion.fit.rsplit(".", 1)
+        fit = getattr(import_module(f".{module}", __package__), function)
         torch.manual_seed(self.seed)
-        student = getattr(leanbert, prefix + HEADS[type(teacher).__name__])(config).eval()
+        student = self.architecture.classes[HEADS[type(teacher).__name__]](config).eval()
         to_fit = transfer_weights(teacher, student, self.approximated)
 
         inputs = layer_inputs(teacher.base_model, self.batch)
@@ -181,7 +176,7 @@ class Conversion:
             "source_checksum": weights_checksum(teacher),
             "target": config.model_type,
             "target_architecture": type(student).__name__,
-            **self.extra,
+            **{key: getattr(config, key) for key in self.architecture.variant_fields},
             "parameters": {"source": teacher_params, "converted": student_params,
                            "saved": teacher_params - student_params,
                            "saved_fraction": round(1 - student_params / teacher_params, 6)},
@@ -192,7 +187,7 @@ class Conversion:
                          "measure": "cosine between source and converted mean-pooled last hidden states on the "
                                     "bundled held-out passages (disjoint from calibration)"},
             "dropout": dropout,
-            "note": LOSSY_NOTE["sym_symmetric" if self.extra.get("attention_mode") == "symmetric" else self.to],
+            "note": self.note(),
             "settings": self.settings,
             "leanbert_version": leanbert.__version__,
             "seconds": round(time.perf_counter() - started, 1),
@@ -206,7 +201,8 @@ class Conversion:
 
 
 def convert(source: str | Path, to: str, output: str | Path, *, force: bool = False, **settings) -> dict:
-    """Convert the BERT checkpoint `source` (folder or Hub id) to `to` ("sym", "shared" or "shatter") in `output`.
+    """Convert the BERT checkpoint `source` (folder or Hub id) to the architecture `to` (its model_type: "sym_bert",
+    "shared_bert", "shatter", ...) in `output`.
 
     `settings` are `Conversion`'s (calibration_text, calibration_passages, refine_steps, max_length,
     attention_mode, keep_attention_dropout, allow_pickle, seed). Everything is checked before any work; the output

@@ -6,47 +6,35 @@ import math
 import torch
 from torch import nn
 
+from ..modeling_encoder import LeanSelfAttention
+from ..modeling_shared_bert import SharedBertSelfAttention
+
 
 def _linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return x @ linear.weight.double().T + linear.bias.double()
 
 
+def _heads(y: torch.Tensor, count: int) -> torch.Tensor:  # (n, L, d) -> (n, H, L, d / H)
+    return y.view(*y.shape[:2], count, -1).transpose(1, 2)
+
+
 def attention_logits(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The pre-softmax logits (n, H, L, L) of a BERT, SymBert, SharedBert or Shatter self-attention module on
-    x (n, L, d), in float64, written out from the weights: an independent check of each module's forward."""
+    """The pre-softmax logits (n, H, L, L) of a self-attention module on x (n, L, d), in float64, written out from
+    the weights: a leanbert module's `reference_logits` (`LeanSelfAttention`), or transformers' BertSelfAttention's
+    q k^T / sqrt(d_h). An independent check of each module's forward."""
+    if isinstance(attention, LeanSelfAttention):
+        return attention.reference_logits(x)
     x = x.double()
-
-    def heads(y, count):  # (n, L, d) -> (n, H, L, d / H)
-        return y.view(*y.shape[:2], count, -1).transpose(1, 2)
-
-    if hasattr(attention, "query_key"):  # SymBert: (q B_h) q^T
-        count = attention.config.num_attention_heads
-        q = heads(_linear(attention.query_key, x), count)
-        q_left = q if attention.pairwise is None else q @ attention.pairwise.double()
-        return q_left @ q.transpose(-1, -2) * attention.scaling
-    if hasattr(attention, "shared"):  # SharedBert: (s ⊙ d_q)(s ⊙ d_k)^T
-        count = attention.config.num_attention_heads
-        s = _linear(attention.shared, x)
-        q, k = heads(s * attention.query_scale.double(), count), heads(s * attention.key_scale.double(), count)
-        return q @ k.transpose(-1, -2) * attention.scaling
-    if hasattr(attention, "num_parts"):  # Shatter: one head, keys are the input (or its key projection)
-        k = x if attention.key is None else _linear(attention.key, x)
-        return (_linear(attention.query, x) @ k.transpose(-1, -2) * attention.scaling)[:, None]
     count = attention.num_attention_heads  # transformers' BertSelfAttention
-    q, k = heads(_linear(attention.query, x), count), heads(_linear(attention.key, x), count)
+    q, k = _heads(_linear(attention.query, x), count), _heads(_linear(attention.key, x), count)
     return q @ k.transpose(-1, -2) * attention.scaling
 
 
 def attention_values(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The values (n, H, L, d_h) of a BERT or SharedBert self-attention module on x (n, L, d), in float64."""
-    x = x.double()
-    if hasattr(attention, "shared"):  # SharedBert: s ⊙ d_v
-        count = attention.config.num_attention_heads
-        v = _linear(attention.shared, x) * attention.value_scale.double()
-    else:
-        count = attention.num_attention_heads
-        v = _linear(attention.value, x)
-    return v.view(*v.shape[:2], count, -1).transpose(1, 2)
+    if isinstance(attention, SharedBertSelfAttention):
+        return attention.reference_values(x)
+    return _heads(_linear(attention.value, x.double()), attention.num_attention_heads)
 
 
 @torch.no_grad()

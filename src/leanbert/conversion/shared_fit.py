@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from .metrics import attention_logit_rel_error, value_rel_error
-from .refine import ExtraLoss, additive_mask, block_output, eager_attention, evaluating, refine_block, split_holdout
+from .refine import (REFINE_STEPS, ExtraLoss, additive_mask, block_output, eager_attention, evaluating, refine_block,
+                     split_holdout)
 from .whitening import whitening
 
 BIAS_RIDGE = 1e-3  # λ of step (2), relative to tr(P Σ_w P) / d_h
@@ -52,7 +53,7 @@ BATCH_SIZE = 16
 
 
 def fit_shared_attention(teacher: nn.Module, student: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
-                         refine_steps: int = 300, generator: torch.Generator | None = None) -> dict[str, float]:
+                         refine_steps: int = REFINE_STEPS, generator: torch.Generator | None = None) -> dict[str, float]:
     """Set `student` (a `LeanAttention` with a `SharedBertSelfAttention`) in place to imitate `teacher` (a
     `BertAttention`, left unchanged) on `hidden` (N, L, d), the teacher's inputs of this layer on calibration text;
     `mask` (N, L) is True on real tokens. N >= 2: a quarter of the sequences is held out.

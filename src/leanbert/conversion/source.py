@@ -5,15 +5,15 @@ from transformers import PreTrainedModel
 from ..common.errors import LeanbertError
 
 # BERT class of the source -> leanbert head that keeps its task weights
-HEADS = {
-    "BertModel": "Model",
-    "BertForMaskedLM": "ForMaskedLM",
-    "BertForPreTraining": "ForMaskedLM",
-    "BertForNextSentencePrediction": "Model",
-    "BertForSequenceClassification": "ForSequenceClassification",
-    "BertForTokenClassification": "ForTokenClassification",
-    "BertForQuestionAnswering": "ForQuestionAnswering",
-    "BertForMultipleChoice": "ForMultipleChoice",
+HEADS = {  # BERT's class -> the Auto class of its leanbert counterpart (`Architecture.classes`)
+    "BertModel": "AutoModel",
+    "BertForMaskedLM": "AutoModelForMaskedLM",
+    "BertForPreTraining": "AutoModelForMaskedLM",
+    "BertForNextSentencePrediction": "AutoModel",
+    "BertForSequenceClassification": "AutoModelForSequenceClassification",
+    "BertForTokenClassification": "AutoModelForTokenClassification",
+    "BertForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "BertForMultipleChoice": "AutoModelForMultipleChoice",
 }
 DROPPED_HEAD_KEYS = ("cls.seq_relationship.",)  # next-sentence prediction has no leanbert counterpart
 

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .metrics import attention_logit_rel_error
-from .refine import block_output, heldout_mse, refine_block, split_holdout
+from .refine import REFINE_STEPS, block_output, heldout_mse, refine_block, split_holdout
 from .whitening import whitening
 
 QK_STEPS = 200  # A3 Adam steps (converged to ~0.5% of the error on MiniLM)
@@ -69,7 +69,7 @@ def fit_sym_attention(
     student: nn.Module,
     hidden: torch.Tensor,
     mask: torch.Tensor,
-    refine_steps: int = 300,
+    refine_steps: int = REFINE_STEPS,
     generator: torch.Generator | None = None,
     *,
     lr: float = 1e-3,
