@@ -62,7 +62,7 @@ class Architecture:
     arxiv: str  # the paper's arXiv id
     title: str  # what the paper proposes, in a line
     lora_target_modules: tuple[str, ...]  # the attention projections, as BERT's ("query", "value")
-    conversion: ConversionRecipe
+    conversion: ConversionRecipe | None  # None: leanbert-convert does not offer it
     reconstruction: str = ""  # what in leanbert's version is not from the paper, for the model card
     # named config variants that benchmarks compare, the default config first
     variants: dict[str, dict] = field(default_factory=lambda: {"": {}})
@@ -186,3 +186,6 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 
 # model_type -> Architecture: how a saved model's config finds its declaration
 BY_MODEL_TYPE: dict[str, Architecture] = {architecture.model_type: architecture for architecture in ARCHITECTURES}
+# model_type -> Architecture, for those that BERT checkpoints convert into (`leanbert-convert --to`)
+CONVERTIBLE: dict[str, Architecture] = {model_type: architecture for model_type, architecture in BY_MODEL_TYPE.items()
+                                        if architecture.conversion is not None}

@@ -7,7 +7,7 @@ import sys
 
 from ..common.cli import ArgumentParser, non_negative_int, positive_int, run, seed
 from ..common.output import SafeOutput
-from ..architectures import BY_MODEL_TYPE
+from ..architectures import CONVERTIBLE
 from ..conversion.convert import Conversion
 from ..conversion.refine import REFINE_STEPS
 from ..healing.distill import Healing
@@ -23,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "calibrated on real text, and report how close the result is to the source.",
     )
     parser.add_argument("--source", required=True, help="BERT checkpoint: a local folder or a Hub model id")
-    parser.add_argument("--to", required=True, choices=sorted(BY_MODEL_TYPE),
+    parser.add_argument("--to", required=True, choices=sorted(CONVERTIBLE),
                         help="target architecture, by its model_type")
     parser.add_argument("--output", required=True, help="folder to write the converted model to")
     parser.add_argument("--calibration-text", help="text file (one passage per line) or folder of .txt files "

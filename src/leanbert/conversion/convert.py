@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 import leanbert
 
-from ..architectures import ARCHITECTURES, BY_MODEL_TYPE
+from ..architectures import ARCHITECTURES, CONVERTIBLE
 from ..common.cards import write_model_card
 from ..common.errors import check_integer
 from ..common.models import dropout_agreement, embedding_cosines, load_bert, tokenize, weights_checksum
@@ -54,9 +54,9 @@ class Conversion:
                  calibration_passages: int = 256, refine_steps: int = REFINE_STEPS, max_length: int = 128,
                  attention_mode: str | None = None, keep_attention_dropout: bool = False, allow_pickle: bool = False,
                  seed: int = 0):
-        if to not in BY_MODEL_TYPE:
-            raise ConversionError(f"--to {to!r} is not supported; allowed: {', '.join(BY_MODEL_TYPE)}")
-        self.architecture = architecture = BY_MODEL_TYPE[to]
+        if to not in CONVERTIBLE:
+            raise ConversionError(f"--to {to!r} is not supported; allowed: {', '.join(CONVERTIBLE)}")
+        self.architecture = architecture = CONVERTIBLE[to]
         for name, value, low, high in (("refine_steps", refine_steps, 0, None), ("max_length", max_length, 2, None),
                                        ("calibration_passages", calibration_passages, 1, None),
                                        ("seed", seed, 0, 2**32 - 1)):
