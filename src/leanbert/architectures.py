@@ -1,11 +1,16 @@
-"""Every leanbert architecture, declared once.
+"""Every leanbert architecture, declared once: `ARCHITECTURES` is the only list of them.
 
-An `Architecture` names its config class and its modeling module; everything else derives from that: the model
-classes (every class of the module's `__all__` that names an Auto class in `_auto_class`), the Auto registration
-(`leanbert/__init__.py`), the saved `auto_map` (`modeling_encoder.full_auto_map`, from the same `_auto_class`
-attributes), the tied MLM decoder (`LeanForMaskedLM`, from `base_model_prefix`), PEFT's default LoRA targets and
-the model card's facts; tests and benchmarks iterate over `ARCHITECTURES` (and `variants`). A new architecture
-adds its config, its modeling file and one entry here.
+An `Architecture` names its config class and its modeling module, its paper, its LoRA targets, its benchmarked
+variants, the paper's claims and how BERT checkpoints convert into it; everything else derives from the entry and
+from the self-attention module it contributes (`modeling_encoder.LeanSelfAttention`): the model classes (every class
+of the module's `__all__` that names an Auto class in `_auto_class`), the Auto registration (`leanbert/__init__.py`),
+the saved `auto_map` (`modeling_encoder.full_auto_map`), the tied MLM decoder (`LeanForMaskedLM`, from
+`base_model_prefix`), PEFT's default LoRA targets, `leanbert-convert --to <model_type>` (`conversion`), the export to
+BERT (`bert_projections`), conversion's fidelity metrics (`reference_logits`), bench's FLOP counts
+(`forward_matmuls`) and parameter counts, the claims that BENCHMARKS.md judges, and the model card's facts.
+
+A new architecture adds its config file, its modeling file, one entry here and, if BERT checkpoints convert into
+it, its fit in `conversion/`; tests then ask for its tester (tests/test_architectures.py).
 """
 
 from dataclasses import dataclass, field

@@ -53,7 +53,8 @@ BATCH_SIZE = 16
 
 
 def fit_shared_attention(teacher: nn.Module, student: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
-                         refine_steps: int = REFINE_STEPS, generator: torch.Generator | None = None) -> dict[str, float]:
+                         refine_steps: int = REFINE_STEPS,
+                         generator: torch.Generator | None = None) -> dict[str, float]:
     """Set `student` (a `LeanAttention` with a `SharedBertSelfAttention`) in place to imitate `teacher` (a
     `BertAttention`, left unchanged) on `hidden` (N, L, d), the teacher's inputs of this layer on calibration text;
     `mask` (N, L) is True on real tokens. N >= 2: a quarter of the sequences is held out.

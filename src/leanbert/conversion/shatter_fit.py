@@ -38,7 +38,8 @@ def closed_form(teacher: nn.Module, student: nn.Module) -> None:
 
 
 def fit_shatter_attention(teacher: nn.Module, student: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
-                          refine_steps: int = REFINE_STEPS, generator: torch.Generator | None = None) -> dict[str, float]:
+                          refine_steps: int = REFINE_STEPS,
+                          generator: torch.Generator | None = None) -> dict[str, float]:
     """Warm-start `student` (a `LeanAttention` with a `ShatterSelfAttention`) from `teacher` (a `BertAttention`),
     then refine its attention parameters on `hidden` (N, L, d) / `mask` (N, L) for `refine_steps` steps."""
     generator = generator if generator is not None else torch.Generator().manual_seed(0)

@@ -20,6 +20,7 @@ import transformers
 
 import leanbert
 
+from ..architectures import BY_MODEL_TYPE
 from ..common.cards import write_model_card
 from ..common.errors import LeanbertError
 from ..common.models import load_config, load_tokenizer, load_weights, weights_checksum
@@ -37,7 +38,6 @@ TOLERANCE = 1e-5
 # output (two different sequences of roundings): up to twice the source's counts as the same function. A wrong fold
 # is off by the size of the outputs themselves.
 FLOAT32_MARGIN = 2
-LEANBERT_TYPES = {architecture.model_type: architecture for architecture in leanbert.ARCHITECTURES}
 
 
 class ExportError(LeanbertError):
@@ -49,10 +49,10 @@ def load_leanbert(model: str | Path, allow_pickle: bool = False):
     config = load_config(model, "model")
     if config.model_type == "bert":
         raise ExportError(f"model {str(model)!r} is a plain BERT already (model_type 'bert'); nothing to export")
-    architecture = LEANBERT_TYPES.get(config.model_type)
+    architecture = BY_MODEL_TYPE.get(config.model_type)
     if architecture is None:
         raise ExportError(f"model {str(model)!r} is a {config.model_type!r} model; leanbert-export takes a "
-                          f"leanbert model ({', '.join(LEANBERT_TYPES)})")
+                          f"leanbert model ({', '.join(BY_MODEL_TYPE)})")
     names = {cls.__name__: cls for cls in architecture.classes.values()}
     class_name = (config.architectures or [f"{architecture.name}Model"])[0]
     if class_name not in names:

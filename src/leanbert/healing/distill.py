@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-import leanbert
-
+from ..architectures import BY_MODEL_TYPE
 from ..common.cards import write_model_card
 from ..common.checkpoints import CheckpointFolder
 from ..common.errors import LeanbertError, check_integer
@@ -31,7 +30,6 @@ from ..common.sentence_transformers import read_setup, write_setup
 from ..training import TrainingLoop, TrainingRun, TrainingSettings
 from ..training.curves import write_curves
 
-LEANBERT_TYPES = {architecture.model_type: architecture for architecture in leanbert.ARCHITECTURES}
 REPORT = "conversion_report.json"
 MIN_PASSAGE_CHARS = 40
 MAX_SEED = 2**32 - 1  # what numpy's and accelerate's seeding accept
@@ -47,9 +45,9 @@ def load_student(student: str | Path, teacher_checksum: str, allow_pickle: bool 
     including a student whose report names other teacher weights than `teacher_checksum` or parameters the student
     does not have. Pickle weights (.bin) only with `allow_pickle`."""
     config = load_config(student, "student")
-    if config.model_type not in LEANBERT_TYPES:
+    if config.model_type not in BY_MODEL_TYPE:
         raise HealingError(f"student {str(student)!r} is a {config.model_type!r} model; healing takes a leanbert "
-                           f"model converted from BERT ({', '.join(LEANBERT_TYPES)})")
+                           f"model converted from BERT ({', '.join(BY_MODEL_TYPE)})")
     folder = Path(student)
     if not (folder / REPORT).is_file():
         raise HealingError(f"student {str(student)!r} has no {REPORT}: it was not converted from a BERT "
@@ -63,7 +61,8 @@ def load_student(student: str | Path, teacher_checksum: str, allow_pickle: bool 
                            f"{teacher_checksum[:12]} vs {report['source_checksum'][:12]} in its report, whose source "
                            f"was {report.get('source')!r})")
     architecture = (config.architectures or [""])[0]
-    model_class = getattr(leanbert, architecture, None) if isinstance(architecture, str) else None
+    classes = {cls.__name__: cls for cls in BY_MODEL_TYPE[config.model_type].classes.values()}
+    model_class = classes.get(architecture) if isinstance(architecture, str) else None
     if model_class is None:
         raise HealingError(f"student {str(student)!r} names an unknown architecture {config.architectures}")
     model = load_weights(model_class, folder, "student", allow_pickle)
