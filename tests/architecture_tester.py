@@ -3,9 +3,10 @@
 Each declared architecture (`leanbert.ARCHITECTURES`) has one `ArchitectureTester` subclass (in
 tests/test_architectures.py) that supplies, written by hand from the paper and independently of the code: the
 parameter count of its self-attention in closed form, the FLOPs of its forward, and its attention logits. The rest
-the mixin checks from the declaration alone: the model classes and Auto registration, the saved `auto_map` and remote code, the fast
-attention path against eager, the conversion recipe, the model card. A tester that does not supply something fails
-with NotImplementedError; an architecture without a tester fails `test_every_architecture_has_a_tester`.
+the mixin checks from the declaration alone: the model classes and Auto registration, the saved `auto_map` and
+remote code, the fast attention path against eager, the conversion recipe, the model card. A tester that does not
+supply something fails with NotImplementedError; an architecture without a tester fails
+`test_every_architecture_has_a_tester`.
 """
 
 import json
