@@ -196,7 +196,7 @@ class ArchitectureTester:
         assert next(iter(self.architecture.variants)) in recipe.notes
 
     def test_card_names_the_paper(self):
-        from leanbert.common.cards import about
+        from leanbert.publishing.cards import about
 
         text = "\n".join(about(self.architecture.name, self.architecture, self.config().to_dict()))
         assert f"https://arxiv.org/abs/{self.architecture.arxiv}" in text

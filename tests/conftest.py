@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import leanbert
+from leanbert.architectures import BY_MODEL_TYPE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -22,24 +23,26 @@ TINY = dict(
     attention_probs_dropout_prob=0.0,
 )
 
-# name -> (config class, extra config fields, class-name prefix): every declared architecture with its default
-# config, under its model_type, plus variants worth testing on their own
+SHATTER = BY_MODEL_TYPE["shatter"]
+# name -> (Architecture, extra config fields): every declared architecture with its default config under its
+# model_type, each of its other declared variants as "<model_type>/<variant>", and Shatter's options worth testing
+# on their own
 ARCHITECTURES = {
-    **{architecture.model_type: (architecture.config_class, {}, architecture.name)
-       for architecture in leanbert.ARCHITECTURES},
-    "sym_symmetric": (leanbert.SymBertConfig, {"attention_mode": "symmetric"}, "SymBert"),
-    "shatter_learned": (leanbert.ShatterConfig, {"partition": "learned", "distance_scale": 8}, "Shatter"),
-    "shatter_sigmoid": (leanbert.ShatterConfig, {"attention_normalizer": "sigmoid", "key_projection": True,
-                                                 "absolute_position_embeddings": True, "num_parts": 3}, "Shatter"),
+    **{architecture.model_type: (architecture, {}) for architecture in leanbert.ARCHITECTURES},
+    **{f"{architecture.model_type}/{label}": (architecture, fields) for architecture in leanbert.ARCHITECTURES
+       for label, fields in list(architecture.variants.items())[1:]},
+    "shatter/learned": (SHATTER, {"partition": "learned", "distance_scale": 8}),
+    "shatter/sigmoid": (SHATTER, {"attention_normalizer": "sigmoid", "key_projection": True,
+                                  "absolute_position_embeddings": True, "num_parts": 3}),
 }
 HEADS = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
          "ForMultipleChoice")
 
 
 def tiny_config(arch: str, **overrides):
-    config_class, extra, prefix = ARCHITECTURES[arch]
-    heads = {} if prefix == "Shatter" else {"num_attention_heads": 4}
-    return config_class(**{**TINY, **heads, **extra, **overrides})
+    architecture, extra = ARCHITECTURES[arch]
+    heads = {"num_attention_heads": 4} if architecture.has_heads else {}
+    return architecture.config_class(**{**TINY, **heads, **extra, **overrides})
 
 
 def num_heads(config) -> int:
@@ -47,7 +50,7 @@ def num_heads(config) -> int:
 
 
 def model_class(arch: str, head: str):
-    return getattr(leanbert, ARCHITECTURES[arch][2] + head)
+    return getattr(leanbert, ARCHITECTURES[arch][0].name + head)
 
 
 @pytest.fixture(params=sorted(ARCHITECTURES))

@@ -18,9 +18,13 @@ from transformers import (
 from transformers.masking_utils import create_bidirectional_mask
 
 import leanbert
-from leanbert.conversion.metrics import attention_logits
+import test_architectures
+from architecture_tester import ArchitectureTester
 from conftest import ARCHITECTURES, HEADS, model_class, num_heads, tiny_config
 
+# each architecture's tester (tests/test_architectures.py), for its attention logits written out from the paper
+TESTERS = {tester.model_type: tester() for tester in ArchitectureTester.__subclasses__()}
+assert test_architectures  # imported for its testers
 AUTO_CLASSES = dict(zip(HEADS, (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
                                 AutoModelForTokenClassification, AutoModelForQuestionAnswering,
                                 AutoModelForMultipleChoice)))
@@ -39,9 +43,9 @@ def test_padding_does_not_change_real_tokens(arch, batch):
     torch.testing.assert_close(padded[1, :6], alone[0], atol=1e-5, rtol=1e-5)
 
 
-# Shatter's learned partition and its sigmoid normalizer build the n x n attention matrix explicitly (one product
-# per part, or an elementwise sigmoid): they never go through the attention interface, so no kernel is chosen.
-NO_ATTENTION_INTERFACE = {"shatter_learned", "shatter_sigmoid"}
+# Shatter's learned partition always computes the paper's sum over parts, with an explicit n x n attention matrix,
+# and its sigmoid normalizer's fast path builds that matrix too (sigmoid is elementwise): neither calls a kernel.
+NO_ATTENTION_INTERFACE = {"shatter/learned", "shatter/sigmoid"}
 
 
 def count_sdpa_calls(monkeypatch) -> list:
@@ -53,7 +57,8 @@ def count_sdpa_calls(monkeypatch) -> list:
 
 
 def test_eager_and_sdpa_agree(arch, batch, monkeypatch):
-    """sdpa runs torch's fused kernel once per layer (counted), eager never; their outputs agree."""
+    """sdpa runs torch's fused kernel once per layer (counted), eager never; their outputs agree (for Shatter with
+    Bernstein parts: the factored fast path against the paper's sum over parts)."""
     input_ids, attention_mask = batch
     calls = count_sdpa_calls(monkeypatch)
     eager = build(arch, attn_implementation="eager")
@@ -63,10 +68,7 @@ def test_eager_and_sdpa_agree(arch, batch, monkeypatch):
     out_eager = eager(input_ids, attention_mask=attention_mask).last_hidden_state[real]
     assert len(calls) == 0
     out_sdpa = sdpa(input_ids, attention_mask=attention_mask).last_hidden_state[real]
-    if arch in NO_ATTENTION_INTERFACE:
-        assert len(calls) == 0
-        return
-    assert len(calls) == sdpa.config.num_hidden_layers
+    assert len(calls) == (0 if arch in NO_ATTENTION_INTERFACE else sdpa.config.num_hidden_layers)
     torch.testing.assert_close(out_eager, out_sdpa, atol=1e-5, rtol=1e-5)
 
 
@@ -97,8 +99,8 @@ def test_every_parameter_gets_a_gradient(arch, batch):
 
 
 def test_output_attentions_and_hidden_states(arch, batch):
-    """Against float64 logits written out from the weights (conversion.metrics.attention_logits), normalized here
-    over the valid keys; hidden states against the embeddings and the first layer called directly."""
+    """Against float64 logits written out from the weights by the architecture's tester, normalized here over the
+    valid keys; hidden states against the embeddings and the first layer called directly."""
     input_ids, attention_mask = batch
     model = build(arch, attn_implementation="eager")
     out = model(input_ids, attention_mask=attention_mask, output_attentions=True, output_hidden_states=True)
@@ -109,7 +111,8 @@ def test_output_attentions_and_hidden_states(arch, batch):
     mask = create_bidirectional_mask(config=config, inputs_embeds=out.hidden_states[0], attention_mask=attention_mask)
     torch.testing.assert_close(out.hidden_states[1], model.encoder.layer[0](out.hidden_states[0], mask))
     layer0 = model.encoder.layer[0].attention.self
-    expected = reference_weights(attention_logits(layer0, out.hidden_states[0]), attention_mask,
+    logits = TESTERS[config.model_type].logits(layer0, out.hidden_states[0].double())
+    expected = reference_weights(logits, attention_mask,
                                  getattr(config, "attention_normalizer", "softmax"))
     assert out.attentions[0].shape == expected.shape == (2, num_heads(config), 9, 9)
     torch.testing.assert_close(out.attentions[0].double(), expected, atol=1e-6, rtol=1e-5)
@@ -125,7 +128,7 @@ def reference_weights(logits: torch.Tensor, attention_mask: torch.Tensor, normal
 
 def test_symmetric_mode_gives_symmetric_scores(batch):
     input_ids, _ = batch
-    model = build("sym_symmetric", attn_implementation="eager")
+    model = build("sym_bert/symmetric", attn_implementation="eager")
     weights = model(input_ids, output_attentions=True).attentions[0]  # softmax of a symmetric matrix S
     logits = weights.log()  # S_ij - logsumexp_i, so S_ij - S_ji = log w_ij - log w_ji + c_i - c_j
     asym = logits - logits.transpose(-1, -2)
@@ -215,7 +218,7 @@ def test_auto_classes_resolve_every_head(arch, head):
 def test_checkpoint_config_has_full_auto_map_and_code(arch, tmp_path):
     build(arch, "ForTokenClassification").save_pretrained(tmp_path)
     config = AutoConfig.from_pretrained(tmp_path)
-    prefix = ARCHITECTURES[arch][2]
+    prefix = ARCHITECTURES[arch][0].name
     assert set(config.auto_map) == {"AutoConfig", *(auto.__name__ for auto in AUTO_CLASSES.values())}
     assert config.auto_map["AutoModelForMultipleChoice"].endswith(f".{prefix}ForMultipleChoice")
     for entry in config.auto_map.values():
@@ -264,34 +267,6 @@ def test_token_classification_question_answering_multiple_choice(arch, batch):
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 2])))
 
 
-# Each count from transformers' BertModel's, less BERT's attention weights and plus the architecture's (per layer:
-# a d x d linear is d² + d; r = d / H). Shatter: query d² + d and P value matrices P(d² + d) replace BERT's query,
-# key, value and output projections 4(d² + d); no absolute position embeddings.
-BERT_BASE_FROM_BERT = {
-    "sym_bert": lambda bert, L, d, H, positions, P: bert - L * (d * d + d) + L * H * (d // H) ** 2,
-    "sym_symmetric": lambda bert, L, d, H, positions, P: bert - L * (d * d + d),
-    "shared_bert": lambda bert, L, d, H, positions, P: bert - 2 * L * (d * d + d) + 3 * L * d,
-    "shatter": lambda bert, L, d, H, positions, P: (bert - 4 * L * (d * d + d) + (1 + P) * L * (d * d + d)
-                                                    - positions * d),
-}
-
-
-@pytest.mark.parametrize("arch", sorted(BERT_BASE_FROM_BERT))
-def test_parameter_counts_at_bert_base_size(arch):
-    """Against transformers' BertModel at its default (base) size, counted, and each architecture's attention."""
-    config_class, extra, _ = ARCHITECTURES[arch]
-    bert_config = BertConfig()
-    with torch.device("meta"):
-        model = model_class(arch, "Model")(config_class(**extra))
-        bert = BertModel(bert_config).num_parameters()
-    num_parts = getattr(model.config, "num_parts", None)
-    assert num_parts in (None, 2)  # Shatter's default, README: 102,001,920
-    expected = BERT_BASE_FROM_BERT[arch](bert, bert_config.num_hidden_layers, bert_config.hidden_size,
-                                         bert_config.num_attention_heads, bert_config.max_position_embeddings,
-                                         num_parts)
-    assert model.num_parameters() == expected
-
-
 def test_shared_bert_attention_block_shrinks_by_two_thirds():
     """Against transformers' BertModel at base size: its query + key + value against SharedBert's one module."""
     with torch.device("meta"):
@@ -322,11 +297,12 @@ def test_shared_bert_attention_follows_the_paper_equations():
 def test_heads_must_divide_hidden_size(arch):
     """The config takes any pair (as BertConfig does); building the model refuses one that does not divide."""
     config = tiny_config(arch, hidden_size=30)
-    if ARCHITECTURES[arch][2] == "Shatter":
-        assert not hasattr(config, "num_attention_heads")  # one head of any width
-        return
-    with pytest.raises(ValueError, match="hidden_size=30 must be a multiple of num_attention_heads=4"):
-        model_class(arch, "Model")(config)
+    if not ARCHITECTURES[arch][0].has_heads:  # one head of any width
+        assert not hasattr(config, "num_attention_heads")
+        assert model_class(arch, "Model")(config).config.hidden_size == 30
+    else:
+        with pytest.raises(ValueError, match="hidden_size=30 must be a multiple of num_attention_heads=4"):
+            model_class(arch, "Model")(config)
 
 
 def test_pad_token_id_must_be_in_the_vocabulary(arch):

@@ -176,7 +176,7 @@ def test_lora_wraps_trains_merges_saves_and_reloads(architecture, task, inputs, 
         assert not torch.allclose(merged_weight, base_weights[f"{encoder}{module}.weight"]), module
 
 
-@pytest.mark.parametrize("variant", ["sym_symmetric", "shatter_learned", "shatter_sigmoid"])
+@pytest.mark.parametrize("variant", ["sym_bert/symmetric", "shatter/learned", "shatter/sigmoid"])
 def test_config_variants_wrap_the_same_modules(variant):
     """Other config variants (symmetric SymBert, learned partition, Shatter with a key projection) keep the same
     default targets; Shatter's optional `key` stays frozen unless named."""

@@ -7,9 +7,8 @@ from scipy.stats import binom
 from transformers.masking_utils import create_bidirectional_mask
 
 import leanbert
-from conftest import tiny_config
+from conftest import model_class, tiny_config
 from leanbert.configuration_shatter import MAX_NUM_PARTS
-from leanbert.conversion.metrics import attention_logits
 from leanbert.modeling_shatter import BernsteinPartition, bernstein_parts
 
 
@@ -59,9 +58,9 @@ def test_factorisation_reproduces_the_parts(num_parts):
 @pytest.mark.parametrize("normalizer", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_one_call_expansion_equals_explicit_sum_over_parts(num_parts, normalizer, implementation):
-    """o = Σ_k (A ⊙ P_k)(X V_k), computed the slow way from float64 logits (softmax over valid keys, or
-    sigmoid(s - log n_valid)) and the Bernstein parts themselves (checked against scipy above), equals the fused
-    path."""
+    """o = Σ_k (A ⊙ P_k)(X V_k), computed here from float64 logits (softmax over valid keys, or sigmoid(s - log
+    n_valid)) and the Bernstein parts themselves (checked against scipy above), equals both the eager path (the
+    paper's sum) and the factored fast path (SDPA)."""
     torch.manual_seed(0)
     config = tiny_config("shatter", num_parts=num_parts, attention_normalizer=normalizer,
                          attn_implementation=implementation)
@@ -70,7 +69,7 @@ def test_one_call_expansion_equals_explicit_sum_over_parts(num_parts, normalizer
     mask = torch.ones(2, 11, dtype=torch.long)
     mask[1, 7:] = 0
     output, _ = attention(x, create_bidirectional_mask(config=config, inputs_embeds=x, attention_mask=mask))
-    logits = attention_logits(attention, x)  # (B, 1, L, L) in float64, written out from the weights
+    logits = attention.reference_logits(x)  # (B, 1, L, L) in float64, written out from the weights
     valid = mask.bool()[:, None, None, :]
     weights = (logits.masked_fill(~valid, float("-inf")).softmax(-1) if normalizer == "softmax" else
                torch.sigmoid(logits - valid.sum(-1, keepdim=True).double().log()) * valid).float()
@@ -81,11 +80,10 @@ def test_one_call_expansion_equals_explicit_sum_over_parts(num_parts, normalizer
     torch.testing.assert_close(output, explicit, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["shatter", "shatter_learned", "shatter_sigmoid", "sym_bert", "shared_bert"])
+@pytest.mark.parametrize("arch", ["shatter", "shatter/learned", "shatter/sigmoid", "sym_bert", "shared_bert"])
 def test_no_information_flows_from_padding(arch):
     torch.manual_seed(0)
-    model = getattr(leanbert, "ShatterModel" if arch.startswith("shatter") else
-                    {"sym_bert": "SymBertModel", "shared_bert": "SharedBertModel"}[arch])(tiny_config(arch)).eval()
+    model = model_class(arch, "Model")(tiny_config(arch)).eval()
     input_ids = torch.randint(1, 99, (1, 12))
     mask = torch.ones_like(input_ids)
     mask[:, 8:] = 0

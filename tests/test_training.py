@@ -16,10 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score
 from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer,
                           BertConfig, BertModel)
@@ -324,12 +326,26 @@ def test_packed_blocks_are_cached_and_rebuilt_for_another_block_length(data, tmp
     assert all(len(ids) == 2 * SEQ for ids in other["input_ids"]) and len(other) == len(first) // 2
 
 
-def test_packed_blocks_cache_does_not_depend_on_the_tokenizer_having_been_used(data, tmp_path):
+def test_packed_blocks_cache_does_not_depend_on_the_tokenizer_having_been_used(data, tmp_path, monkeypatch):
+    """The first call leaves the tokenizer with the padding and truncation state of its last call; a second call with
+    that same tokenizer reads the blocks from the cache, tokenising nothing."""
     text = text_slice(GUTENBERG / "valid.txt", tmp_path / "text.txt", 5_000, skip=500)
+    cache = tmp_path / "cache"
     tokenizer = AutoTokenizer.from_pretrained(data["tokenizer"])
-    runs = [packed_blocks([str(text)], tokenizer, SEQ, whole_word_mask=False, cache_dir=str(tmp_path / "cache"),
-                          what="text") for _ in range(2)]
-    assert runs[0].cache_files == runs[1].cache_files
+    first = packed_blocks([str(text)], tokenizer, SEQ, whole_word_mask=False, cache_dir=str(cache), what="text")
+    assert first["input_ids"] == blocks_by_hand(AutoTokenizer.from_pretrained(data["tokenizer"]), text, SEQ)
+    # the blocks were written to the cache folder (not kept in memory, where every call would tokenise again)
+    files = cache_listing(cache)
+    cached = {Path(f["filename"]).resolve() for f in first.cache_files}
+    assert cached and cached <= {p.resolve() for p in cache.rglob("*.arrow")}, (cached, sorted(files))
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("the text was tokenised again")
+
+    monkeypatch.setattr(type(tokenizer), "__call__", no_tokenising)
+    second = packed_blocks([str(text)], tokenizer, SEQ, whole_word_mask=False, cache_dir=str(cache), what="text")
+    assert second.cache_files == first.cache_files and cache_listing(cache) == files
+    assert second["input_ids"] == first["input_ids"]
 
 
 # ------------------------------------------------------------------------------------------------ fine-tuning
@@ -415,8 +431,23 @@ def test_finetuning_a_pretrained_leanbert_encoder_on_rte(pretrained, tmp_path):
 
 
 def test_finetuning_the_output_of_pretraining_directly(pretrained, tmp_path, capsys):
-    code = finetune_main(finetune_args(pretrained, "rte", tmp_path / "rte", 1))
+    """The pretraining output (a masked-LM checkpoint with its reports and card) is a fine-tuning start as it is: its
+    encoder is loaded, its masked-LM head dropped, a classification head added."""
+    output = tmp_path / "rte"
+    code = finetune_main(finetune_args(pretrained, "rte", output, 1))
     assert code == 0, capsys.readouterr().err
+    check_rte_results(output, 1)
+    model = AutoModelForSequenceClassification.from_pretrained(output)
+    assert type(model) is leanbert.SymBertForSequenceClassification and model.config.num_labels == 2
+    # every encoder tensor is the pretrained one moved by one AdamW step, which moves no weight by more than the
+    # learning rate (1e-3), plus weight decay's lr * 0.01 * |w|; a fresh initialisation would be ~0.02 away
+    start = load_file(pretrained / "model.safetensors")
+    finetuned = model.state_dict()
+    encoder = [name for name in start if name.startswith("sym_bert.") and not name.startswith("sym_bert.pooler.")]
+    assert encoder and all(name in finetuned for name in encoder), sorted(set(encoder) - set(finetuned))
+    for name in encoder:
+        torch.testing.assert_close(finetuned[name], start[name], atol=1.1e-3, rtol=0, msg=name)
+    assert not any(name.startswith("cls.") for name in finetuned), "the masked-LM head was kept"
 
 
 def test_finetuning_on_the_first_examples_only(tiny_bert_encoder, tmp_path):
@@ -448,24 +479,41 @@ def test_finetuning_cuts_inputs_to_the_models_positions_unless_told(tiny_bert_en
 
 def test_finetuning_stsb_with_a_validation_split(tiny_bert_encoder, tmp_path):
     output = tmp_path / "stsb"
-    assert finetune_main(finetune_args(tiny_bert_encoder, "stsb", output, 3, "--validation-split", "0.1")) == 0
+    seed = 11
+    assert finetune_main(finetune_args(tiny_bert_encoder, "stsb", output, 3, "--validation-split", "0.1",
+                                       "--seed", seed)) == 0
     results = read_json(output / "results.json")
-    _, rows = read_tsv(GLUE / "STS-B" / "train.tsv")
+    header, rows = read_tsv(GLUE / "STS-B" / "train.tsv")
     assert results["task"] == "stsb" and results["main_metric"] == "pearson"
     assert results["validation_examples"] == round(0.1 * len(rows))
     assert results["train_examples"] + results["validation_examples"] == len(rows)
     metrics = results["metrics"]
-    assert {"pearson", "spearmanr", "loss"} <= set(metrics)
-    assert all(math.isfinite(metrics[k]) and -1 <= metrics[k] <= 1 for k in ("pearson", "spearmanr"))
-    assert math.isfinite(metrics["loss"]) and results["evaluations"][-1] == metrics
-    model = AutoModelForSequenceClassification.from_pretrained(output)
+    assert {"pearson", "spearmanr", "loss"} <= set(metrics) and results["evaluations"][-1] == metrics
+    assert metrics["step"] == results["steps"] == 3
+    model = AutoModelForSequenceClassification.from_pretrained(output).eval()
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+
+    # the held-out rows are those `datasets` holds out of the file's rows with the run's seed (load_task's documented
+    # split), read here from the TSV; the saved model's scores on them give the reported metrics, recomputed by scipy
+    held_out = datasets.Dataset.from_dict({"row": list(range(len(rows)))}).train_test_split(
+        test_size=results["validation_examples"], seed=seed)["test"]["row"]
+    a, b, score = header.index("sentence1"), header.index("sentence2"), header.index("score")
+    gold = np.array([float(rows[i][score]) for i in held_out], dtype=np.float32)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    encoded = tokenizer([rows[i][a] for i in held_out], [rows[i][b] for i in held_out], truncation=True,
+                        max_length=SEQ, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**encoded).logits.squeeze(-1).double().numpy()
+    assert metrics["pearson"] == pytest.approx(pearsonr(predicted, gold)[0], abs=1e-5)
+    # ranks of near-equal scores swap with float32 rounding (padded to 8 rows there, to all rows here): measured 2e-5
+    assert metrics["spearmanr"] == pytest.approx(spearmanr(predicted, gold)[0], abs=1e-3)
+    assert metrics["loss"] == pytest.approx(np.mean((predicted - gold) ** 2), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ Trainer
 
 
-@pytest.mark.parametrize("arch", ["sym_symmetric", "shared_bert", "shatter"])
+@pytest.mark.parametrize("arch", ["sym_bert/symmetric", "shared_bert", "shatter"])
 def test_transformers_trainer_trains_a_leanbert_classifier(arch, tmp_path):
     from transformers import Trainer, TrainingArguments
 
@@ -740,7 +788,7 @@ def test_resume_after_a_hard_kill_matches_an_uninterrupted_run(data, tmp_path, l
     checkpoint = tmp_path / "killed.pretrain-checkpoints" / "step_3" / "progress.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # as this process runs (one_thread)
     with open(tmp_path / "log.txt", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "leanbert.training.pretrain", *args(killed)], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "leanbert.commands.pretrain", *args(killed)], env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 240

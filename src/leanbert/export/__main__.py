@@ -1,7 +1,0 @@
-"""`python -m leanbert.export ...` is `leanbert-export ...`."""
-
-import sys
-
-from ..commands.export import main
-
-sys.exit(main())
