@@ -7,6 +7,8 @@ from tqdm.auto import tqdm
 
 from .source import ConversionError
 
+# The refinement holds out a quarter of the passages to pick its best step and trains on batches of 16: with fewer
+# passages than a batch, its held-out error would rest on three passages or fewer.
 MIN_PASSAGES = 16
 TOKENS_PER_DIMENSION = 8  # whitening a d-dimensional activation needs well over d tokens
 MEMORY_SHARE = 0.5  # calibration activations may take at most this share of the machine's memory
