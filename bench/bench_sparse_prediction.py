@@ -6,8 +6,8 @@ on those alone. This measures what that saves in a full training step, for each 
 
 Run (from the repository root):
 
-    .venv/bin/python bench/bench_sparse_prediction.py           # BERT-base: 12 layers, batch 8 x 128, all three
-    .venv/bin/python bench/bench_sparse_prediction.py --quick   # SymBert, 2 layers, few rounds (~1 min)
+    .venv/bin/python -m bench.bench_sparse_prediction           # BERT-base: 12 layers, batch 8 x 128, all three
+    .venv/bin/python -m bench.bench_sparse_prediction --quick   # SymBert, 2 layers, few rounds (~1 min)
 
 Outputs in `--output-dir` (default `bench/results/`): `sparse_prediction.json` (raw step times, ratios, machine
 info) and `sparse_prediction.png` (the ratios with their quartiles).
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 import transformers
-from bench_speed import keep_freed_memory
 from tqdm import tqdm
 
 import leanbert
-from outputs import claim, write_file, write_json
+from bench.bench_speed import keep_freed_memory
+from bench.outputs import claim, write_file, write_json
 
 # name -> (config class, ForMaskedLM class), from the package's registry of architectures
 MODELS = {architecture.name: (architecture.config_class, architecture.classes["AutoModelForMaskedLM"])
@@ -45,13 +45,14 @@ MODELS = {architecture.name: (architecture.config_class, architecture.classes["A
 
 VOCAB_SIZE = 30522
 FULL = dict(layers=12, steps=10, warmup=2, models=list(MODELS))
-QUICK = dict(layers=2, steps=4, warmup=1, models=["SymBert"])
+QUICK = dict(layers=2, steps=4, warmup=1, models=list(MODELS)[:1])  # the first declared architecture
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="SymBert, 2 layers, few rounds (smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK['models'][0]}, 2 layers, few rounds (smoke test)")
     parser.add_argument("--layers", type=int, help="number of layers (default 12; 2 with --quick)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")

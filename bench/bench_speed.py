@@ -6,10 +6,10 @@ run. Absolute numbers on shared CPU machines are noisy: read the paired ratios a
 
 Run (from the repository root):
 
-    .venv/bin/python bench/bench_speed.py               # BERT-base: the full benchmark (about 2 hours, see below)
-    .venv/bin/python bench/bench_speed.py --resume      # continue an interrupted run with the same arguments
-    .venv/bin/python bench/bench_speed.py --threads 1   # on a machine shared with other jobs (see below)
-    .venv/bin/python bench/bench_speed.py --quick       # tiny config, 3 rounds: a smoke test (about 10 s)
+    .venv/bin/python -m bench.bench_speed               # BERT-base: the full benchmark (about 2 hours, see below)
+    .venv/bin/python -m bench.bench_speed --resume      # continue an interrupted run with the same arguments
+    .venv/bin/python -m bench.bench_speed --threads 1   # on a machine shared with other jobs (see below)
+    .venv/bin/python -m bench.bench_speed --quick       # tiny config, 3 rounds: a smoke test (about 10 s)
     bash bench/gpu.sh                                   # BERT-base on a GPU in bf16, into bench/results/gpu/
 
 Outputs in `--output-dir` (default `bench/results/`): `speed.json` (raw step times, derived numbers, the command and
@@ -85,13 +85,14 @@ from torch._C._profiler import _EventType
 from tqdm import tqdm
 from transformers import BertConfig, BertModel
 
-import leanbert
-from flops import MODELS, REFERENCE, training_flops
-from outputs import claim, refuse, run_main, write_file, write_json, write_text
-from runs import machine
+from bench import papers
+from bench.flops import MODELS, REFERENCE, training_flops
+from bench.outputs import claim, refuse, run_main, write_file, write_json, write_text
+from bench.runs import machine
 
 MIB = 2**20
 SCHEMA = 1  # the results' layout: report.py regenerates nothing from another
+BENCHMARK = "speed"  # the claims it judges: those declared for it (`Claim.benchmark`)
 OUTPUTS = ["speed.json", "speed.md", "speed_vs_length.png"]  # what it writes in --output-dir
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "STS-B" / "train.tsv"
 
@@ -473,48 +474,48 @@ def full_seconds(results: dict) -> float | None:
 
 
 def claims(results: dict) -> list[dict]:
-    """The papers' per-step speed and memory claims against the full-batch training-step rows at lengths 128 and
-    512 with dropout 0.1 (BERT's, which the papers train with), each architecture's default variant. A speed claim
-    "×c faster" holds in a setting when q1 of the per-round ratios is ≥ c and fails when q3 < c (in between, the
-    noise decides nothing); the verdict is "reproduced" when every setting holds, "not reproduced" when every one
-    fails, else "partly". Memory is measured once (a step allocates the same every time): it holds or fails
-    outright. SymBert's paper makes no per-step speed claim; its row reports the measurement."""
+    """The speed and memory claims the architectures declare (`bench.papers`) against the full-batch training-step
+    rows at lengths 128 and 512 with dropout 0.1 (BERT's, which the papers train with), of the claim's variant (by
+    default the architecture's default). A speed claim "×c faster" (`train_ratio`, bound c) holds in a setting when q1
+    of the per-round ratios is ≥ c and fails when q3 < c (in between, the noise decides nothing); the verdict is
+    "reproduced" when every setting holds, "not reproduced" when every one fails, else "partly". Memory
+    (`activation_ratio`, bound c: at most c× BERT's activation memory) is measured once (a step allocates the same
+    every time): it holds or fails outright. A claim without a bound (SymBert's paper makes no per-step speed claim)
+    reports the measurement: "not testable here"."""
     machine = results["machine"]
     where = (f"training step, {results['shape']}, dropout {CLAIM_DROPOUT}, {machine['device']} {machine['dtype']}"
              + (f" ({machine['gpu']})" if machine.get("gpu") else ""))
-    architectures = {architecture.name: architecture for architecture in leanbert.ARCHITECTURES}
-
-    def entry(name: str, claim: str, measure, holds) -> dict:
-        """`measure(row)`: the row's measurement as text; `holds(row)`: True, False or None (see above); None for
-        `holds` itself: no claim to test."""
-        architecture = architectures[name]
-        model = f"{name} {next(iter(architecture.variants))}".strip()  # the default variant
+    entries = []
+    for architecture, stated in papers.declared(BENCHMARK, METRICS):
+        model = papers.model(architecture, stated)
         rows = sorted((row for row in results["rows"] if row["model"] == model and row["lengths"] == "full"
                        and row["seq_len"] in CLAIM_LENGTHS and row["dropout"] == CLAIM_DROPOUT),
                       key=lambda row: row["seq_len"])
+        measure, holds = METRICS[stated.metric]
         measured = "; ".join(f"{measure(row)} at L={row['seq_len']}" for row in rows) or "no rows at L=128 or 512"
-        return dict(paper=f"{name} (arXiv {architecture.arxiv})", claim=claim, measured=f"{model}: {measured}; {where}",
-                    verdict=verdict([holds(row) for row in rows] if holds and rows else []))
+        outcomes = [holds(row, stated.bound) for row in rows] if stated.bound is not None else []
+        entries.append(dict(paper=papers.paper(architecture), claim=stated.text,
+                            measured=f"{model}: {measured}; {where}", verdict=verdict(outcomes)))
+    return entries
 
-    def speed(row: dict) -> str:
-        return (f"×{row['train_ratio']:.2f} (q1–q3 {row['train_ratio_q1']:.2f}–{row['train_ratio_q3']:.2f}; "
-                f"FLOPs predict ×{row['flop_ratio']:.2f})")
 
-    def faster(factor: float):
-        return lambda row: (True if row["train_ratio_q1"] >= factor
-                            else False if row["train_ratio_q3"] < factor else None)
+def speed_text(row: dict) -> str:
+    return (f"×{row['train_ratio']:.2f} (q1–q3 {row['train_ratio_q1']:.2f}–{row['train_ratio_q3']:.2f}; "
+            f"FLOPs predict ×{row['flop_ratio']:.2f})")
 
-    return [
-        entry("Shatter", "15% faster per training step than BERT (TPU, BERT-base)", speed, faster(1.15)),
-        entry("Shatter", "over 50% less memory than BERT (TPU, BERT-base)",
-              lambda row: f"activation memory ×{row['activation_ratio']:.2f} (peak with weights and AdamW state "
-                          f"×{row['peak_ratio']:.2f})",
-              lambda row: row["activation_ratio"] < 0.5),
-        entry("SharedBert", "training time down by about a tenth (per step: ×1/0.9 = ×1.11 throughput)", speed,
-              faster(1 / 0.9)),
-        entry("SymBert", "no per-step speed claim (fewer parameters, fewer steps to converge); measured for "
-                         "reference", speed, None),
-    ]
+
+def faster(row: dict, factor: float) -> bool | None:
+    """Whether a row supports "×factor faster than BERT" (True), contradicts it (False) or leaves it open (None)."""
+    return True if row["train_ratio_q1"] >= factor else False if row["train_ratio_q3"] < factor else None
+
+
+# what a speed claim can name -> (the row's measurement as text, whether the row holds the claim with bound c)
+METRICS = {
+    "train_ratio": (speed_text, faster),
+    "activation_ratio": (lambda row: f"activation memory ×{row['activation_ratio']:.2f} (peak with weights and AdamW "
+                                     f"state ×{row['peak_ratio']:.2f})",
+                        lambda row, bound: row["activation_ratio"] < bound),
+}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -566,7 +567,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.allocator = "system malloc" if args.system_malloc else keep_freed_memory()
-    command = shlex.join(["python", "bench/bench_speed.py", *(arg for arg in argv if arg != "--resume")])
+    command = shlex.join(["python", "-m", "bench.bench_speed", *(arg for arg in argv if arg != "--resume")])
     settings, lengths = plan(args)
     claim(args.output_dir, OUTPUTS)
     results = start_or_resume(args, command, settings)

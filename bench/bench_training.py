@@ -1,11 +1,11 @@
-"""The training loop's cost: its overhead over a bare loop, masked-LM pretraining throughput of the four model
-types, and the tokenisation cache of the pretraining text.
+"""The training loop's cost: its overhead over a bare loop, masked-LM pretraining throughput of BERT and every
+declared architecture, and the tokenisation cache of the pretraining text.
 
 Run (from the repository root):
 
-    .venv/bin/python bench/bench_training.py             # 4 layers, d=256, batch 8 x 128; the full 41 MB text
-    .venv/bin/python bench/bench_training.py --quick     # tiny model, few rounds, 2 MB of text (< 2 min)
-    .venv/bin/python bench/bench_training.py --skip-cache --threads 1   # on a machine shared with other jobs
+    .venv/bin/python -m bench.bench_training             # 4 layers, d=256, batch 8 x 128; the full 41 MB text
+    .venv/bin/python -m bench.bench_training --quick     # tiny model, few rounds, 2 MB of text (< 2 min)
+    .venv/bin/python -m bench.bench_training --skip-cache --threads 1   # on a machine shared with other jobs
 
 Outputs in `--output-dir` (default `bench/results/`): `training.json` (raw times, ratios, machine info) and
 `training.png` (the overhead ratio per round, tokens/s per model type, the cache timings); a summary table is
@@ -16,22 +16,23 @@ Method (all in one process, on the CPU unless accelerate finds an accelerator):
   80/10/10 replacement, no padding), batched by `transformers.default_data_collator` in both loops, so data costs
   are the same and small (the collation time per batch is recorded, and so is `SeededMasking`'s, which real
   pretraining uses, on blocks of the cached text).
-- Loop overhead: one masked-LM model (`--overhead-model`, default sym_bert). Each round trains fresh copies of the
-  same initial weights for `--steps` steps twice: "bare" is a plain Python loop (collate, forward, `backward`,
-  `clip_grad_norm_(..., 1.0)`, `AdamW.step`, linear-schedule `step`, `zero_grad`) with the same parameter groups,
-  learning rate and schedule as the loop; "loop" is `TrainingLoop(model, TrainingSettings(steps, batch_size,
-  max_grad_norm=1.0), data, default_data_collator).run()`, timing `run()` only (not construction; it includes the
-  DataLoader, accelerate's wrappers, the progress bar and the per-step bookkeeping). The order flips every round.
-  Reported: the median and quartiles of the per-round ratio loop time / bare time (the claim: at most 1.05), the
-  median ms per step of each, and the median per-round difference in ms per step; the same for steps 2 to
-  `steps` alone (timestamps after each step; the loop's through its `callback`), the steady state of a long run,
-  and the rest of the difference (the first step, the start and the end of `run()`), paid once per run.
+- Loop overhead: one masked-LM model (`--overhead-model`, default the first declared architecture, sym_bert). Each
+  round trains fresh copies of the same initial weights for `--steps` steps twice: "bare" is a plain Python loop
+  (collate, forward, `backward`, `clip_grad_norm_(..., 1.0)`, `AdamW.step`, linear-schedule `step`, `zero_grad`) with
+  the same parameter groups, learning rate and schedule as the loop; "loop" is `TrainingLoop(model,
+  TrainingSettings(steps, batch_size, max_grad_norm=1.0), data, default_data_collator).run()`, timing `run()` only
+  (not construction; it includes the DataLoader, accelerate's wrappers, the progress bar and the per-step
+  bookkeeping). The order flips every round. Reported: the median and quartiles of the per-round ratio loop time /
+  bare time (the claim: at most 1.05), the median ms per step of each, and the median per-round difference in ms per
+  step; the same for steps 2 to `steps` alone (timestamps after each step; the loop's through its `callback`), the
+  steady state of a long run, and the rest of the difference (the first step, the start and the end of `run()`), paid
+  once per run.
 - Throughput: `AutoConfig.for_model(model_type, **sizes)` + `AutoModelForMaskedLM.from_config` for "bert"
-  (transformers' BertForMaskedLM), "sym_bert", "shared_bert" and "shatter" (their default attention modes and
-  parts; Shatter has no heads field), dense masked-LM head, each trained for `--steps` steps through
-  `TrainingLoop` from fresh copies of its initial weights, one run of every model per round, the order rotated by
-  one model every round. Reported: tokens/s (batch x seq x steps / run() time; median and quartiles over rounds)
-  and the median and quartiles of the per-round ratio model tokens/s / BERT tokens/s (> 1: faster than BERT).
+  (transformers' BertForMaskedLM) and every declared architecture's model_type ("sym_bert", "shared_bert", "shatter":
+  their default variants; Shatter has no heads field), dense masked-LM head, each trained for `--steps` steps through
+  `TrainingLoop` from fresh copies of its initial weights, one run of every model per round, the order rotated by one
+  model every round. Reported: tokens/s (batch x seq x steps / run() time; median and quartiles over rounds) and the
+  median and quartiles of the per-round ratio model tokens/s / BERT tokens/s (> 1: faster than BERT).
 - Tokenisation cache: `packed_blocks` (`leanbert.training.text`) on the training text (`--text`, default the
   41 MB gutenberg-pd train.txt; with --quick its first `--cache-bytes`, 2 MB, cut at a line end and written to a
   temporary file) with the all-MiniLM-L6-v2 tokenizer and a fresh temporary `cache_dir` (removed afterwards):
@@ -60,19 +61,19 @@ import time
 from pathlib import Path
 
 import torch
-from bench_speed import keep_freed_memory
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForMaskedLM, default_data_collator, get_scheduler
 
 import leanbert
 from leanbert.training.loop import TrainingLoop, TrainingSettings, parameter_groups
-import runs
-from outputs import claim, write_file, write_json
+from bench import runs
+from bench.bench_speed import keep_freed_memory
+from bench.outputs import claim, write_file, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
-MODEL_TYPES = ("bert", "sym_bert", "shared_bert", "shatter")
 REFERENCE = "bert"
+MODEL_TYPES = (REFERENCE, *(architecture.model_type for architecture in leanbert.ARCHITECTURES))
 LEARNING_RATE, WEIGHT_DECAY, WARMUP_RATIO, MAX_GRAD_NORM = 5e-5, 0.01, 0.06, 1.0  # TrainingSettings' defaults
 
 FULL = dict(layers=4, hidden=256, heads=4, intermediate=None, vocab=30522, batch=8, seq=128, steps=5, rounds=5,
@@ -95,10 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="training steps per timed run (default 5; 3 with --quick)")
     parser.add_argument("--rounds", type=int, help="timed rounds of each part (default 5; 3 with --quick)")
     parser.add_argument("--warmup", type=int, help="untimed rounds before them (default 1)")
-    parser.add_argument("--overhead-model", choices=MODEL_TYPES, default="sym_bert",
-                        help="the model of the loop-overhead part (default sym_bert)")
+    parser.add_argument("--overhead-model", choices=MODEL_TYPES, default=MODEL_TYPES[1],
+                        help=f"the model of the loop-overhead part (default {MODEL_TYPES[1]})")
     parser.add_argument("--models", nargs="+", choices=MODEL_TYPES, default=list(MODEL_TYPES),
-                        help="model types of the throughput part (default all four; bert is the reference)")
+                        help="model types of the throughput part (default all; bert is the reference)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default torch's choice; 1 with --quick)")
     parser.add_argument("--text", type=Path, default=TEXT, help=f"training text of the cache part (default {TEXT})")
     parser.add_argument("--cache-bytes", type=int,
@@ -343,8 +344,8 @@ def bench_cache(args) -> dict:
         assert len(again) == len(blocks)
         cache_bytes = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
         start = time.perf_counter()
-        probe = subprocess.run([sys.executable, __file__, "--cache-probe", str(text), str(cache_dir), str(args.seq)],
-                               check=True, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        probe = subprocess.run([sys.executable, "-m", __spec__.name, "--cache-probe", str(text), str(cache_dir),
+                                str(args.seq)], check=True, stdout=subprocess.PIPE, text=True, cwd=REPO)
         fresh_total = time.perf_counter() - start
         fresh = json.loads(probe.stdout.strip().splitlines()[-1])
         assert fresh["blocks"] == len(blocks)

@@ -26,13 +26,14 @@ a gradient: 3× the forward for products of two trainable operands, 2× for Shat
 partition factors, 1× for those factors themselves. So a training step is 3× the forward for BERT, SymBert and
 SharedBert and slightly less for Shatter.
 
-    from flops import forward_flops_per_token
+    from bench.flops import forward_flops_per_token
     forward_flops_per_token("Shatter P=2", dict(hidden_size=768, num_hidden_layers=12), seq_len=512)
 """
 
 from transformers import BertConfig
 
 import leanbert
+from leanbert.architectures import BY_MODEL_TYPE
 
 REFERENCE = "BertModel"
 
@@ -47,40 +48,27 @@ MODELS: dict[str, tuple[leanbert.Architecture | None, dict]] = {
 
 def config_of(model: str | leanbert.Architecture, fields: dict):
     """The model's config from BERT-shape `fields`, the variant's own fields added; `model` is a name of `MODELS`
-    or an `Architecture` (whose variant fields are then part of `fields`)."""
+    or an `Architecture` (whose variant fields are then part of `fields`). Configs use SDPA, as the benchmarks run
+    them (Shatter's FLOPs depend on its attention implementation)."""
     architecture, extra = MODELS[model] if isinstance(model, str) else (model, {})
-    return (architecture.config_class if architecture else BertConfig)(**fields, **extra)
+    return (architecture.config_class if architecture else BertConfig)(**fields, **extra, attn_implementation="sdpa")
 
 
 def matmuls(config, seq_len: int, batch_size: int, mlm_head: bool = False) -> list[tuple[int, int]]:
     """(forward FLOPs, number of operands that need a gradient) of every matrix product of one forward pass over a
-    (batch_size, seq_len) batch."""
+    (batch_size, seq_len) batch. A leanbert architecture's self-attention counts its own products
+    (`LeanSelfAttention.forward_matmuls`); BERT's Q, K, V, scores and a·v are written here."""
     n, d, inter = batch_size * seq_len, config.hidden_size, config.intermediate_size
-    scores = (2 * n * seq_len * d, 2)  # q·kᵀ over all heads together: heads × L × L × d_h
     linear = lambda inputs, outputs: (2 * n * inputs * outputs, 2)  # noqa: E731
     layer = [linear(d, inter), linear(inter, d)]  # feed-forward
     model_type = getattr(config, "model_type", "bert")
     if model_type == "bert":
+        scores = (2 * n * seq_len * d, 2)  # q·kᵀ over all heads together: heads × L × L × d_h
         layer += [linear(d, d)] * 4 + [scores, scores]  # Q, K, V, output; scores, a·v
-    elif model_type == "sym_bert":
-        layer += [linear(d, d)] * 3 + [scores, scores]  # shared query-key, value, output
-        if config.attention_mode == "pairwise":
-            layer.append((2 * n * d * d // config.num_attention_heads, 2))  # q B_h: heads × d_h × d_h per token
-    elif model_type == "shared_bert":
-        layer += [linear(d, d)] * 2 + [scores, scores]  # the shared projection, output
-    elif model_type == "shatter":
-        parts = config.num_parts
-        layer += [linear(d, d), linear(d, parts * d), scores]  # query, the P value matrices (output folded in)
-        layer += [linear(d, d)] * config.key_projection
-        if config.partition == "learned":
-            layer += [scores] * parts  # (A ⊙ P_k)(X V_k), one n×n product per part
-        else:  # one attention call with P·d-wide values, between two products with the fixed factors
-            layer += [(2 * seq_len * parts**3, 0),  # the factors g: (L, P) powers times (P, P, P) coefficients
-                      (2 * n * parts * parts * d, 1),  # g_kaᵀ · V_k x_j: (P × P) per token and channel
-                      (scores[0] * parts, 2),  # a · (P·d-wide values)
-                      (2 * n * parts * d, 1)]  # Σ_a f_a(i) · mixed_a
     else:
-        raise ValueError(f"no FLOP count for model_type {model_type!r}")
+        attention = BY_MODEL_TYPE[model_type].attention_class
+        layer += attention.forward_matmuls(config, batch_size, seq_len)
+        layer += [linear(d, d)] * attention.has_output_projection  # attention.output.dense
     head = [linear(d, d), linear(d, config.vocab_size)] if mlm_head else []
     return layer * config.num_hidden_layers + head
 

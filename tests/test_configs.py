@@ -100,7 +100,13 @@ def test_with_num_labels(config_class):
 
 @pytest.mark.parametrize("config_class", CONFIGS)
 def test_init_without_params(config_class):
-    assert config_class() is not None
+    """ConfigTester's check that a config builds without arguments, and what it then holds: BertConfig's defaults
+    (bert-base) in every field leanbert shares with it."""
+    config, bert = config_class().to_dict(), BertConfig().to_dict()
+    shared = own_fields(config_class) & set(bert)
+    assert {"vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "hidden_act",
+            "max_position_embeddings", "layer_norm_eps", "initializer_range"} <= shared
+    assert {field: config[field] for field in shared} == {field: bert[field] for field in shared}
 
 
 @pytest.mark.parametrize("config_class", CONFIGS)

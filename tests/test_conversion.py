@@ -13,11 +13,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 import leanbert
-from conftest import real_minilm_path
-from leanbert.conversion import convert
+from conftest import HEADS, real_minilm_path
+from leanbert.conversion import convert, mean_pool
 from leanbert.conversion.convert import DROPOUT_LOSS_RATIO, Conversion
 from leanbert.common.errors import LeanbertError
-from leanbert.common.models import mean_pool
 from leanbert.common.passages import read_passages
 
 
@@ -34,7 +33,7 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "leanbert.conversion", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "leanbert.commands.convert", *map(str, args)], capture_output=True,
                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
 
 
@@ -48,13 +47,16 @@ def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
     assert {"model.safetensors", "config.json", "tokenizer.json", "conversion_report.json"} <= set(
         p.name for p in output.iterdir())
     config = json.loads((output / "config.json").read_text())
-    assert len(config["auto_map"]) == 7 and len(config["id2label"]) == 3
+    assert config["id2label"] == json.loads((tiny_bert / "config.json").read_text())["id2label"]
     assert json.loads((output / "conversion_report.json").read_text()) == report
 
     teacher = BertForSequenceClassification.from_pretrained(tiny_bert).eval()
     student = AutoModelForSequenceClassification.from_pretrained(output).eval()
     prefix = {"sym_bert": "SymBert", "shared_bert": "SharedBert", "shatter": "Shatter"}[to]
     assert type(student) is getattr(leanbert, f"{prefix}ForSequenceClassification")
+    assert config["auto_map"] == {"AutoConfig": f"configuration_{to}.{prefix}Config",
+                                  **{"AutoModel" + ("" if head == "Model" else head): f"modeling_{to}.{prefix}{head}"
+                                     for head in HEADS}}
 
     exact = {"classifier.weight", "bert.pooler.dense.weight", "bert.embeddings.word_embeddings.weight",
              "bert.encoder.layer.1.intermediate.dense.weight", "bert.encoder.layer.1.output.LayerNorm.weight"}
@@ -84,12 +86,22 @@ def test_convert_small_bert(tiny_bert, calibration_file, tmp_path, to):
     cosine = torch.nn.functional.cosine_similarity(source_logits, converted_logits, dim=-1)
     if to != "shatter":  # a warm start, not an equivalent model: its classifier is not expected to agree yet
         assert cosine.min() > {"sym_bert": 0.98, "shared_bert": 0.8}[to], cosine
+
+    # the reported fidelity is the written model's, recomputed: the cosine between the two models' mean-pooled last
+    # hidden states of the held-out passages cut at 128 tokens
+    heldout = tokenizer(read_passages(bundled="heldout.txt")[0], max_length=128, truncation=True,
+                        padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        embeddings = [model.base_model(**heldout).last_hidden_state for model in (teacher, student)]
+    weights = heldout["attention_mask"].unsqueeze(-1).float()
+    embeddings = [(hidden * weights).sum(1) / weights.sum(1) for hidden in embeddings]
+    cosines = torch.nn.functional.cosine_similarity(*embeddings, dim=-1)
+    assert report["fidelity"]["mean_cosine"] == pytest.approx(cosines.mean().item(), abs=1e-4)
+    assert report["fidelity"]["min_cosine"] == pytest.approx(cosines.min().item(), abs=1e-4)
     assert report["fidelity"]["mean_cosine"] > {"sym_bert": 0.99, "shared_bert": 0.9, "shatter": 0.8}[to]
 
     # How much of each model survives dropout, recomputed from the written folders, is what the report says; the
     # attention dropout written is the source's unless the report gives the reason it is not.
-    heldout = tokenizer(read_passages(bundled="heldout.txt")[0], max_length=128, truncation=True,
-                        padding="max_length", return_tensors="pt")
     assert report["dropout"]["source"] == pytest.approx(dropout_cosine(teacher, heldout), abs=1e-5)
     assert report["dropout"]["converted"] == pytest.approx(dropout_cosine(student, heldout), abs=1e-5)
     kept = "why" not in report["dropout"]
@@ -168,7 +180,7 @@ def test_keep_attention_dropout_reaches_the_report_and_the_card(tiny_bert, calib
     """--keep-attention-dropout is recorded in the report's settings, and a report that kept a harmful dropout at
     the user's request says so in the model card (the tiny model's attention is not sharp enough to trigger it)."""
     from leanbert.commands.convert import main
-    from leanbert.common.cards import write_model_card
+    from leanbert.publishing import write_model_card
     output = tmp_path / "kept"
     assert main(["--source", str(tiny_bert), "--to", "shared_bert", "--output", str(output), "--calibration-text",
                  str(calibration_file), "--refine-steps", "0", "--keep-attention-dropout"]) == 0

@@ -25,7 +25,7 @@ from leanbert.conversion import convert
 from leanbert.export import export
 from leanbert.export.bert import outputs
 
-EXPORTABLE = {"sym_bert": {}, "sym_symmetric": {}, "shared_bert": {}}
+EXPORTABLE = {"sym_bert": {}, "sym_bert/symmetric": {}, "shared_bert": {}}
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +139,17 @@ def test_the_command_line_exports_and_reports(tokenizer, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     report = json.loads((tmp_path / "bert" / "export_report.json").read_text())
     assert summary["architecture"] == "BertForMaskedLM" and summary["max_abs_difference"] == report["check"]["max"]
-    # a second run is refused, then replaces its own output with --force
+    # a second run is refused, then replaces its own output with --force: the model saved again with other weights,
+    # the output holds the new ones
     fails_cleanly(export_main, ["--model", tmp_path / "native", "--output", tmp_path / "bert"], "not empty",
                   tmp_path, capsys)
+    model = save_tiny_model("sym_bert", "ForMaskedLM", tmp_path / "native", tokenizer, seed=1)
     assert export_main(["--model", str(tmp_path / "native"), "--output", str(tmp_path / "bert"), "--force"]) == 0
-    result = subprocess.run([sys.executable, "-m", "leanbert.export", "--help"], capture_output=True, text=True,
+    exported = transformers.BertForMaskedLM.from_pretrained(tmp_path / "bert").eval()
+    batch = padded_token_batch(model.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**batch).logits, model(**batch).logits, atol=1e-5, rtol=0)
+    result = subprocess.run([sys.executable, "-m", "leanbert.commands.export", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "leanbert-export" in result.stdout
 

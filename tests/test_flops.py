@@ -3,25 +3,24 @@ variant (and Shatter's other partition, normalizer and key options), at two sequ
 equals what `torch.utils.flop_counter.FlopCounterMode` counts on an actual forward pass, and on forward plus
 backward, exactly.
 
-Eager attention: its two attention products are plain matmuls, which the counter sees; CPU SDPA runs a fused kernel
-that the counter has no formula for, so it would count nothing for attention. The counter follows the same rules as
-flops.py (2·m·n·k per product, elementwise operations free), so exact equality is the check that the analytic
-model has every product of the real forward, with the right shape.
+Counted attention runs as plain matmuls, which the counter sees (CPU SDPA runs a fused kernel that the counter has
+no formula for, so it would count nothing for attention): "eager", each model's reference path (Shatter: the
+paper's sum over parts), and "eager_math", an attention implementation registered here that computes what SDPA
+computes with eager's matmuls, so that Shatter takes the factored fast path that the benchmarks run under SDPA. The
+counter follows the same rules as flops.py (2·m·n·k per product, elementwise operations free), so exact equality is
+the check that the analytic model has every product of the real forward, with the right shape.
 """
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import BertForMaskedLM, BertModel
+from transformers import AttentionInterface, BertConfig, BertForMaskedLM, BertModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import flops  # noqa: E402
+import leanbert
+from bench import flops
+from leanbert.modeling_encoder import eager_attention_forward
 
-import leanbert  # noqa: E402
-
+AttentionInterface.register("eager_math", eager_attention_forward)
 FIELDS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99,
               max_position_embeddings=64)
 SHATTER = next(architecture for architecture in leanbert.ARCHITECTURES if architecture.name == "Shatter")
@@ -32,13 +31,25 @@ CASES = {**{name: (name, {}) for name in flops.MODELS},
                                                   "num_parts": 3})}
 
 
-def build(model, fields: dict, head: str) -> torch.nn.Module:
-    """`head` "Model" (bare encoder, no pooler) or "ForMaskedLM", with eager attention."""
-    config = flops.config_of(model, fields)
-    config._attn_implementation = "eager"
-    if isinstance(model, str) and model == flops.REFERENCE:
+# every declared model by its benchmark name, from the declarations themselves (not from flops.py, whose config
+# for a name is what is tested): name -> (Architecture, or None for BERT; the variant's config fields)
+DECLARED = {flops.REFERENCE: (None, {}),
+            **{architecture.variant_label(variant): (architecture, extra) for architecture in leanbert.ARCHITECTURES
+               for variant, extra in architecture.variants.items()}}
+
+
+def test_flops_counts_every_declared_model():
+    assert list(flops.MODELS) == list(DECLARED)
+
+
+def build(model, fields: dict, head: str, implementation: str = "eager_math") -> torch.nn.Module:
+    """`head` "Model" (bare encoder, no pooler) or "ForMaskedLM", with attention computed as plain matmuls; built
+    from the declaration, independently of `flops.config_of`."""
+    architecture, extra = DECLARED[model] if isinstance(model, str) else (model, {})
+    config = (architecture.config_class if architecture else BertConfig)(**fields, **extra)
+    config._attn_implementation = implementation
+    if architecture is None:
         return BertModel(config, add_pooling_layer=False) if head == "Model" else BertForMaskedLM(config)
-    architecture = flops.MODELS[model][0] if isinstance(model, str) else model
     cls = architecture.classes["AutoModel" if head == "Model" else "AutoModelForMaskedLM"]
     return cls(config, add_pooling_layer=False) if head == "Model" else cls(config)
 
@@ -54,6 +65,7 @@ def counted(module: torch.nn.Module, input_ids: torch.Tensor, backward: bool) ->
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("seq_len", [7, 16])
 def test_encoder_flops_match_flop_counter(case, seq_len):
+    """What the benchmarks count (SDPA configs) is what the fast path runs; the eager path is counted too."""
     model, extra = CASES[case]
     fields, batch = {**FIELDS, **extra}, 3
     torch.manual_seed(0)
@@ -63,6 +75,10 @@ def test_encoder_flops_match_flop_counter(case, seq_len):
     assert counted(module, input_ids, backward=True) == flops.training_flops(model, fields, seq_len, batch)
     assert flops.forward_flops_per_token(model, fields, seq_len, batch) == pytest.approx(
         flops.forward_flops(model, fields, seq_len, batch) / (batch * seq_len))
+    eager = build(model, fields, "Model", implementation="eager")
+    products = flops.matmuls(eager.config, seq_len, batch)
+    assert counted(eager, input_ids, backward=False) == sum(count for count, _ in products)
+    assert counted(eager, input_ids, backward=True) == sum(count * (1 + grads) for count, grads in products)
 
 
 @pytest.mark.parametrize("name", sorted(flops.MODELS))

@@ -42,6 +42,23 @@ def run_heal(root, output, **kwargs):
 def test_healing_improves_fidelity_and_updates_the_report(converted, tmp_path):
     report = run_heal(converted, tmp_path / "healed", train="all", steps=12)
     healing = report["healing"]
+    # the fidelities reported are those of the student folder and of the written model, recomputed: the cosine
+    # between the teacher's and the model's mean-pooled last hidden states of the held-out passages (cut at the 64
+    # tokens healing ran with); and healing raised it
+    tokenizer = AutoTokenizer.from_pretrained(converted / "teacher")
+    heldout = tokenizer(read_passages(bundled="heldout.txt")[0], max_length=64, truncation=True, padding=True,
+                        return_tensors="pt")
+    weights = heldout["attention_mask"].unsqueeze(-1).float()
+    models = {"teacher": BertModel.from_pretrained(converted / "teacher"),
+              "fidelity_before": leanbert.ShatterModel.from_pretrained(converted / "student"),
+              "fidelity_after": leanbert.ShatterModel.from_pretrained(tmp_path / "healed")}
+    with torch.no_grad():
+        pooled = {name: (model.eval()(**heldout).last_hidden_state * weights).sum(1) / weights.sum(1)
+                  for name, model in models.items()}
+    for name in ("fidelity_before", "fidelity_after"):
+        cosines = torch.nn.functional.cosine_similarity(pooled["teacher"], pooled[name], dim=-1)
+        assert healing[name]["mean_cosine"] == pytest.approx(cosines.mean().item(), abs=1e-4), name
+        assert healing[name]["min_cosine"] == pytest.approx(cosines.min().item(), abs=1e-4), name
     assert healing["fidelity_after"]["mean_cosine"] > healing["fidelity_before"]["mean_cosine"]
     saved = json.loads((tmp_path / "healed" / "conversion_report.json").read_text())
     assert saved["healing"] == healing and saved["fidelity"] == report["fidelity"]  # the pre-healing fidelity stays
@@ -148,7 +165,7 @@ def test_student_not_converted_from_bert_is_refused(converted, tmp_path):
 
 
 def test_heal_cli_reports_errors_in_one_line(converted, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "leanbert.healing", "--teacher", converted / "teacher",
+    result = subprocess.run([sys.executable, "-m", "leanbert.commands.heal", "--teacher", converted / "teacher",
                              "--student", converted / "teacher", "--text", converted / "text.txt", "--output",
                              tmp_path / "out"], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})

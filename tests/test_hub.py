@@ -27,13 +27,13 @@ from huggingface_hub import constants
 from huggingface_hub.utils import _http
 
 import leanbert
+from conftest import HEADS
 from leanbert.commands.convert import main as convert_main
 from leanbert.commands.export import main as export_main
-from leanbert.common.cards import for_repo
 from leanbert.common.errors import LeanbertError
-from leanbert.common.hub import push_folder
 from leanbert.common.output import MANIFEST, foreign_entries
 from leanbert.common.passages import read_passages
+from leanbert.publishing import push_folder
 from leanbert.conversion import convert
 
 try:
@@ -246,11 +246,23 @@ def test_push_uploads_the_output_in_one_commit(hub, converted):
     for name, content in commit["files"].items():
         if name != "README.md":
             assert content == before[name], name
-    card = commit["files"]["README.md"].decode()
-    assert card == for_repo(before["README.md"].decode(), REPO_ID) and f'model_id = "{REPO_ID}"' in card
+    # the uploaded card is the local one line for line, except that each snippet's `model_id = "<local placeholder>"`
+    # now names the repository; and both snippets (with leanbert, and with trust_remote_code) have one
+    local, card = before["README.md"].decode().splitlines(), commit["files"]["README.md"].decode().splitlines()
+    assert len(card) == len(local)
+    changed = [(old, new) for old, new in zip(local, card) if old != new]
+    assert len(changed) == 2, changed
+    for old, new in changed:
+        assignment = re.fullmatch(r'model_id = "[^"]+"(.*)', old)  # the rest of the line is a comment
+        assert assignment and new == f'model_id = "{REPO_ID}"{assignment.group(1)}', (old, new)
+    # config.json names, for the config and each of the six heads, the class of the file uploaded beside it
     auto_map = json.loads(commit["files"]["config.json"])["auto_map"]
-    architecture = next(a for a in leanbert.ARCHITECTURES if a.model_type == "shatter")
-    assert set(auto_map) == {"AutoConfig", *architecture.classes}
+    assert auto_map == {"AutoConfig": "configuration_shatter.ShatterConfig",
+                        **{"AutoModel" + ("" if head == "Model" else head): f"modeling_shatter.Shatter{head}"
+                           for head in HEADS}}
+    for reference in auto_map.values():
+        module, name = reference.split(".")
+        assert re.search(rf"^class {name}\(", commit["files"][f"{module}.py"].decode(), flags=re.M), reference
     assert pushed == {"repo_id": REPO_ID, "url": f"https://huggingface.co/{REPO_ID}/tree/experiments",
                       "commit_url": f"https://huggingface.co/{REPO_ID}/commit/{pushed['commit']}",
                       "commit": pushed["commit"], "files": CONVERTED_FILES}
@@ -331,7 +343,7 @@ def test_convert_heal_and_push_from_the_command_line(hub, tiny_bert, calibration
 def test_export_and_push_from_the_command_line(hub, tiny_bert, calibration_file, tmp_path, capsys):
     """An exported BERT is pushed like any leanbert output: a BERT with its leanbert report, no code files; a
     refused token is refused before any export work."""
-    convert(str(tiny_bert), "sym", tmp_path / "sym", calibration_text=calibration_file, refine_steps=0)
+    convert(str(tiny_bert), "sym_bert", tmp_path / "sym", calibration_text=calibration_file, refine_steps=0)
     assert export_main(["--model", str(tmp_path / "sym"), "--output", str(tmp_path / "bert"),
                         "--push-to-hub", "alice/sym-bert"]) == 0
     summary = json.loads(capsys.readouterr().out)

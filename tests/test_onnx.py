@@ -77,5 +77,21 @@ def test_readme_onnx_example_runs(tmp_path, monkeypatch):
     # the checkpoint the README's "Use" example saves, here at the tests' tiny size
     config = leanbert.SymBertConfig(**TINY, num_attention_heads=4, attention_mode="pairwise")
     leanbert.SymBertForMaskedLM(config).save_pretrained("tiny-symbert")
-    exec(compile(blocks[0], "README.md", "exec"), {"__name__": "__readme__"})
-    assert (tmp_path / "model.onnx").exists()
+    scope = {"__name__": "__readme__"}
+    exec(compile(blocks[0], "README.md", "exec"), scope)
+    # the graph the example wrote, run here on yet another batch size and length with another padded row: both of its
+    # outputs are those of the model the example exported (whose pooler starts from random values, so that model)
+    session = onnxruntime.InferenceSession(tmp_path / "model.onnx", providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == OUTPUTS["Model"]
+    input_ids = torch.randint(1, config.vocab_size, (4, 17), generator=torch.Generator().manual_seed(5))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 5:] = 0
+    input_ids[2, 5:] = config.pad_token_id
+    got = session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+    with torch.no_grad():
+        expected = scope["model"](input_ids, attention_mask)
+    for name, value in zip(OUTPUTS["Model"], got):
+        np.testing.assert_allclose(value, expected[name].numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+    with torch.no_grad():  # and the padding mattered: the padded row is not the unpadded one's
+        unpadded = scope["model"](input_ids, torch.ones_like(attention_mask)).last_hidden_state
+    assert not torch.allclose(unpadded[2], expected.last_hidden_state[2], atol=1e-3)

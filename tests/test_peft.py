@@ -217,5 +217,12 @@ def test_readme_lora_example_runs(tmp_path, monkeypatch):
     leanbert.SymBertForMaskedLM(tiny_config("sym_bert")).save_pretrained("tiny-symbert")
     scope = {"__name__": "__readme__"}
     exec(compile(block, "README.md", "exec"), scope)
-    wrapped = {name for name, module in scope["peft_model"].named_modules() if isinstance(module, LoraLayer)}
-    assert len(wrapped) == TINY["num_hidden_layers"] * len(LORA_TARGETS["sym_bert"])
+    # what the example's comment says: "LoRA on query_key and value in every layer, plus the classifier" (SymBert's
+    # row of the README's table), so exactly those projections are wrapped, and only they and the classifier train
+    peft_model = scope["peft_model"]
+    assert wrapped_modules(peft_model) == expected_modules(("query_key", "value"))
+    trainable = {name for name, parameter in peft_model.named_parameters() if parameter.requires_grad}
+    assert {name for name in trainable if ".lora_" not in name} == HEAD_PARAMETERS
+    prefix = f"base_model.model.{peft_model.base_model.model.base_model_prefix}."
+    assert {name.removeprefix(prefix).split(".lora_")[0] for name in trainable if ".lora_" in name} == \
+        expected_modules(("query_key", "value"))

