@@ -50,6 +50,7 @@ class ArchitectureTester:
     """Subclasses set `model_type` and supply the three hand-written references below."""
 
     model_type: str
+    output_projection: bool  # whether BERT's output projection follows the attention, per the paper
 
     @property
     def architecture(self) -> leanbert.Architecture:
@@ -122,10 +123,10 @@ class ArchitectureTester:
             for variant in self.architecture.variants:
                 config = self.config(variant, size={key: shape[key] for key in TINY})
                 model = self.architecture.classes["AutoModel"](config)
-                attention = self.architecture.attention_class
+                assert self.architecture.attention_class.has_output_projection == self.output_projection
                 expected = (bert + config.num_hidden_layers * (
                     self.attention_parameters(config) - 3 * linear_parameters(d, d)
-                    - (0 if attention.has_output_projection else linear_parameters(d, d)))
+                    - (0 if self.output_projection else linear_parameters(d, d)))
                     - (0 if model.embeddings.position_embeddings is not None else config.max_position_embeddings * d))
                 assert model.num_parameters() == expected, variant
                 assert sum(p.numel() for p in model.encoder.layer[0].attention.self.parameters()) == \

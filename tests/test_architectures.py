@@ -20,6 +20,7 @@ class TestSymBert(ArchitectureTester):
     """s_ij = q_i B_h q_jᵀ / sqrt(d_h), q = x W + b shared by query and key (arXiv 2406.06366)."""
 
     model_type = "sym_bert"
+    output_projection = True
 
     def attention_parameters(self, config) -> int:
         d, heads = config.hidden_size, config.num_attention_heads
@@ -44,6 +45,7 @@ class TestSharedBert(ArchitectureTester):
     """q = s ⊙ d_q, k = s ⊙ d_k, v = s ⊙ d_v with s = x W_s + b_s (arXiv 2412.00359)."""
 
     model_type = "shared_bert"
+    output_projection = True
 
     def attention_parameters(self, config) -> int:
         return linear_parameters(config.hidden_size, config.hidden_size) + 3 * config.hidden_size
@@ -64,6 +66,7 @@ class TestShatter(ArchitectureTester):
     """One head; o_i = Σ_k Σ_j a_ij p_k(j - i) V_k x_j (arXiv 2108.13032), keys the input unless projected."""
 
     model_type = "shatter"
+    output_projection = False  # folded into the P value matrices
 
     def attention_parameters(self, config) -> int:
         d, parts = config.hidden_size, config.num_parts

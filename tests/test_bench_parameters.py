@@ -41,7 +41,7 @@ def closed_form(architecture: str, shape: dict, options: dict) -> dict:
         qkv = TESTERS[declared.model_type].attention_parameters(config)
         # no output projection where the value matrices map into the residual stream (Shatter), no absolute
         # positions where the config turns them off (Shatter's default)
-        output_projection = linear if declared.attention_class.has_output_projection else 0
+        output_projection = linear if TESTERS[declared.model_type].output_projection else 0
         positions = getattr(config, "absolute_position_embeddings", True)
     attention_block = qkv + output_projection + layer_norm
     feed_forward = (d * ffn + ffn) + (ffn * d + d) + layer_norm

@@ -24,6 +24,7 @@ from .configuration_encoder import LeanEncoderConfig, integer
 
 class ToyBertConfig(LeanEncoderConfig):
     model_type = "toy_bert"
+    output_projection = True
 
     num_attention_heads: int = 12
 
@@ -147,6 +148,7 @@ def test_the_copy_is_what_runs():
 
 class TestToyBert(ArchitectureTester):
     model_type = "toy_bert"
+    output_projection = True
 
     def attention_parameters(self, config):
         return 3 * linear_parameters(config.hidden_size, config.hidden_size)
