@@ -13,7 +13,7 @@ class ShatterConfig(LeanEncoderConfig):
 
     Args:
         num_parts: Number `P` of soft relative-position parts, each with its own value matrix. Default 2: in the
-            pretraining comparison (`bench/bench_shatter_pretrain.py`) P = 3 reached a validation loss only 0.009
+            pretraining comparison (`python -m bench.bench_shatter_pretrain`) P = 3 reached a validation loss only 0.009
             lower, but costs 50% wider values and misses the activation-memory target at length 512 (0.51x
             BERT's vs 0.49x). With P = 3 the query plus three value matrices hold as many parameters as BERT's Q,
             K, V and output projections; with P = 2, a quarter fewer. At most 13, for float32 precision: the
