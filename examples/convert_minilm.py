@@ -14,8 +14,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import leanbert  # noqa: F401  (registers SymBert with the Auto classes)
-from leanbert.conversion import convert
-from leanbert.common.models import mean_pool
+from leanbert.conversion import convert, mean_pool
 
 SENTENCES = ["A man is playing a guitar on stage.", "Someone performs music with a guitar."]
 

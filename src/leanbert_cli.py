@@ -1,8 +1,17 @@
-"""The console scripts (`leanbert-convert`, `-heal`, `-pretrain`, `-finetune`, `-export`). Each imports its command
-only here, inside the guard: loading torch and transformers takes seconds, and a Ctrl-C or SIGTERM in them ends
-with one line and exit code 130, as one during the run does, instead of a traceback or a silent death; an
-environment leanbert cannot run in (transformers older than 5) ends with one line and exit code 2. The commands are
-in `leanbert.commands` (whose runner takes over the signals once loaded)."""
+"""The console scripts (`leanbert-convert`, `-heal`, `-pretrain`, `-finetune`, `-export`): the first frame of the
+process, which owns its signals before the library loads, then runs `leanbert.commands.<name>.main`.
+
+It is a module of its own, outside the `leanbert` package, because nothing inside that package runs before
+`leanbert/__init__.py`, and that has to load torch and transformers' model code (about 5 CPU seconds): importing
+leanbert registers its configs and models with the Auto classes and gives PEFT its LoRA targets (the documented
+`import leanbert`), and transformers registers classes only, never names, so every config and model class is
+defined on import, on top of `transformers.configuration_utils` (which imports torch) and `transformers.modeling_utils`.
+The commands' own parsers need the same classes (`leanbert-convert --to` and `leanbert-pretrain --model-type` list
+the declared architectures), so even `--help` loads them. A Ctrl-C or SIGTERM while they load ends with one line and
+exit code 130, as one during the run does, instead of a traceback or a silent death; an environment leanbert cannot
+run in (transformers older than 5, a missing dependency) ends with one line and exit code 2. Once loaded, the
+command's runner (`leanbert.commands.cli.run`) takes the signals over.
+"""
 
 import importlib
 import signal

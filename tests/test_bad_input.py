@@ -287,7 +287,8 @@ def test_keyboard_interrupt_exits_130_and_leaves_the_old_output(work, capsys, mo
 
     monkeypatch.setattr(importlib.import_module("leanbert.conversion.convert"), "layer_inputs", interrupted)
     before = snapshot(work)
-    code = convert_main([str(a) for a in ("--source", work / "bert", "--to", "sym_bert", "--output", work / "good_output",
+    code = convert_main([str(a) for a in ("--source", work / "bert", "--to", "sym_bert",
+                                          "--output", work / "good_output",
                                           "--force", "--calibration-text", work / "text.txt")])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 130 and lines == ["leanbert-convert: interrupted; no output was written or replaced"]

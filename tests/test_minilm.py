@@ -11,10 +11,9 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer, BertModel
 
 from conftest import SHARED_DATA, real_minilm_path
-from leanbert.conversion import convert
+from leanbert.conversion import convert, mean_pool
 from leanbert.export import export
 from leanbert.conversion.convert import DROPOUT_LOSS_RATIO
-from leanbert.common.models import mean_pool
 from leanbert.common.passages import read_passages
 
 # Floors for the mean held-out embedding cosine to the source: SymBert's issue target; for SharedBert, below the

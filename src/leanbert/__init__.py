@@ -3,6 +3,11 @@
 Importing the package registers every architecture with the Auto classes, so that
 `AutoModel.from_pretrained("./symbert-minilm")` works like it does for BERT, and, when PEFT is installed, gives PEFT
 each architecture's default LoRA target modules. Both derive from the declarations in `architectures.py`.
+
+So the import defines every config and model class, and with them loads torch and transformers' model code: the
+Auto classes register classes, not names that could load later as transformers' own models do, and leanbert does
+not reach into their private mappings. Nothing else loads here: `common`, `publishing`, `conversion`, `training`,
+`healing`, `export` and `commands` are subpackages, imported when used.
 """
 
 import transformers

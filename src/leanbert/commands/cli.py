@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from .errors import LeanbertError, first_line
+from ..common.errors import LeanbertError, first_line
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -5,13 +5,12 @@ import argparse
 import json
 import sys
 
-from ..common.cli import ArgumentParser, non_negative_int, positive_int, run, seed
-from ..common.output import SafeOutput
 from ..architectures import CONVERTIBLE
-from ..conversion.convert import Conversion
-from ..conversion.refine import REFINE_STEPS
-from ..healing.distill import Healing
+from ..common.output import SafeOutput
+from ..conversion import REFINE_STEPS, Conversion
+from ..healing import Healing
 from ..training import TrainingRun
+from .cli import ArgumentParser, non_negative_int, positive_int, run, seed
 from .heal import add_healing_arguments, healing_kwargs
 from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 

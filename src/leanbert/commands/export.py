@@ -4,8 +4,8 @@ import argparse
 import json
 import sys
 
-from ..common.cli import ArgumentParser, run
 from ..export import export
+from .cli import ArgumentParser, run
 from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 
 

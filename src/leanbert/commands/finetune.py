@@ -3,10 +3,8 @@
 import json
 import sys
 
-from ..common.cli import ArgumentParser, positive_int, run
-from ..training.classification import finetune
-from ..training.glue import TASKS
-from ..training.loop import process_state
+from ..training import TASKS, finetune, process_state
+from .cli import ArgumentParser, positive_int, run
 from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 from .training_arguments import add_training_arguments, training_kwargs
 
@@ -15,7 +13,7 @@ def parse_args(argv=None):
     parser = ArgumentParser(
         prog="leanbert-finetune",
         description="Fine-tune a checkpoint (BERT, converted or pretrained leanbert) on a GLUE task. Runs unchanged "
-                    "on a CPU, one GPU or several: accelerate launch -m leanbert.training.finetune ...")
+                    "on a CPU, one GPU or several: accelerate launch -m leanbert.commands.finetune ...")
     parser.add_argument("--model", required=True, help="checkpoint folder (or Hub id) to start from")
     parser.add_argument("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
     parser.add_argument("--data-dir", required=True, help="GLUE folder with one sub-folder of TSV files per task")

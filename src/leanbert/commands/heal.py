@@ -4,8 +4,8 @@ import argparse
 import json
 import sys
 
-from ..common.cli import ArgumentParser, non_negative_float, positive_float, positive_int, run, seed
-from ..healing.distill import heal
+from ..healing import heal
+from .cli import ArgumentParser, non_negative_float, positive_float, positive_int, run, seed
 from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 
 
@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="leanbert-heal",
         description="Distil a model converted by leanbert-convert from its BERT source on unlabelled text. Runs "
-                    "unchanged on CPU, one GPU or several (accelerate launch -m leanbert.healing ...).")
+                    "unchanged on CPU, one GPU or several (accelerate launch -m leanbert.commands.heal ...).")
     parser.add_argument("--teacher", required=True, help="the BERT checkpoint the student was converted from")
     parser.add_argument("--student", required=True, help="folder written by leanbert-convert")
     parser.add_argument("--text", required=True, help="text file (one passage per line) or folder of .txt files")

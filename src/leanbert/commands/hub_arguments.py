@@ -5,8 +5,8 @@ writes a model: checked before any work (`check_hub_arguments`), pushed once the
 import argparse
 
 from ..common.errors import LeanbertError
-from ..common.hub import check_access, push_folder
-from ..training.loop import process_state
+from ..publishing import check_access, push_folder
+from ..training import process_state
 
 
 def add_hub_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,9 +3,8 @@
 import json
 import sys
 
-from ..common.cli import ArgumentParser, positive_float, positive_int, run
-from ..training.loop import process_state
-from ..training.masked_lm import MODEL_TYPES, pretrain
+from ..training import MODEL_TYPES, pretrain, process_state
+from .cli import ArgumentParser, positive_float, positive_int, run
 from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 from .training_arguments import add_training_arguments, training_kwargs
 
@@ -14,7 +13,7 @@ def parse_args(argv=None):
     parser = ArgumentParser(
         prog="leanbert-pretrain",
         description="Masked-LM pretraining from scratch (--model-type) or from a checkpoint (--model). Runs unchanged "
-                    "on a CPU, one GPU or several: accelerate launch -m leanbert.training.pretrain ...")
+                    "on a CPU, one GPU or several: accelerate launch -m leanbert.commands.pretrain ...")
     model = parser.add_argument_group("model")
     model.add_argument("--model-type", help=f"pretrain from scratch: {', '.join(MODEL_TYPES)}")
     model.add_argument("--config-overrides", default="",

@@ -3,7 +3,7 @@ example scripts name them, and their translation into `TrainingSettings`."""
 
 import argparse
 
-from ..common.cli import non_negative_float, positive_float, positive_int, seed
+from .cli import non_negative_float, positive_float, positive_int, seed
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, *, batch_size: int, learning_rate: float,

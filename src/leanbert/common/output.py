@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
+from .. import __version__
 from .errors import LeanbertError, first_line
 
 MANIFEST = ".leanbert-output.json"
@@ -198,8 +199,6 @@ def write_manifest(folder: Path, command: str) -> None:
     """List every file under `folder` with its size and SHA-256, so a later `--force` knows what is leanbert's."""
     files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (MANIFEST, STAGING_MARK)}
-    from .. import __version__
-
     text = json.dumps({"written_by": f"leanbert {__version__}", "command": command, "files": files}, indent=1)
     write_text_atomically(folder / MANIFEST, text + "\n")
 

@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import leanbert
-
+from .. import __version__
 from ..architectures import ARCHITECTURES, CONVERTIBLE
-from ..common.cards import write_model_card
 from ..common.errors import check_integer
-from ..common.models import dropout_agreement, embedding_cosines, load_bert, tokenize, weights_checksum
+from ..common.models import load_bert, tokenize, weights_checksum
 from ..common.output import SafeOutput
 from ..common.passages import read_passages
 from ..common.sentence_transformers import read_setup, write_setup
+from ..publishing import write_model_card
 from .calibration import check_calibration_size, check_calibration_tokens, layer_inputs
+from .fidelity import dropout_agreement, embedding_cosines
 from .metrics import attention_logit_rel_error
 from .refine import REFINE_STEPS
 from .source import HEADS, ConversionError, leanbert_config_fields, transfer_weights
@@ -189,7 +189,7 @@ class Conversion:
             "dropout": dropout,
             "note": self.note(),
             "settings": self.settings,
-            "leanbert_version": leanbert.__version__,
+            "leanbert_version": __version__,
             "seconds": round(time.perf_counter() - started, 1),
         }
         student.save_pretrained(folder)

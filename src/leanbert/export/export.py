@@ -18,14 +18,13 @@ from pathlib import Path
 import torch
 import transformers
 
-import leanbert
-
+from .. import __version__
 from ..architectures import BY_MODEL_TYPE
-from ..common.cards import write_model_card
 from ..common.errors import LeanbertError
 from ..common.models import load_config, load_tokenizer, load_weights, weights_checksum
 from ..common.output import SafeOutput
 from ..common.sentence_transformers import read_setup, write_setup
+from ..publishing import write_model_card
 from .bert import bert_class, check_batch, max_difference, outputs, to_bert
 
 REPORT = "export_report.json"
@@ -136,7 +135,7 @@ class Export:
                                  "times the outputs' scale"},
             "sparse_prediction": getattr(config, "sparse_prediction", False),
             "transformers_version": transformers.__version__,
-            "leanbert_version": leanbert.__version__,
+            "leanbert_version": __version__,
             "seconds": round(time.perf_counter() - started, 1),
         }
         (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")

@@ -20,17 +20,18 @@ from pathlib import Path
 import torch
 
 from ..architectures import BY_MODEL_TYPE
-from ..common.cards import write_model_card
 from ..common.checkpoints import CheckpointFolder
 from ..common.errors import LeanbertError, check_integer
-from ..common.models import (embedding_cosines, load_bert, load_config, load_tokenizer, load_weights,
-                             mean_pool, read_json, tokenize, weights_checksum)
+from ..common.models import load_bert, load_config, load_tokenizer, load_weights, read_json, tokenize, weights_checksum
 from ..common.passages import read_passages
 from ..common.sentence_transformers import read_setup, write_setup
-from ..training import TrainingLoop, TrainingRun, TrainingSettings
-from ..training.curves import write_curves
+from ..conversion import embedding_cosines, mean_pool
+from ..publishing import write_model_card
+from ..training import TrainingLoop, TrainingRun, TrainingSettings, write_curves
 
 REPORT = "conversion_report.json"
+# Lines shorter than this are headings and fragments (about ten tokens or fewer): too little context for the
+# attention maps and hidden states that healing distils, so a text file's short lines are skipped.
 MIN_PASSAGE_CHARS = 40
 MAX_SEED = 2**32 - 1  # what numpy's and accelerate's seeding accept
 DEFAULT_MAX_LENGTH = 128  # tokens per passage, or the teacher's positions if it has fewer

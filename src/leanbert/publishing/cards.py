@@ -29,13 +29,14 @@ the lineage (source, settings, leanbert version), parameter counts, fidelity to 
 of sentence embeddings, before and after healing), training results, and snippets that load the model, with
 leanbert and with `trust_remote_code=True` without it (and with sentence-transformers, for a folder that has a
 `modules.json`). The snippets read `model_id = "path/to/this/model"`;
-`for_repo(text, repo_id)` puts the Hub id there (`leanbert.common.hub` does so in the card it uploads).
+`for_repo(text, repo_id)` puts the Hub id there (`publishing.hub` does so in the card it uploads).
 """
 
 import json
 from pathlib import Path
 
-from .models import is_local
+from ..architectures import BY_MODEL_TYPE
+from ..common.models import is_local
 
 PLACEHOLDER = "path/to/this/model"
 CARD = "README.md"
@@ -229,13 +230,16 @@ def inherited_base_model(start: str | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def declared(model_type):
+    """The declared architecture of a `model_type` read from a user's file (anything, even not a string), or None."""
+    return BY_MODEL_TYPE.get(model_type) if isinstance(model_type, str) else None
+
+
 def write_model_card(folder: str | Path, *, kind: str, source: str | Path | None = None) -> Path:
     """Write `folder/README.md` for the model saved in `folder`; `kind` is how it was made ("converted", "healed",
     "pretrained", "finetuned"), `source` the model it started from (a folder or Hub id; for converted and healed
     models the conversion report's source by default). Returns the card's path."""
     from huggingface_hub import ModelCardData
-
-    import leanbert
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -247,7 +251,7 @@ def write_model_card(folder: str | Path, *, kind: str, source: str | Path | None
         source = (exported if kind == "exported" else conversion).get("source")
     source = None if source is None else str(source)
     model_type = config.get("model_type", "")
-    architecture = next((a for a in leanbert.ARCHITECTURES if a.model_type == model_type), None)
+    architecture = declared(model_type)
     class_name = (config.get("architectures") or [f"{architecture.name if architecture else 'Bert'}Model"])[0]
     auto = auto_class(class_name, architecture)
     pipeline_tag = head_of(class_name)[1]
@@ -297,9 +301,7 @@ def save_card(folder: Path, data, body: list[str]) -> Path:
 
 def export_sections(exported: dict, source, base_model, license_) -> list[str]:
     """What an exported BERT is, where it comes from, that it computes the same outputs and what that costs."""
-    import leanbert
-
-    native = next((a for a in leanbert.ARCHITECTURES if a.model_type == exported.get("source_model_type")), None)
+    native = declared(exported.get("source_model_type"))
     paper = (f" ([arXiv {native.arxiv}](https://arxiv.org/abs/{native.arxiv}): {native.title[0].lower()}"
              f"{native.title[1:]})" if native else "")
     mode = f", attention_mode `{exported['attention_mode']}`" if "attention_mode" in exported else ""

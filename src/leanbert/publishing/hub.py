@@ -21,10 +21,12 @@ import json
 import re
 from pathlib import Path
 
+from .. import __version__
+from ..architectures import ARCHITECTURES
+from ..common.errors import LeanbertError, first_line
+from ..common.models import VOCABULARY_FILES
+from ..common.output import MANIFEST, STAGING_MARK
 from .cards import CARD, EXPORT_REPORT, REPORTS, for_repo
-from .errors import LeanbertError, first_line
-from .models import VOCABULARY_FILES
-from .output import MANIFEST, STAGING_MARK
 
 TEMPORARY = re.compile(r"\..+\.tmp-\d+")  # common.output.write_text_atomically's temporary files
 NOT_UPLOADED_FOLDERS = (".git", ".cache")  # as upload_folder skips them
@@ -169,14 +171,12 @@ def code_files(folder: Path, modules: set[str]) -> set[str]:
 
 def check_model_folder(folder: str | Path) -> None:
     """Refuse what is not a leanbert model a Hub user could load: see the module docstring."""
-    import leanbert
-
     folder = Path(folder)
     if not folder.is_dir():
         raise LeanbertError(f"{str(folder)!r} is not a folder")
     config = read_config(folder)
     model_type = config.get("model_type")
-    architecture = next((a for a in leanbert.ARCHITECTURES if a.model_type == model_type), None)
+    architecture = next((a for a in ARCHITECTURES if a.model_type == model_type), None)
     reports = (*REPORTS, EXPORT_REPORT)
     if architecture is None and not (model_type == "bert" and any((folder / r).is_file() for r in reports)):
         raise LeanbertError(f"{str(folder)!r} is not a leanbert model: its config.json has model_type "
@@ -227,14 +227,12 @@ def files_to_upload(folder: str | Path) -> list[str]:
 
 
 def default_commit_message(folder: Path) -> str:
-    import leanbert
-
     try:
         command = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("command")
     except (OSError, ValueError, AttributeError):
         command = None
     model = (read_config(folder).get("architectures") or ["model"])[0]
-    return f"Upload {model}" + (f" written by {command}" if command else "") + f" (leanbert {leanbert.__version__})"
+    return f"Upload {model}" + (f" written by {command}" if command else "") + f" (leanbert {__version__})"
 
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,

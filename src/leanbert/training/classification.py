@@ -17,17 +17,17 @@ import torch
 from accelerate.utils import set_seed
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
-import leanbert
-
-from ..common.cards import write_model_card
+from .. import __version__
+from ..architectures import ARCHITECTURES
 from ..common.errors import LeanbertError
 from ..common.models import load_config, load_tokenizer, load_weights
+from ..publishing import write_model_card
 from .curves import write_curves
 from .glue import compute_metrics, get_task, load_task, main_metric
 from .loop import TrainingLoop, TrainingSettings, first
 from .run import TrainingRun
 
-MODEL_TYPES = ("bert", *(architecture.model_type for architecture in leanbert.ARCHITECTURES))
+MODEL_TYPES = ("bert", *(architecture.model_type for architecture in ARCHITECTURES))
 NEW_HEAD = ("classifier.", "pooler.")  # what a checkpoint without a classification head lacks
 DEFAULT_MAX_SEQ_LENGTH = 128
 
@@ -92,7 +92,7 @@ def finetune(output: str | Path, *, model: str | Path, task: str, data_dir: str 
         loop.eval_every = loop.steps_per_epoch
     results = {"task": spec.name, "main_metric": main_metric(spec.name), "settings": recorded,
                "train_examples": len(loop.train_data), "validation_examples": len(loop.eval_data),
-               "parameters": sum(p.numel() for p in net.parameters()), "leanbert_version": leanbert.__version__}
+               "parameters": sum(p.numel() for p in net.parameters()), "leanbert_version": __version__}
 
     def summarize(history: dict) -> dict:
         best = max(history["eval"], key=lambda e: e[results["main_metric"]])

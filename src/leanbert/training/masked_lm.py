@@ -15,19 +15,19 @@ import torch
 from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-import leanbert
-
-from ..common.cards import write_model_card
+from .. import __version__
+from ..architectures import ARCHITECTURES
 from ..common.errors import LeanbertError, first_line
 from ..common.models import load_config, load_tokenizer, load_weights
 from ..common.output import check_disjoint, check_writable, exists
 from ..configuration_encoder import LeanEncoderConfig, integer
+from ..publishing import write_model_card
 from .curves import write_curves
 from .loop import TrainingLoop, TrainingSettings, process_state
 from .run import TrainingRun
 from .text import SeededMasking, packed_blocks, text_source
 
-MODEL_TYPES = ("bert", *(architecture.model_type for architecture in leanbert.ARCHITECTURES))
+MODEL_TYPES = ("bert", *(architecture.model_type for architecture in ARCHITECTURES))
 # the rules leanbert's configs apply to BERT's fields, applied to a fresh BertConfig's overrides too (a zero head
 # count, an unknown activation or a nan epsilon would otherwise fail inside the model or the training)
 BERT_FIELD_RULES = {**LeanEncoderConfig.field_rules, "num_attention_heads": integer()}
@@ -162,7 +162,7 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
                         evaluate=evaluate_perplexity)
     report = {"settings": recorded, "train_blocks": len(loop.train_data),
               "validation_blocks": len(loop.eval_data or []),
-              "parameters": sum(p.numel() for p in net.parameters()), "leanbert_version": leanbert.__version__}
+              "parameters": sum(p.numel() for p in net.parameters()), "leanbert_version": __version__}
 
     def summarize(history: dict) -> dict:
         report.update(steps=loop.step, samples=loop.samples, tokens=loop.samples * max_seq_length,
