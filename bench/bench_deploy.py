@@ -38,7 +38,7 @@ from bench.runs import command_line, machine
 
 VOCAB_SIZE = 30522
 # name -> (architecture's model_type, variant) for every architecture with a BERT form, each variant
-MODELS = {f"{a.name} {name}".strip(): (a, fields) for a in leanbert.ARCHITECTURES if a.has_bert_form
+MODELS = {a.variant_label(name): (a, fields) for a in leanbert.ARCHITECTURES if a.has_bert_form
           for name, fields in a.variants.items()}
 FILES = ["deploy.json", "deploy.md", "deploy.png"]
 

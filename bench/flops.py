@@ -41,7 +41,7 @@ REFERENCE = "BertModel"
 # of its variants ("SymBert pairwise", "SymBert symmetric", "SharedBert", "Shatter P=2", ...)
 MODELS: dict[str, tuple[leanbert.Architecture | None, dict]] = {
     REFERENCE: (None, {}),
-    **{f"{architecture.name} {label}".strip(): (architecture, extra)
+    **{architecture.variant_label(label): (architecture, extra)
        for architecture in leanbert.ARCHITECTURES for label, extra in architecture.variants.items()},
 }
 

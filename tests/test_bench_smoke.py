@@ -15,6 +15,7 @@ import pytest
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
 
 import leanbert
+from leanbert.architectures import BY_MODEL_TYPE
 from bench import bench_speed, flops, outputs
 from conftest import SHARED_DATA
 
@@ -275,7 +276,7 @@ def test_bench_deploy_quick(tmp_path):
                                                                                   native)[1])
         assert row["exported_params"] == exported_params > row["params"]
         assert row["max_abs_difference"] < 1e-4
-    architecture = next(a for a in leanbert.ARCHITECTURES if a.model_type == "shared_bert")
+    architecture = BY_MODEL_TYPE["shared_bert"]
     assert rows["SharedBert"]["params"] == architecture.classes["AutoModel"](
         architecture.config_class(**base)).num_parameters()
     assert "| SharedBert |" in (tmp_path / "deploy.md").read_text()

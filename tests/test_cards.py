@@ -19,6 +19,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 import leanbert
+from leanbert.architectures import BY_MODEL_TYPE
 from conftest import SHARED_DATA, real_minilm_path
 from leanbert.publishing.cards import PLACEHOLDER, for_repo, write_model_card
 from leanbert.common.passages import read_passages
@@ -42,7 +43,7 @@ SOURCE_CARD = textwrap.dedent("""\
 
     A sentence-transformers model card that leanbert must not copy.
 """)
-ARCHITECTURES = {a.model_type: a for a in leanbert.ARCHITECTURES}
+ARCHITECTURES = BY_MODEL_TYPE
 
 
 def python_blocks(card: str) -> list[str]:

@@ -27,6 +27,7 @@ from huggingface_hub import constants
 from huggingface_hub.utils import _http
 
 import leanbert
+from leanbert.architectures import BY_MODEL_TYPE
 from conftest import HEADS
 from leanbert.commands.convert import main as convert_main
 from leanbert.commands.export import main as export_main
@@ -304,7 +305,7 @@ def test_uploaded_repository_loads_with_every_auto_class_without_leanbert(hub, c
     card = (clone / "README.md").read_text()
     remote = [block for block in re.findall(r"```python\n(.*?)```", card, flags=re.S) if "trust_remote_code" in block]
     (tmp_path / "snippet.py").write_text(remote[0].replace(f'"{REPO_ID}"', repr(str(clone))))
-    architecture = next(a for a in leanbert.ARCHITECTURES if a.model_type == "shatter")
+    architecture = BY_MODEL_TYPE["shatter"]
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, clone, ",".join(architecture.classes),
                              tmp_path / "snippet.py"], env=env, capture_output=True, text=True, timeout=300)

@@ -73,17 +73,19 @@ class SharedBertSelfAttention(LeanSelfAttention):
         )
         return context.reshape(*hidden_states.shape[:-1], -1), weights  # (B, L, d)
 
-    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(s ⊙ d_q)(s ⊙ d_k)^T / sqrt(d_h) per head with s = x W_s + b_s, in float64: (n, L, d) -> (n, H, L, L)."""
+    def reference_heads(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """s ⊙ scale per head with s = x W_s + b_s, in float64: (n, L, d) -> (n, H, L, d_h)."""
         s = x.double() @ self.shared.weight.double().T + self.shared.bias.double()
-        heads = self.config.num_attention_heads
-        q, k = split_heads(s * self.query_scale.double(), heads), split_heads(s * self.key_scale.double(), heads)
+        return split_heads(s * scale.double(), self.config.num_attention_heads)
+
+    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(s ⊙ d_q)(s ⊙ d_k)^T / sqrt(d_h) per head, in float64: (n, L, d) -> (n, H, L, L)."""
+        q, k = self.reference_heads(x, self.query_scale), self.reference_heads(x, self.key_scale)
         return q @ k.transpose(-1, -2) * self.scaling
 
     def reference_values(self, x: torch.Tensor) -> torch.Tensor:
         """v = s ⊙ d_v per head, in float64: (n, L, d) -> (n, H, L, d_h)."""
-        s = x.double() @ self.shared.weight.double().T + self.shared.bias.double()
-        return split_heads(s * self.value_scale.double(), self.config.num_attention_heads)
+        return self.reference_heads(x, self.value_scale)
 
     @classmethod
     def forward_matmuls(cls, config: SharedBertConfig, batch_size: int, seq_len: int) -> list[tuple[int, int]]:

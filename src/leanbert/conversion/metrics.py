@@ -6,16 +6,12 @@ import math
 import torch
 from torch import nn
 
-from ..modeling_encoder import LeanSelfAttention
+from ..modeling_encoder import LeanSelfAttention, split_heads
 from ..modeling_shared_bert import SharedBertSelfAttention
 
 
 def _linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return x @ linear.weight.double().T + linear.bias.double()
-
-
-def _heads(y: torch.Tensor, count: int) -> torch.Tensor:  # (n, L, d) -> (n, H, L, d / H)
-    return y.view(*y.shape[:2], count, -1).transpose(1, 2)
 
 
 def attention_logits(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -26,7 +22,7 @@ def attention_logits(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return attention.reference_logits(x)
     x = x.double()
     count = attention.num_attention_heads  # transformers' BertSelfAttention
-    q, k = _heads(_linear(attention.query, x), count), _heads(_linear(attention.key, x), count)
+    q, k = split_heads(_linear(attention.query, x), count), split_heads(_linear(attention.key, x), count)
     return q @ k.transpose(-1, -2) * attention.scaling
 
 
@@ -34,7 +30,7 @@ def attention_values(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The values (n, H, L, d_h) of a BERT or SharedBert self-attention module on x (n, L, d), in float64."""
     if isinstance(attention, SharedBertSelfAttention):
         return attention.reference_values(x)
-    return _heads(_linear(attention.value, x.double()), attention.num_attention_heads)
+    return split_heads(_linear(attention.value, x.double()), attention.num_attention_heads)
 
 
 @torch.no_grad()
