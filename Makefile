@@ -49,6 +49,8 @@ bench: install
 	$(BIN)/python -m bench.bench_deploy
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_downstream
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_convergence
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_converted
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_finetune_files
 	$(BIN)/python -m bench.report
 
 # A first look in under 10 minutes: tiny models, few steps, into bench/results/quick/ (the real results stay).
@@ -59,6 +61,8 @@ bench-quick: install
 	$(BIN)/python -m bench.bench_deploy --quick --output-dir $(QUICK)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_downstream --quick
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_convergence --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_converted --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_finetune_files --quick --output-dir $(QUICK)
 	$(BIN)/python -m bench.report --results $(QUICK) --output $(QUICK)/BENCHMARKS.md
 
 clean:

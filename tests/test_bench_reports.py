@@ -15,7 +15,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import leanbert
-from bench import bench_convergence, bench_downstream, bench_parameters, bench_speed, outputs, report
+from bench import (bench_convergence, bench_converted, bench_downstream, bench_parameters, bench_speed, outputs,
+                   report)
 from bench.runs import fmt_spread, signed, spread
 from leanbert.architectures import Claim
 
@@ -561,8 +562,9 @@ def test_a_newly_declared_claim_is_judged_with_no_edit_to_the_benchmark(monkeypa
 
 def test_downstream_keeps_the_scores_recorded_before_conversions_were_named_by_model_type(tmp_path, monkeypatch):
     """downstream.json of the full run records its conversions by the `leanbert-convert --to` names of the time
-    ("sym", "shared"): read now, they are the same conversions (sym_bert, shared_bert), so every recorded score
-    stands and nothing would be fine-tuned again."""
+    ("sym", "shared") and with the healing steps only, not the whole recipe: read now, the pretrained models' and the
+    source's scores stand, and the converted models' scores, made by an earlier recipe, move whole to "superseded"
+    (kept, named by model type, never mixed in): nothing is lost and nothing runs."""
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # what the benchmark sets for its process, restored afterwards
     for name in ("convergence.json", "downstream.json"):  # the full run's results, as a benchmark wrote them
         outputs.write_json(tmp_path, name, json.loads((REPO / "bench" / "results" / name).read_text()))
@@ -572,8 +574,92 @@ def test_downstream_keeps_the_scores_recorded_before_conversions_were_named_by_m
             runs["rte"]["0"]["settings"]["conversion"]} == {"sym", "shared"}
     results = bench_downstream.main(["--report-only", "--device", "cpu", "--output-dir", str(tmp_path),
                                      "--runs-dir", str(tmp_path / "runs")])
-    assert results["summary"] == recorded["summary"] and results["chance"] == pytest.approx(recorded["chance"])
-    assert {runs["rte"]["0"]["settings"]["conversion"]["to"] for runs in results["scores"]["converted"].values()
-            if runs["rte"]["0"]["settings"]["conversion"]} == {"sym_bert", "shared_bert"}
-    assert bench_downstream.claims(results) == bench_downstream.claims(recorded)
+    assert results["scores"]["pretrained"] == recorded["scores"]["pretrained"]
+    assert results["summary"]["pretrained"] == recorded["summary"]["pretrained"]
+    assert list(results["scores"]["converted"]) == ["all-MiniLM-L6-v2"]
+    assert results["scores"]["converted"]["all-MiniLM-L6-v2"] == converted["all-MiniLM-L6-v2"]
+    moved = {(entry["model"], entry["task"], entry["seed"]): entry["run"] for entry in results["superseded"]}
+    assert {key: run["score"] for key, run in moved.items()} == {
+        (name, task, int(seed)): run["score"] for name, by_task in converted.items() if name != "all-MiniLM-L6-v2"
+        for task, runs in by_task.items() for seed, run in runs.items()}
+    assert {run["settings"]["conversion"]["to"] for run in moved.values()} == {"sym_bert", "shared_bert"}
+    verdicts = {c["claim"]: c["verdict"] for c in bench_downstream.claims(results)
+                if c["paper"] == "leanbert conversion"}
+    assert len(verdicts) == 2 and set(verdicts.values()) == {"pending"}
+    again = bench_downstream.main(["--report-only", "--device", "cpu", "--output-dir", str(tmp_path),
+                                   "--runs-dir", str(tmp_path / "runs")])
+    assert again["superseded"] == results["superseded"]  # read back: kept once, not moved again nor lost
     assert not (tmp_path / "runs").exists()
+
+
+def converted_scores(model: list[list[float]], source: list[list[float]]) -> dict:
+    """Converted-group scores of two tasks, scores[seed][task], for the SymBert conversion and its source."""
+    def runs(scores):
+        return {task: {str(seed): {"score": by_task[i]} for seed, by_task in enumerate(scores)}
+                for i, task in enumerate(("rte", "cola"))}
+    return {"all-MiniLM-L6-v2": runs(source), "SymBert (converted, healed)": runs(model)}
+
+
+SOURCE_SCORES = [[0.60, 0.30], [0.62, 0.28], [0.61, 0.29]]
+
+
+@pytest.mark.parametrize("model, verdict, measured", [
+    ([[0.60, 0.30], [0.62, 0.277], [0.61, 0.29]], "reproduced", "paired over 3 seeds"),  # mean −0.05, cola −0.1
+    ([[0.60, 0.29], [0.61, 0.27], [0.60, 0.28]], "not reproduced", ": −0.8 points"),  # every task within 1.0
+    ([[0.622, 0.285], [0.642, 0.265], [0.632, 0.275]], "not reproduced", "worst task cola −1.5"),  # mean +0.35
+    ([[0.61, 0.30], [0.62, 0.01], [0.62, 0.29]], "not reproduced", "at chance: cola seed 1"),
+    ([[0.60, 0.30], [0.62, 0.28]], "inconclusive", "paired over 2 seeds"),  # fewer seeds than the target needs
+])
+def test_a_converted_model_is_held_to_its_architectures_target(model, verdict, measured):
+    """SymBert's declared target: at most 0.2 points below its source on the mean, 1.0 on any task, no run at
+    chance, over three seeds; each condition alone fails it."""
+    target = leanbert.architectures.BY_MODEL_TYPE["sym_bert"].conversion.target
+    assert (target.glue_mean_drop, target.glue_task_drop) == (0.2, 1.0)
+    scores = converted_scores(model, SOURCE_SCORES[: len(model)])
+    entry = bench_downstream.converted_claim(scores, ["rte", "cola"], {"rte": 0.5, "cola": 0.0},
+                                             "SymBert (converted, healed)", "all-MiniLM-L6-v2", target)
+    assert entry["verdict"] == verdict and measured in entry["measured"], entry
+
+
+def converted_results(kept: dict[int, float], convert_seconds: float, budgets=(100, 400, 1600)) -> dict:
+    """bench_converted results for SymBert: the source's Spearman 80, healed at each budget to `kept[steps]`, each
+    healing taking a minute per 100 steps."""
+    args = bench_converted.parse_args([])
+    healed = {str(steps): {"spearman": 80 * kept[steps], "kept": kept[steps], "seconds": 0.6 * steps,
+                           "heldout_cosine": 0.99, "resumed_from_step": None} for steps in budgets}
+    return {"schema": bench_converted.SCHEMA, "command": "python -m bench.bench_converted",
+            "settings": bench_converted.settings(args), "targets": ["sym_bert"], "source": {"spearman": 80.0},
+            "cost": {"sym_bert": {source: {"wall_seconds": convert_seconds, "seconds": convert_seconds - 8,
+                                           "peak_mib": 2000, "heldout_cosine": 0.995}
+                                  for source in (bench_converted.SOURCE, bench_converted.BERT_BASE)}},
+            "quality": {"sym_bert": {"converted": {"spearman": 79.0, "kept": 79 / 80}, "healed": healed}},
+            "seconds": 3600.0}
+
+
+@pytest.mark.parametrize("kept, seconds, verdicts", [
+    ({100: 0.99, 400: 0.9985, 1600: 0.999}, 80.0, ["reproduced", "reproduced", "reproduced"]),
+    ({100: 0.99, 400: 0.997, 1600: 0.999}, 95.0, ["not reproduced", "reproduced", "not reproduced"]),
+])
+def test_converting_is_judged_on_its_time_and_on_what_the_default_healing_keeps(kept, seconds, verdicts):
+    """The default healing (400 steps, 4 minutes here) is the one judged; a longer one keeping more does not count."""
+    results = converted_results(kept, seconds)
+    assert [entry["verdict"] for entry in bench_converted.claims(results)] == verdicts
+    assert f"{kept[400]:.2%}" in bench_converted.claims(results)[2]["measured"]
+    text = bench_converted.markdown_section(results)
+    assert f"| SymBert | 400 | 4.0 | {80 * kept[400]:.2f} | {kept[400] * 100:.2f}% | 0.9900 |" in text
+    assert f"| SymBert | {bench_converted.BERT_BASE} | {seconds:.0f} | {seconds - 8:.0f} | 2000 | 0.9950 |" in text
+    assert bench_converted.full_seconds(results) == 3600.0  # every planned measurement made
+
+
+def test_converting_results_of_another_recipe_are_kept_apart_and_measured_anew(tmp_path):
+    """converted.json made by another healing recipe moves whole to "superseded"; with nothing measured the claims
+    are pending and the full run's time unknown."""
+    earlier = converted_results({100: 0.99, 400: 0.998, 1600: 0.999}, 80.0)
+    earlier["settings"]["recipe"]["healing"]["learning_rate"] = 1e-3  # made otherwise
+    outputs.write_json(tmp_path, "converted.json", earlier)
+    results = bench_converted.main(["--report-only", "--output-dir", str(tmp_path)])
+    assert results["superseded"][0]["quality"] == earlier["quality"] and "quality" not in results
+    assert {entry["verdict"] for entry in bench_converted.claims(results)} == {"pending"}
+    assert bench_converted.full_seconds(results) is None
+    assert json.loads((tmp_path / "converted.json").read_text())["superseded"] == results["superseded"]
+    assert (tmp_path / "converted.png").is_file()

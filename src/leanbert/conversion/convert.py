@@ -23,7 +23,7 @@ from ..common.passages import read_passages
 from ..common.sentence_transformers import read_setup, write_setup
 from ..publishing import write_model_card
 from .calibration import check_calibration_size, check_calibration_tokens, layer_inputs
-from .fidelity import dropout_agreement, embedding_cosines
+from .fidelity import dropout_agreement, pooled_embeddings
 from .metrics import attention_logit_rel_error
 from .refine import REFINE_STEPS
 from .source import HEADS, ConversionError, leanbert_config_fields, transfer_weights
@@ -102,13 +102,16 @@ class Conversion:
         notes, variants = self.architecture.conversion.notes, self.architecture.variants
         return notes.get(self.architecture.variant_of(self.config), notes[next(iter(variants))])
 
-    def fit_attention_dropout(self, teacher, student, heldout) -> dict:
-        """Measure how much of the source and of the converted model survives dropout (`dropout_agreement`); turn
+    def fit_attention_dropout(self, teacher, student, heldout,
+                              clean: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """Measure how much of the source and of the converted model survives dropout (`dropout_agreement`, against
+        `clean`, if given: their held-out embeddings with dropout off, which dropout settings do not change); turn
         the student's attention-probability dropout off (config and modules) when that dropout is what makes it far
         more fragile than the source (`DROPOUT_LOSS_RATIO`), unless `keep_attention_dropout` asks to keep it (then
         the report says what keeping it costs). Returns the measurements and any change, for the report."""
-        source = dropout_agreement(teacher, heldout, self.seed)
-        converted = dropout_agreement(student, heldout, self.seed)
+        teacher_clean, student_clean = clean or (None, None)
+        source = dropout_agreement(teacher, heldout, self.seed, teacher_clean)
+        converted = dropout_agreement(student, heldout, self.seed, student_clean)
         measured = {"source": source, "converted": converted,
                     "measure": "mean cosine between sentence embeddings (mean-pooled last hidden states) with "
                                "dropout on (training mode, seeded) and off, on the held-out passages: how much of "
@@ -118,7 +121,7 @@ class Conversion:
         if rate == 0 or 1 - converted <= tolerated:
             return measured
         set_attention_dropout(student, 0.0)
-        without = dropout_agreement(student, heldout, self.seed)
+        without = dropout_agreement(student, heldout, self.seed, student_clean)
         if 1 - without > tolerated:  # as fragile without it: attention dropout is not the cause, so it stays
             set_attention_dropout(student, rate)
             return {**measured, "converted_without_attention_dropout": without}
@@ -165,10 +168,12 @@ class Conversion:
                 teacher_block, student_block, heldout_inputs[index], heldout_mask)
             layers.append({"layer": index, **{key: float(value) for key, value in stats.items()}})
 
-        cosines = embedding_cosines(teacher, student, heldout)
+        with torch.no_grad():
+            clean = pooled_embeddings(teacher.eval(), heldout), pooled_embeddings(student.eval(), heldout)
+        cosines = torch.nn.functional.cosine_similarity(*clean, dim=-1)
         if not torch.isfinite(cosines).all() or not all(torch.isfinite(p).all() for p in student.parameters()):
             raise ConversionError("the fit diverged (non-finite weights or outputs); check the calibration text")
-        dropout = self.fit_attention_dropout(teacher, student, heldout)
+        dropout = self.fit_attention_dropout(teacher, student, heldout, clean)
         teacher_params, student_params = teacher.num_parameters(), student.num_parameters()
         report = {
             "source": self.source,

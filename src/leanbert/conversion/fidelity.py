@@ -29,15 +29,17 @@ def embedding_cosines(teacher, student, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dropout_agreement(model, batch, seed: int = 0) -> float:
+def dropout_agreement(model, batch, seed: int = 0, clean: torch.Tensor | None = None) -> float:
     """Mean cosine between `model`'s sentence embeddings with its dropout on (training mode, seeded) and off: how
     much of what the model computes survives the dropout fine-tuning applies. BERT checkpoints keep about 0.95; a
     model whose attention is nearly one-hot keeps far less, because dropping one attention probability then drops
-    the one token a query reads. The global random state is left as it was."""
+    the one token a query reads. `clean`: the embeddings with dropout off (`pooled_embeddings` in eval mode), where
+    the caller has them already. The global random state is left as it was."""
     was_training = model.training
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         noisy = pooled_embeddings(model.train(), batch)
-    clean = pooled_embeddings(model.eval(), batch)
+    if clean is None:
+        clean = pooled_embeddings(model.eval(), batch)
     model.train(was_training)
     return torch.nn.functional.cosine_similarity(noisy, clean, dim=-1).mean().item()

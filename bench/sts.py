@@ -1,6 +1,6 @@
-"""STS-B evaluation of sentence embeddings for the archived conversion and healing benchmarks: Spearman correlation
-between cosine similarity of mean-pooled, L2-normalised embeddings and the gold similarity scores. Used only for
-evaluation, never for fitting."""
+"""STS-B evaluation of sentence embeddings (`bench_converted`, and the archived conversion and healing benchmarks):
+Spearman correlation between cosine similarity of mean-pooled, L2-normalised embeddings and the gold similarity
+scores. Used only for evaluation, never for fitting."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-STS_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glue" / "STS-B" / "train.tsv"
+STS_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue" / "STS-B" / "train.tsv"
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
