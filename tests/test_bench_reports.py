@@ -663,3 +663,20 @@ def test_converting_results_of_another_recipe_are_kept_apart_and_measured_anew(t
     assert bench_converted.full_seconds(results) is None
     assert json.loads((tmp_path / "converted.json").read_text())["superseded"] == results["superseded"]
     assert (tmp_path / "converted.png").is_file()
+
+
+def test_the_recipe_a_score_records_is_what_the_commands_run():
+    """Benchmarks record the library's defaults (`Conversion`, `Healing`) as the recipe of a converted model, and make
+    the model with the commands: their defaults must be the same, or a score would stand for another recipe."""
+    from leanbert.commands import convert as convert_command
+    from leanbert.commands import heal as heal_command
+    from bench.runs import conversion_recipe
+
+    recipe = conversion_recipe(quick=False, heal_steps=400)
+    healing = heal_command.parse_args(["--teacher", "t", "--student", "s", "--text", "x", "--output", "o"])
+    for key, value in {**heal_command.healing_kwargs(healing), "checkpoint_every": healing.checkpoint_every,
+                       "seed": healing.seed}.items():
+        assert recipe["healing"][key] == value, key
+    conversion = vars(convert_command.parse_args(["--source", "s", "--to", "sym_bert", "--output", "o"]))
+    for key, value in recipe["conversion"].items():
+        assert conversion[key] == value, key
