@@ -32,6 +32,9 @@ def launch(name: str) -> int:
     except ImportError as error:  # leanbert's own check of the transformers it runs with, or a missing package
         print(f"leanbert-{name}: error: {error}", file=sys.stderr)
         return 2
+    # the command's runner owns the signals from here and hands back this default when it ends, so that a signal
+    # after it (a launcher stopping the process as it exits) ends the process quietly instead of in a traceback
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return command.main()
 
 

@@ -7,8 +7,12 @@ every file under the test's folder is byte for byte what it was before (the user
 import hashlib
 import importlib
 import json
+import os
 import pickle
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -313,3 +317,45 @@ def test_next_sentence_and_pretraining_sources_convert(work, tmp_path):
         student = student_class.from_pretrained(tmp_path / f"{bert_class.__name__}-out")
         torch.testing.assert_close(student.base_model.embeddings.word_embeddings.weight,
                                    bert.bert.embeddings.word_embeddings.weight, atol=0, rtol=0)
+
+
+def namespaces_allowed() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(["unshare", "-rm", "true"]).returncode == 0
+
+
+@pytest.mark.skipif(not namespaces_allowed(), reason="needs user and mount namespaces (unshare -rm)")
+def test_an_output_that_does_not_fit_on_the_disk_is_one_line_and_leaves_nothing(work, tmp_path):
+    """The output's folder on a 1 MiB tmpfs (in a mount namespace of its own, gone with it): the converted weights
+    (5.7 MiB) fill the disk while being saved. One line naming the output and the space, exit 2, and the disk as it
+    was: no staging folder, no lock, no parent folder the run made."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    command = [sys.executable, "-m", "leanbert.commands.convert", "--source", work / "bert", "--to", "sym_bert",
+               "--calibration-text", work / "text.txt", "--calibration-passages", 16, "--refine-steps", 0,
+               "--output", disk / "runs" / "model"]
+    script = f'mount -t tmpfs -o size=1m tmpfs "$1" && shift && "$@"; code=$?; ls -A "{disk}"; exit $code'
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(disk), *map(str, command)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "%|" not in line]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"leanbert-convert: error: no space left for the output {str(disk / 'runs' / 'model')!r}: the result needs "
+        "more than the "), lines
+    assert re.search(r"MiB written when the disk filled and 1\.0 MiB are free; free some space or give --output on "
+                     "a larger disk$", lines[0]), lines
+    assert done.stdout.split() == [], "nothing of the run is left on the disk"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_text_that_is_no_regular_file_is_named_as_such(tmp_path, kind):
+    """A named pipe or a device (/dev/zero) exists: it is refused as what it is, not as missing."""
+    from leanbert.common.errors import LeanbertError
+    from leanbert.common.passages import text_files
+
+    path = Path("/dev/zero")
+    if kind == "fifo":
+        path = tmp_path / "pipe.txt"
+        os.mkfifo(path)
+    with pytest.raises(LeanbertError, match=f"^training text '{path}' is not a regular file or folder"):
+        text_files(path, "training text")

@@ -151,9 +151,15 @@ def expected_claims_table(convergence: dict, glue: dict, chance: dict) -> list[s
                      f"over 1 seed; BERT learnt {learnt} of 2 tasks", "inconclusive"))
     lines += [row(paper, claim, "pending: not run yet", "pending") for paper, claim in (
         (shared, "GLUE +0.38% over BERT"), (shared, "GLUE +5.81% over symmetric attention"),
-        (shared, "GLUE +1.06% over pairwise attention"), (shatter, "BERT-base quality on GLUE"),
-        ("leanbert conversion", "SymBert (converted, healed) fine-tunes as well as all-MiniLM-L6-v2"),
-        ("leanbert conversion", "SharedBert (converted, healed) fine-tunes as well as all-MiniLM-L6-v2"))]
+        (shared, "GLUE +1.06% over pairwise attention"), (shatter, "BERT-base quality on GLUE"))]
+    # the converted group has not run: each converted model's target (its declaration's) is pending
+    lines += [row("leanbert conversion", f"{name} (converted, healed) fine-tunes within {drop} GLUE points of "
+                  f"all-MiniLM-L6-v2 (no task more than {task} below, no run at chance)",
+                  "pending: not every task has run", "pending")
+              for name, drop, task in (("SymBert", "0.2", "1.0"), ("SharedBert", "1.0", "2.5"))]
+    lines.append(row("all (converting a checkpoint)", "the claims on what converting all-MiniLM-L6-v2 costs, and what "
+                     "the converted models keep as sentence encoders against how long they are healed",
+                     "not measured yet: `python -m bench.bench_converted`", "pending"))
     return lines
 
 
@@ -308,7 +314,8 @@ def test_downstream_fine_tunes_every_pretrained_run_and_report_gathers_the_claim
         json.loads((results_dir / "convergence.json").read_text()), glue, chance)
     assert "Pending: `python -m bench.bench_speed` has not written `speed.json` yet." in text
     hours = bench_convergence.full_seconds(json.loads((results_dir / "convergence.json").read_text())) / 3600
-    assert f"waiting for: speed and memory, downstream (estimated so far: convergence {hours:.1f} h)" in text
+    assert ("waiting for: speed and memory, downstream, converting a checkpoint (estimated so far: convergence "
+            f"{hours:.1f} h)") in text
     # images linked from where the report lies
     assert f"![validation loss]({os.path.relpath(results_dir, tmp_path)}/convergence.png)" in text
 

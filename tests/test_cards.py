@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 import leanbert
 from leanbert.architectures import BY_MODEL_TYPE
 from conftest import SHARED_DATA, real_minilm_path
-from leanbert.publishing.cards import PLACEHOLDER, for_repo, write_model_card
+from leanbert.publishing.cards import PLACEHOLDER, display, for_repo, write_model_card
 from leanbert.common.passages import read_passages
 from leanbert.conversion import convert
 from leanbert.healing import heal
@@ -185,9 +185,30 @@ def test_card_of_a_local_source_inherits_its_licence_but_names_no_base_model(fro
     assert card.data.license == "apache-2.0"
     assert card.data.base_model is None and getattr(card.data, "base_model_relation", None) is None
     assert {"leanbert", "shatter"} <= set(card.data.tags)
-    assert "`tiny-bert` (local folder)" in card.text and str(from_local.parent) not in card.text
+    assert ("converted from `tiny-bert, the source's own card` (the title of its card; local folder `tiny-bert`)"
+            in card.text and str(from_local.parent) not in card.text)
     architecture = ARCHITECTURES["shatter"]
     assert architecture.reconstruction in card.text and f"arXiv {architecture.arxiv}" in card.text
+
+
+def test_card_names_a_local_source_by_what_it_says_it_is(from_local, tmp_path):
+    """A local folder's name (`model` for the packaged all-MiniLM-L6-v2) tells a reader nothing: the card names the
+    source by its own card's Hub id (the usage snippet whose name is the card's title), else by the Hub id its config
+    was saved from, and says where that came from; a folder that says nothing keeps its name."""
+    minilm = real_minilm_path()
+    output = tmp_path / "converted"
+    shutil.copytree(from_local, output)
+    write_model_card(output, kind="converted", source=minilm)
+    assert ("converted from `sentence-transformers/all-MiniLM-L6-v2` (named by its card; local folder "
+            f"`{minilm.name}`)") in ModelCard.load(output / "README.md").text
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    config = json.loads((minilm / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps(config))  # "_name_or_path": "nreimers/MiniLM-L6-H384-uncased"
+    assert display(str(bare)) == ("`nreimers/MiniLM-L6-H384-uncased` (saved from it, by its config; local folder "
+                                  "`bare`)")
+    (bare / "config.json").write_text(json.dumps({**config, "_name_or_path": str(minilm)}))
+    assert display(str(bare)) == "`bare` (local folder)"
 
 
 def test_healed_card_reports_fidelity_before_and_after(local_source, from_local, tmp_path):

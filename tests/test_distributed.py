@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertModel
 
-from conftest import SHARED_DATA, real_minilm_path
+from conftest import SHARED_DATA, fails_cleanly, real_minilm_path
+from leanbert.commands.pretrain import main as pretrain_main
 from leanbert.common.passages import read_passages
 from leanbert.conversion import convert
 
@@ -28,9 +29,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(tmp_path, command: str, arguments: list, config: Path | None = None) -> tuple[subprocess.CompletedProcess,
-                                                                                       list[dict]]:
-    """`accelerate launch` of a leanbert command on 2 processes; returns the process and what each rank recorded."""
+def launch(tmp_path, command: str, arguments: list, config: Path | None = None,
+           stop_after_step: int = 0) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`accelerate launch` of a leanbert command on 2 processes (interrupted after `stop_after_step`, if given);
+    returns the process and what each rank recorded."""
     record = tmp_path / "ranks"
     record.mkdir(exist_ok=True)
     setup = ["--config_file", str(config)] if config else ["--multi_gpu", "--num_processes", "2", "--num_machines",
@@ -38,7 +40,8 @@ def launch(tmp_path, command: str, arguments: list, config: Path | None = None) 
     done = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", *setup, "--mixed_precision",
                            "no", "--main_process_port", str(free_port()), str(RECORDER), str(record), command,
                            *map(str, arguments)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                               "STOP_AFTER_STEP": str(stop_after_step)})
     ranks = [json.loads(path.read_text()) for path in sorted(record.glob("rank*.json"))]
     return done, ranks
 
@@ -82,6 +85,23 @@ def test_pretraining_on_two_processes_synchronises_and_loads(tmp_path, text):
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert "transformers_modules" in loaded.stdout and f"[1, 3, {model.config.vocab_size}]" in \
         loaded.stdout.replace("torch.Size(", "").replace(")", "")
+
+
+def test_a_checkpoint_of_two_processes_is_not_resumed_on_one(tmp_path, text, capsys):
+    """Steps, the schedule and the data order count over all processes: a 2-process checkpoint resumed on 1 process
+    would train at another batch size with a learning rate gone to 0, so the resume is refused, naming both counts."""
+    checkpoints = tmp_path / "checkpoints"
+    arguments = ["--model-type", "bert", "--config-overrides", TINY, "--tokenizer", real_minilm_path(), "--train-file",
+                 text, "--output", tmp_path / "pretrained", "--max-train-steps", 4, "--per-device-batch-size", 2,
+                 "--max-seq-length", 32, "--validation-split", 0, "--checkpoint-every", 2, "--checkpoint-dir",
+                 checkpoints, "--cache-dir", tmp_path / "cache"]
+    done, _ = launch(tmp_path, "pretrain", arguments, stop_after_step=3)
+    assert done.returncode != 0
+    saved = sorted(p.name for p in checkpoints.iterdir())
+    assert saved == [".leanbert-checkpoints.json", "step_2"], done.stderr[-3000:]
+    assert json.loads((checkpoints / "step_2" / "progress.json").read_text())["processes"] == 2
+    fails_cleanly(pretrain_main, [*arguments, "--resume"], "--resume: the checkpoint was made by 2 processes and this "
+                  "run has 1", tmp_path, capsys)
 
 
 def test_healing_on_two_processes_synchronises(tmp_path, text):

@@ -156,6 +156,29 @@ def test_mismatched_tokenizer_is_refused_before_training(converted, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_cased_teacher_for_an_uncased_student_is_refused_naming_the_normalizer(converted, tmp_path):
+    """The same weights and vocabulary, but a tokenizer that keeps case: the teacher would read other tokens."""
+    teacher = tmp_path / "cased_teacher"
+    BertModel.from_pretrained(converted / "teacher").save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(converted / "teacher").save_pretrained(teacher)
+    config = json.loads((teacher / "tokenizer_config.json").read_text())
+    (teacher / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
+    with pytest.raises(HealingError, match=r"tokenizers differ in their normalizer \(teacher .*\"lowercase\":false.*"
+                                           r"student .*\"lowercase\":true"):
+        heal(str(teacher), converted / "student", converted / "text.txt", tmp_path / "out", steps=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_healing_text_of_a_few_passages_repeated_is_refused(converted, tmp_path):
+    text = tmp_path / "repeated.txt"
+    text.write_text("The first of two passages, each of them written out thirty-two times over.\n"
+                    "The second of the two passages, repeated just as often as the first one.\n" * 32)
+    with pytest.raises(HealingError, match="holds 2 distinct passages of 40 characters or more; healing needs at "
+                                           "least 16"):
+        heal(str(converted / "teacher"), converted / "student", text, tmp_path / "out", steps=4, batch_size=8)
+    assert not (tmp_path / "out").exists()
+
+
 def test_student_not_converted_from_bert_is_refused(converted, tmp_path):
     student = tmp_path / "scratch"
     leanbert.SymBertModel(leanbert.SymBertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
@@ -172,3 +195,19 @@ def test_heal_cli_reports_errors_in_one_line(converted, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("leanbert-heal: error: student")
     assert "'bert' model; healing takes a leanbert model" in result.stderr
+
+
+def test_heal_cli_prints_its_summary_from_the_main_process_only(monkeypatch, tmp_path, capsys):
+    """Under a launcher every rank runs the command: the summary is printed once, by the main process."""
+    from types import SimpleNamespace
+
+    from leanbert.commands import heal as heal_command
+
+    report = {"healing": {"fidelity_before": {}, "fidelity_after": {}, "seconds": 1.0, "final_loss": 0.5}}
+    monkeypatch.setattr(heal_command, "heal", lambda *args, **kwargs: report)
+    args = ["--teacher", "t", "--student", "s", "--text", "x.txt", "--output", str(tmp_path / "out")]
+    for main_process, printed in ((False, ""), (True, '"final_loss": 0.5')):
+        monkeypatch.setattr(heal_command, "process_state", lambda: SimpleNamespace(is_main_process=main_process))
+        assert heal_command.main(args) == 0
+        out = capsys.readouterr().out
+        assert printed in out and (printed or out == "")

@@ -15,9 +15,13 @@ import importlib
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -31,6 +35,7 @@ from leanbert.architectures import BY_MODEL_TYPE
 from conftest import HEADS
 from leanbert.commands.convert import main as convert_main
 from leanbert.commands.export import main as export_main
+from leanbert.common import models
 from leanbert.common.errors import LeanbertError
 from leanbert.common.output import MANIFEST, foreign_entries
 from leanbert.common.passages import read_passages
@@ -78,6 +83,9 @@ class MockHub:
             return self.error(401, "Invalid credentials in Authorization header")
         if self.refuse.get(endpoint) == "unreachable":
             raise http.ConnectError("[Errno 111] Connection refused", request=request)
+        if self.refuse.get(endpoint) == "html":  # a proxy's or captive portal's page
+            return http.Response(200, content=b"<html><body>Log in</body></html>",
+                                 headers={"Content-Type": "text/html"})
         if endpoint in self.refuse:
             status = self.refuse[endpoint]
             return self.error(status, {401: "Invalid credentials", 403: "You don't have the rights to write here",
@@ -449,10 +457,25 @@ def test_refusals_of_the_hub_are_one_line_and_keep_the_local_output(hub, convert
 
 def test_an_unreachable_hub_is_one_line(hub, converted):
     hub.refuse["create"] = "unreachable"
-    with pytest.raises(LeanbertError, match=r"^cannot reach the Hub for creating the repository 'alice/shatter-tiny': "
+    with pytest.raises(LeanbertError, match=r"^cannot reach the Hub at https://huggingface.co for creating the "
+                                            r"repository 'alice/shatter-tiny': "
                                             r"ConnectError: \[Errno 111\] Connection refused; the local output .* is "
                                             r"intact$"):
         push_folder(converted, REPO_ID)
+    assert hub.commits == []
+
+
+@pytest.mark.parametrize("endpoint", ["validate", "preupload", "commit"])
+def test_an_html_page_in_the_upload_is_named_as_such_not_as_a_refusal(hub, converted, endpoint):
+    """A page that is not the Hub's JSON, met once the repository exists (the card's check, the upload, the
+    commit), names the endpoint and the page, as it does before: the Hub refused nothing."""
+    hub.refuse[endpoint] = "html"
+    with pytest.raises(LeanbertError) as error:
+        push_folder(converted, REPO_ID)
+    message = str(error.value)
+    assert message.startswith("the Hub at https://huggingface.co answered the upload to 'alice/shatter-tiny' with "
+                              "something that is not the Hub's JSON"), message
+    assert "\n" not in message and message.endswith(f"the local output {str(converted)!r} is intact")
     assert hub.commits == []
 
 
@@ -491,3 +514,144 @@ def test_a_refused_push_after_conversion_exits_2_and_keeps_the_output(hub, tiny_
     assert (output / "model.safetensors").is_file() and (output / "README.md").is_file()
     assert not foreign_entries(output), "the output is published, complete and leanbert's own"
     assert hub.commits == [] and hub.sent("preupload") == 0
+
+
+# ------------------------------------------------------------------------------------- an endpoint that fails
+
+
+class BadEndpoint:
+    """A real HTTP endpoint on a local socket, for HF_ENDPOINT: the Hub's HTTP boundary, which these tests cannot
+    reach, as a user meets it broken. "refuse": nothing listens (connection refused); "stall": connections are
+    accepted and never answered; "html": every request is answered 200 with an HTML page (a proxy's or captive
+    portal's)."""
+
+    PAGE = b"<html><body>Please log in to the network</body></html>"
+
+    def __init__(self, mode: str):
+        self.mode, self.held, self.served = mode, [], 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        if mode == "refuse":
+            self.server.close()
+        else:
+            threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            self.served += 1
+            if self.mode == "stall":
+                self.held.append(connection)
+                continue
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+                                   b"Content-Length: %d\r\n\r\n%s" % (len(self.PAGE), self.PAGE))
+
+    def close(self):
+        self.server.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.fixture(params=["refuse", "stall", "html"])
+def bad_endpoint(request, monkeypatch, tmp_path):
+    """huggingface_hub's real client talking to a `BadEndpoint`, with 1-second timeouts (HF_HUB_ETAG_TIMEOUT and
+    HF_HUB_DOWNLOAD_TIMEOUT): what HF_ENDPOINT sets, set in-process."""
+    endpoint = BadEndpoint(request.param)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(models, "CHECKED_ON_HUB", set())
+    _http.set_client_factory(_http.default_client_factory)
+    yield endpoint
+    endpoint.close()
+    _http.close_session()
+
+
+EXPECTED = {"refuse": "ConnectError", "stall": "ReadTimeout", "html": "with something that is not the Hub's JSON"}
+
+
+@pytest.mark.parametrize("where", ["push", "source"])
+def test_an_unreachable_stalled_or_html_hub_is_one_line_before_any_work(bad_endpoint, where, tiny_bert,
+                                                                         calibration_file, tmp_path, capsys):
+    """--push-to-hub's check, and a source given by Hub id, meet the endpoint first: one line naming it, within the
+    timeouts, and nothing written."""
+    output = tmp_path / "out"
+    args = convert_args(tiny_bert, calibration_file, output)
+    if where == "source":
+        args = convert_args("org/bert", calibration_file, output)[:-2]
+    started = time.monotonic()
+    line = fails_in_one_line(convert_main, args, EXPECTED[bad_endpoint.mode], capsys)
+    assert f"the Hub at {bad_endpoint.url}" in line
+    assert time.monotonic() - started < 15, "one request, within the timeouts, not transformers' back-off"
+    assert not output.exists() and not (tmp_path / ".out.leanbert-lock").exists()
+    assert bad_endpoint.mode == "refuse" or bad_endpoint.served >= 1
+
+
+def test_a_hub_that_fails_after_the_output_is_written_keeps_it(bad_endpoint, converted):
+    before = snapshot(converted)
+    with pytest.raises(LeanbertError) as error:
+        push_folder(converted, REPO_ID)
+    message = str(error.value)
+    assert f"the Hub at {bad_endpoint.url}" in message and EXPECTED[bad_endpoint.mode] in message
+    assert "\n" not in message and message.endswith(f"the local output {str(converted)!r} is intact")
+    assert snapshot(converted) == before
+
+
+def test_a_stalled_hf_endpoint_ends_the_command_line_in_one_line(tmp_path, calibration_file):
+    """The whole command in a process of its own, given the endpoint by HF_ENDPOINT as a user would: exit 2 and one
+    line, well before the default 10-second timeouts would have run out twice."""
+    endpoint = BadEndpoint("stall")
+    env = {**os.environ, "HF_ENDPOINT": endpoint.url, "HF_HUB_OFFLINE": "0", "HF_HUB_ETAG_TIMEOUT": "2",
+           "HF_HUB_DOWNLOAD_TIMEOUT": "2", "HF_TOKEN_PATH": str(tmp_path / "no-token-file")}
+    try:
+        done = subprocess.run([sys.executable, "-m", "leanbert.commands.pretrain", "--model", "org/model",
+                               "--train-file", calibration_file, "--output", tmp_path / "out"],
+                              env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        endpoint.close()
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"leanbert-pretrain: error: cannot reach the Hub at {endpoint.url} for model "
+                               "'org/model': ReadTimeout"), lines
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad_endpoint", ["refuse"], indirect=True)
+def test_a_misnamed_local_folder_is_named_when_the_hub_cannot_be_reached(bad_endpoint, tmp_path, monkeypatch):
+    """`--tokenizer mytok` with no folder `mytok`: it is looked up as a Hub id, and the line says that there is no
+    such folder either, not only that the Hub cannot be reached."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LeanbertError) as error:
+        models.load_tokenizer("mytok", "tokenizer", 1000)
+    message = str(error.value)
+    assert message.startswith(f"cannot reach the Hub at {bad_endpoint.url} for tokenizer 'mytok': ConnectError")
+    assert "no folder 'mytok' is here either" in message
+
+
+@pytest.mark.parametrize("bad_endpoint", ["refuse"], indirect=True)
+def test_a_model_in_the_hub_cache_loads_when_the_hub_cannot_be_reached(bad_endpoint, tiny_bert, tmp_path,
+                                                                        monkeypatch):
+    """As transformers falls back on the Hub cache without a network, so does the check before it: a model id
+    whose snapshot the cache holds (HF_HUB_CACHE, laid out as huggingface_hub lays it out) loads from there with
+    the endpoint refusing connections, instead of being refused."""
+    cache = tmp_path / "hub"
+    snapshot_folder = cache / "models--org--cached" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_bert, snapshot_folder)
+    (cache / "models--org--cached" / "refs").mkdir()
+    (cache / "models--org--cached" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    models.check_on_hub("org/cached", "model")  # no error: the cache has it
+    with pytest.raises(LeanbertError, match="cannot reach the Hub"):
+        models.check_on_hub("org/not-cached", "model")

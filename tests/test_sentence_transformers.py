@@ -204,6 +204,8 @@ def test_a_hub_source_reads_its_setup_from_the_downloaded_files(st_source, monke
         return str(st_source / "source")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    # as `make test` runs (HF_HUB_OFFLINE=1): online, leanbert would first ask the Hub whether the model exists
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     setup = read_setup("org/st-model")
     assert requested["repo_id"] == "org/st-model" and "modules.json" in requested["patterns"]
     assert "1_Pooling/config.json" in setup.files

@@ -605,6 +605,15 @@ PRETRAIN_CASES = {
     "return_dict_override": (dict(), ["--config-overrides", "return_dict=false"],
                              "config override 'return_dict' does not apply"),
     "non_integer_width": (dict(model_type="bert"), ["--config-overrides", "hidden_size=abc"], "hidden_size=abc"),
+    "pad_token_override": (dict(), ["--config-overrides", "num_hidden_layers=2,pad_token_id=5"],
+                           "config override 'pad_token_id' is not yours to set: pretraining takes it from the "
+                           "tokenizer's padding token"),
+    "ignore_index_override": (dict(), ["--config-overrides", "sparse_pred_ignore_index=0"],
+                              "config override 'sparse_pred_ignore_index' is not yours to set"),
+    # counted on the meta device and refused before anything is allocated (a real build would need terabytes)
+    "too_large_for_memory": (dict(model_type="bert"), ["--config-overrides", "hidden_size=100000000,"
+                                                       "num_attention_heads=1"],
+                             "the bert config has 490,010,487,700,067,386 parameters: training it needs at least"),
     "output_not_empty": (dict(), ["--output", "{bad}/used_output"], "exists and is not empty; pass --force"),
     "resume_without_checkpoint": (dict(), ["--resume"], "--resume: no complete checkpoint"),
     "vocabulary_beyond_the_model": (dict(), ["--config-overrides", overrides("sym_bert") + ",vocab_size=1000"],
@@ -642,6 +651,52 @@ def test_pretrain_refuses_bad_input_before_any_work(data, bad, case, capsys, no_
     # a repeated option replaces the earlier one (argparse keeps the last)
     args = scratch(data, bad, *[str(a).replace("{bad}", str(bad)) for a in extra], **options)
     fails_cleanly(pretrain_main, args, expected, bad, capsys)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "sym_bert"])
+def test_a_field_that_is_none_takes_a_number_override(model_type):
+    """transformers types an override by the field's current value, and refuses any for a field that is None
+    ("You can only update int, float, bool or string values ..., got 0.5"): classifier_dropout is one."""
+    from transformers import AutoConfig
+
+    from leanbert.common.errors import LeanbertError
+    from leanbert.training.masked_lm import override_config
+
+    config = override_config(AutoConfig.for_model(model_type), "classifier_dropout=0.25,num_hidden_layers=2")
+    assert (config.classifier_dropout, config.num_hidden_layers) == (0.25, 2)
+    with pytest.raises(LeanbertError, match="classifier_dropout takes a number, or none"):
+        override_config(AutoConfig.for_model(model_type), "classifier_dropout=abc")
+    with pytest.raises(LeanbertError, match="classifier_dropout=2 is invalid"):
+        override_config(AutoConfig.for_model(model_type), "classifier_dropout=2")
+
+
+def test_a_config_far_too_deep_for_memory_is_refused_without_building_every_layer(monkeypatch):
+    """A module per layer takes about a millisecond to build even on the meta device: num_hidden_layers=100000 is
+    counted from one and two layers (exactly: parameters grow linearly with the layers) and refused at once."""
+    from transformers import BertConfig
+
+    from leanbert.common import models
+    from leanbert.common.errors import LeanbertError
+
+    built = []
+
+    class Counted:
+        @staticmethod
+        def from_config(config):
+            built.append(config.num_hidden_layers)
+            assert config.num_hidden_layers <= 70, "every layer was built"
+            return AutoModelForMaskedLM.from_config(config)
+
+    monkeypatch.setattr(models, "available_memory", lambda device=None: (0, "available"))
+    config = dict(vocab_size=99, hidden_size=32, num_attention_heads=4, intermediate_size=37)
+    with torch.device("meta"):
+        seventy = sum(p.numel() for p in AutoModelForMaskedLM.from_config(
+            BertConfig(num_hidden_layers=70, **config)).parameters())
+    with pytest.raises(LeanbertError, match=f"^the bert config has {seventy:,} parameters: training it needs"):
+        models.check_training_memory(Counted, BertConfig(num_hidden_layers=70, **config), "the bert config")
+    with pytest.raises(LeanbertError, match=r"^the bert config has [\d,]+ parameters: training it needs"):
+        models.check_training_memory(Counted, BertConfig(num_hidden_layers=100000, **config), "the bert config")
+    assert built == [1, 2, 1, 2]
 
 
 def test_pretrain_refuses_a_validation_split_that_leaves_no_training_block(data, bad, capsys, no_training):
@@ -704,7 +759,12 @@ def test_training_refuses_a_model_folder_it_cannot_load_as_it_is_without_running
                             "points to code shipped with it",
              foreign_tokenizer: "needs code shipped with it to load (its auto_map names a class",
              bad / "small.txt": "is a file; give the model's folder",
-             three_heads: "does not fit together: hidden_size=32 is not a multiple of num_attention_heads=3"}
+             three_heads: "does not fit together: hidden_size=32 is not a multiple of num_attention_heads=3",
+             # a checkpoint's config is held to what --config-overrides may not set
+             altered_copy(bad, "decoder", "config.json", dict(is_decoder=True)):
+                 "sets is_decoder=True: the model would attend causally, as a decoder",
+             altered_copy(bad, "tuples", "config.json", dict(return_dict=False)):
+                 "sets return_dict=False: the model would return plain tuples"}
     for model, expected in cases.items():
         fails_cleanly(main, ["--model", model, *rest, "--max-train-steps", 2, "--output", bad / "out"], expected, bad,
                       capsys)
@@ -719,6 +779,18 @@ def test_a_model_that_is_neither_a_folder_nor_in_the_hub_cache_is_named_as_such_
     fails_cleanly(pretrain_main, ["--model", "no-such-model-folder", "--train-file", bad / "small.txt",
                                   "--output", bad / "out"],
                   "'no-such-model-folder' not found: no such folder, nor in the Hub cache (HF_HUB_OFFLINE", bad,
+                  capsys)
+
+
+def test_a_missing_tokenizer_folder_is_named_as_such_not_as_a_failed_connection(data, bad, capsys, no_training,
+                                                                                  monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    fails_cleanly(pretrain_main, scratch(data, bad, "--tokenizer", bad / "no-such-tokenizer"),
+                  f"tokenizer '{bad / 'no-such-tokenizer'}' not found: no such folder", bad, capsys)
+    fails_cleanly(pretrain_main, scratch(data, bad, "--tokenizer", "no-such-tokenizer"),
+                  "tokenizer 'no-such-tokenizer' not found: no such folder, nor in the Hub cache (HF_HUB_OFFLINE", bad,
                   capsys)
 
 

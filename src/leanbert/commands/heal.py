@@ -5,6 +5,7 @@ import json
 import sys
 
 from ..healing import heal
+from ..training import process_state
 from .cli import ArgumentParser, non_negative_float, positive_float, positive_int, run, seed
 from .hub_arguments import add_hub_arguments, check_hub_arguments, push_output
 
@@ -63,7 +64,8 @@ def heal_command(argv=None) -> int:
     summary = {key: healing[key] for key in ("fidelity_before", "fidelity_after", "seconds", "final_loss")}
     if pushed := push_output(args, args.output):
         summary["hub"] = pushed
-    print(json.dumps(summary, indent=2))
+    if process_state().is_main_process:  # under a launcher, once
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -284,6 +285,26 @@ def holder_alive(lock: dict) -> bool:
     return lock.get("start") is None or process_start(pid) == lock["start"]
 
 
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` is a full disk or an exhausted quota: an OSError, or safetensors' and torch's own exception
+    types, which carry the OS error in their message."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(f"(os error {code})" in str(error) or os.strerror(code) in str(error)
+               for code in (errno.ENOSPC, errno.EDQUOT))
+
+
+def tree_bytes(folder: Path) -> int:
+    """The bytes of the files under `folder` (0 if it is gone)."""
+    with contextlib.suppress(OSError):
+        return sum(path.lstat().st_size for path in folder.rglob("*") if path.is_file())
+    return 0
+
+
+def mebibytes(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB"
+
+
 class SafeOutput:
     """One run's output folder: checked on construction, claimed by `with`, replaced only by `publish()`.
 
@@ -309,6 +330,7 @@ class SafeOutput:
         self.check_replaceable()
         self.created: list[Path] = []
         self.leave_staging = False
+        self.expected_bytes = 0  # what the result will take, where a writer knows it: named if the disk fills
 
     def check_replaceable(self) -> None:
         """Refuse an output that this run may not replace (see the module docstring)."""
@@ -356,8 +378,18 @@ class SafeOutput:
             raise
         return self.staging
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, traceback) -> None:
+        """Release the output; a run that filled the disk (or quota) ends in one line naming the output and the
+        space, with nothing of it left behind."""
+        written = tree_bytes(self.staging) if error is not None and disk_full(error) else None
         self.release()
+        if written is not None:
+            free = shutil.disk_usage(next(p for p in self.path.parents if p.is_dir())).free  # its parents may be gone
+            needed = (f"about {mebibytes(self.expected_bytes)}" if self.expected_bytes > written else
+                      f"more than the {mebibytes(written)} written when the disk filled")
+            raise LeanbertError(f"no space left for the output {str(self.path)!r}: the result needs {needed} and "
+                                f"{mebibytes(free)} are free; free some space or give --output on a larger disk") \
+                from None
 
     def take_lock(self) -> None:
         info = lock_info(self.command)

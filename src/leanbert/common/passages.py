@@ -35,6 +35,9 @@ def text_files(path: str | Path, what: str) -> list[Path]:
         if files:
             return files
         raise LeanbertError(f"{what} {str(path)!r} is a folder with no .txt files")
+    if path.exists():  # a device, a named pipe, a socket: read once, or never ending
+        raise LeanbertError(f"{what} {str(path)!r} is not a regular file or folder; give a file of text or a folder "
+                            "of .txt files")
     raise LeanbertError(f"{what} {str(path)!r} not found: no such file or folder")
 
 

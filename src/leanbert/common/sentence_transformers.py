@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LeanbertError, first_line
-from .models import is_local
+from .models import check_on_hub, is_local
 
 MODULES = "modules.json"
 MODEL_CONFIG = "config_sentence_transformers.json"
@@ -109,6 +109,7 @@ def hub_folder(repo_id: str, what: str) -> Path | None:
     from huggingface_hub import snapshot_download
 
     patterns = [MODULES, MODEL_CONFIG, *TRANSFORMER_CONFIGS, "[0-9]*_*/*"]
+    check_on_hub(repo_id, what)  # one line naming an endpoint that fails, not snapshot_download's retries
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as error:

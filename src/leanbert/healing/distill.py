@@ -22,17 +22,21 @@ import torch
 from ..architectures import BY_MODEL_TYPE
 from ..common.checkpoints import CheckpointFolder
 from ..common.errors import LeanbertError, check_integer
+from ..common.fingerprints import TOKENIZER_PARTS, short, tokenizer_parts
 from ..common.models import load_bert, load_config, load_tokenizer, load_weights, read_json, tokenize, weights_checksum
 from ..common.passages import read_passages
 from ..common.sentence_transformers import read_setup, write_setup
 from ..conversion import embedding_cosines, mean_pool
 from ..publishing import write_model_card
-from ..training import TrainingLoop, TrainingRun, TrainingSettings, write_curves
+from ..training import TrainingLoop, TrainingRun, TrainingSettings, process_state, write_curves
 
 REPORT = "conversion_report.json"
 # Lines shorter than this are headings and fragments (about ten tokens or fewer): too little context for the
 # attention maps and hidden states that healing distils, so a text file's short lines are skipped.
 MIN_PASSAGE_CHARS = 40
+# Fewer distinct passages than this (or than the run draws, if it draws fewer) is text repeated, not a corpus: the
+# student would fit a handful of passages, as calibration would (the conversion's minimum is the same).
+MIN_DISTINCT_PASSAGES = 16
 MAX_SEED = 2**32 - 1  # what numpy's and accelerate's seeding accept
 DEFAULT_MAX_LENGTH = 128  # tokens per passage, or the teacher's positions if it has fewer
 
@@ -86,9 +90,18 @@ def healable(student) -> set[str]:
 
 
 def check_pair(teacher, teacher_tokenizer, student, student_tokenizer) -> None:
-    """Teacher and student must share tokenizer, vocabulary and layer shapes, or distillation is meaningless."""
-    if teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
-        raise HealingError("teacher and student tokenizers differ; the student must be converted from this teacher")
+    """Teacher and student must share tokenizer (its vocabulary and the whole pipeline that turns text into ids:
+    normalisation such as lowercasing, pre-tokenisation, special tokens) and layer shapes, or the student learns to
+    match the teacher on other tokens than its own."""
+    teacher_parts, student_parts = tokenizer_parts(teacher_tokenizer), tokenizer_parts(student_tokenizer)
+    part = next((part for part in TOKENIZER_PARTS if teacher_parts[part] != student_parts[part]), None)
+    if part == "vocabulary":
+        raise HealingError(f"teacher and student tokenizers differ in their vocabulary ({len(teacher_parts[part])} "
+                           f"vs {len(student_parts[part])} tokens); the student must be converted from this teacher")
+    if part is not None:
+        raise HealingError(f"teacher and student tokenizers differ in their {part} (teacher "
+                           f"{short(teacher_parts[part])}, student {short(student_parts[part])}): the same text would "
+                           "give them other tokens; heal with the teacher the student was converted from")
     for field in ("vocab_size", "hidden_size", "num_hidden_layers"):
         if getattr(teacher.config, field) != getattr(student.config, field):
             raise HealingError(f"teacher and student differ in {field}: {getattr(teacher.config, field)} vs "
@@ -167,6 +180,11 @@ class Healing:
         self.checkpoint_every = checkpoint_every
         self.passages, self.available = read_passages(text, limit=steps * batch_size, seed=seed,
                                                       min_chars=MIN_PASSAGE_CHARS, what="healing text")
+        distinct, needed = len(set(self.passages)), min(MIN_DISTINCT_PASSAGES, steps * batch_size)
+        if distinct < needed:
+            raise HealingError(f"healing text {str(text)!r} holds {distinct} distinct passages of {MIN_PASSAGE_CHARS} "
+                               f"characters or more; healing needs at least {needed} (a repeated passage counts "
+                               "once)")
         self.teacher_setup = read_setup(teacher, "teacher", allow_pickle)  # sentence-transformers modules, if any
         self.teacher, self.teacher_tokenizer = load_bert(teacher, allow_pickle, what="teacher")
         self.teacher_checksum = weights_checksum(self.teacher)
@@ -195,7 +213,8 @@ class Healing:
     def check_resume(self, checkpoints: CheckpointFolder, resume: bool) -> None:
         """Find the checkpoint to continue from (none for a fresh start) before any work."""
         self.checkpoints = checkpoints
-        self.resume_from = checkpoints.resume_point(self.settings, resume)
+        self.resume_from = checkpoints.resume_point(self.settings, resume, processes=process_state().num_processes,
+                                                    tokenizer=getattr(self, "tokenizer", None))
 
     def write_to(self, folder: Path | None, callback: Callable[[int, float], None] | None = None) -> dict:
         """Heal (after `check_resume`) on the training loop; the main process writes the healed model, tokenizer,

@@ -33,6 +33,7 @@ leanbert and with `trust_remote_code=True` without it (and with sentence-transfo
 """
 
 import json
+import re
 from pathlib import Path
 
 from ..architectures import BY_MODEL_TYPE
@@ -53,7 +54,10 @@ HEADS = {
     "Model": ("AutoModel", "feature-extraction"),
 }
 HUB_METRICS = {"pearson": "pearsonr", "spearmanr": "spearmanr", "accuracy": "accuracy", "f1": "f1",
-               "matthews_correlation": "matthews_correlation"}
+               "matthews_correlation": "matthews_correlation", "macro_f1": "f1", "micro_f1": "f1",
+               "precision": "precision", "recall": "recall"}
+PROBLEMS = {"single_label_classification": "classification", "regression": "regression",
+            "multi_label_classification": "multi-label classification", "token_classification": "token classification"}
 REPORTS = ("conversion_report.json", "training_report.json", "results.json")
 EXPORT_REPORT = "export_report.json"
 
@@ -115,16 +119,51 @@ def source_card(source: str | None):
         return None
 
 
+# a Hub id in a card's usage snippets: from_pretrained('org/name'), SentenceTransformer('org/name'), model_id = "..."
+HUB_ID_IN_SNIPPET = re.compile(r"""(?:from_pretrained|SentenceTransformer|model_id\s*=)\(?\s*"""
+                               r"""['"]([\w.-]+/[\w.-]+)['"]""")
+
+
+def known_as(folder: Path) -> tuple[str, str] | None:
+    """What a local model folder says it is, and where that is said: the Hub repository of a Hugging Face cache
+    folder; else its own card's (not a leanbert card's: that one says how it was made) Hub id, from its usage
+    snippets (the one whose name is the card's title, else the most used), or its title; else the Hub id its config
+    was saved from (`_name_or_path`). None when nothing says."""
+    if hub_id(str(folder)):
+        return hub_id(str(folder)), "from the Hugging Face cache"
+    card = source_card(str(folder))
+    if card is not None and "leanbert" not in (getattr(card.data, "tags", None) or []):
+        title = next((line[2:].strip() for line in card.text.splitlines() if line.startswith("# ")), None)
+        ids = HUB_ID_IN_SNIPPET.findall(card.text)
+        named = [i for i in ids if title and i.split("/")[-1].casefold() == title.casefold()]
+        if named or ids:
+            return (named or sorted(ids, key=ids.count, reverse=True))[0], "named by its card"
+        if title:
+            return title, "the title of its card"
+    saved_from = read_json(folder / "config.json").get("_name_or_path")
+    if isinstance(saved_from, str) and not is_local(saved_from) and hub_id(saved_from):
+        return saved_from, "saved from it, by its config"
+    return None
+
+
 def display(path: str | None) -> str:
-    """How a source or data path appears on a card: a Hub id as is, a local path by its name (the card is meant to
-    be published; the full path is in the report)."""
+    """How a source or data path appears on a card: a Hub id as is; a local model folder by what it says it is
+    (`known_as`) and the folder's name, since the name alone (`model`) tells a reader nothing; another local path by
+    its name (the card is meant to be published; the full path is in the report)."""
     if not path:
         return "(none)"
     path = str(path)
     if path == "bundled":
         return "the passages bundled with leanbert"
     if is_local(path):
-        return f"`{Path(path).name or path}` (local {'folder' if Path(path).is_dir() else 'file'})"
+        local = Path(path).expanduser()
+        name = local.resolve().name if local.exists() else (local.name or path)
+        if not local.is_dir():
+            return f"`{name}` (local file)"
+        known = known_as(local)
+        if known is None:
+            return f"`{name}` (local folder)"
+        return f"`{known[0]}` ({known[1]}; local folder `{name}`)"
     return f"[`{path}`](https://huggingface.co/{path})"
 
 
@@ -265,14 +304,15 @@ def write_model_card(folder: str | Path, *, kind: str, source: str | Path | None
         library_name="transformers", pipeline_tag=pipeline_tag, tags=[tag for tag in tags if tag],
         base_model=base_model, base_model_relation=RELATION if base_model else None,
         license=license_ if isinstance(license_, str) else None,
-        datasets=[GLUE_DATASET] if kind == "finetuned" else None,
-        metrics=[HUB_METRICS[m] for m in mapping(results, "metrics") if m in HUB_METRICS] or None)
+        datasets=[results.get("dataset", GLUE_DATASET)] if kind == "finetuned" and results.get(
+            "dataset", GLUE_DATASET) else None,
+        metrics=list(dict.fromkeys(HUB_METRICS[m] for m in mapping(results, "metrics") if m in HUB_METRICS)) or None)
 
     name = architecture.name if architecture else "BERT"
     title = {"converted": f"{class_name}, converted from {display(source)}",
              "healed": f"{class_name}, converted from {display(source)} and healed by distillation",
              "pretrained": f"{class_name}, pretrained with masked-LM",
-             "finetuned": f"{class_name}, fine-tuned on GLUE {str(results.get('task', '')).upper()}",
+             "finetuned": f"{class_name}, fine-tuned on {finetuned_on(results)}",
              "exported": f"{class_name}, the exact BERT form of {exported.get('source_architecture')} "
                          f"{display(source)}"}[kind]
     body = [f"# {title}", ""]
@@ -397,8 +437,8 @@ def lineage(source, base_model, conversion: dict, training: dict, results: dict,
                      f"{settings.get('mlm_probability')}, seed {settings.get('seed')}.")
     if results:
         settings = mapping(results, "settings")
-        lines.append(f"- Fine-tuned from {display(settings.get('model'))} on GLUE "
-                     f"{str(results.get('task')).upper()} (data: {display(settings.get('data_dir'))}) by "
+        data = (f" (data: {display(settings.get('data_dir'))})" if settings.get("data_dir") else "")
+        lines.append(f"- Fine-tuned from {display(settings.get('model'))} on {finetuned_on(results)}{data} by "
                      f"`leanbert-finetune` (leanbert {results.get('leanbert_version')}): {results.get('steps')} "
                      f"steps, batch {settings.get('batch_size')}, learning rate {settings.get('learning_rate')}, "
                      f"max length {settings.get('max_seq_length')}, seed {settings.get('seed')}.")
@@ -467,19 +507,41 @@ def training_results(kind: str, training: dict, results: dict) -> list[str]:
     if results:
         metrics, best = mapping(results, "metrics"), mapping(results, "best")
         names = [key for key in metrics if key not in ("step", "samples", "seconds", "loss")]
-        lines += [f"## Results on GLUE {str(results.get('task')).upper()} (validation: "
-                  f"{number(results.get('validation_examples'))} examples)", "",
-                  "| | " + " | ".join(names) + " | loss | step |", "|---" * (len(names) + 3) + "|",
+        lines += [f"## Results on {finetuned_on(results)} (validation: "
+                  f"{number(results.get('validation_examples'))} examples)", ""]
+        labels = results.get("labels")
+        if results.get("problem_type") in PROBLEMS:
+            lines += [f"Task: {PROBLEMS[results['problem_type']]}"
+                      + (f", {len(labels)} labels: {', '.join(f'`{label}`' for label in labels)}"
+                         if isinstance(labels, list) else "") + ".", ""]
+        lines += ["| | " + " | ".join(names) + " | loss | step |", "|---" * (len(names) + 3) + "|",
                   "| final | " + " | ".join(fixed(metrics[n], 4) for n in names)
                   + f" | {fixed(metrics.get('loss'), 4)} | {metrics.get('step')} |"]
         if best:
             lines.append("| best | " + " | ".join(fixed(best.get(n), 4) for n in names)
                          + f" | {fixed(best.get('loss'), 4)} | {best.get('step')} |")
+        undefined = mapping(results, "undefined")
+        for name, why in undefined.items():
+            lines += ["", f"{name} is undefined (n/a above): {why}."]
+        entities = mapping(results, "entities")
+        if entities:
+            lines += ["", "| entity type | precision | recall | f1 | number |", "|---|---|---|---|---|"]
+            for name in entities:
+                scores = mapping(entities, name)
+                lines.append(f"| {name} | " + " | ".join(fixed(scores.get(key), 4) for key in ("precision", "recall",
+                                                                                              "f1"))
+                             + f" | {scores.get('number')} |")
         lines += ["", f"The main metric is {results.get('main_metric')}; the saved model is the final one.", "",
                   "![fine-tuning curve](finetuning_curve.png)", ""]
     if kind == "healed":
         lines += ["![healing curve](healing_curve.png)", ""]
     return lines
+
+
+def finetuned_on(results: dict) -> str:
+    """What a model was fine-tuned on: the results' own words ("GLUE RTE", "`tickets.csv` (local train file)"), or
+    the GLUE task of results written before they had them."""
+    return str(results.get("data") or f"GLUE {str(results.get('task', '')).upper()}")
 
 
 def sentence_snippet(architecture, remote: bool) -> str:

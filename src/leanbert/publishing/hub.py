@@ -13,7 +13,9 @@ in the folder except leanbert's bookkeeping (the manifest `.leanbert-output.json
 (`cards.for_repo`); the local folder is never changed.
 
 Every refusal is one `LeanbertError`: "the Hub refused ...: <status> <reason>" for an HTTP error (401, 403, 404, a
-refused commit), "cannot reach the Hub" for the network. The local output is untouched either way.
+refused commit), "cannot reach the Hub at <HF_ENDPOINT>" for the network (refused, or silent past the timeouts
+`common.models.hub_timeouts` gives every request), "the Hub at <HF_ENDPOINT> answered ... with something that is not
+the Hub's JSON" for a proxy's or portal's page. The local output is untouched either way.
 """
 
 import contextlib
@@ -24,7 +26,7 @@ from pathlib import Path
 from .. import __version__
 from ..architectures import ARCHITECTURES
 from ..common.errors import LeanbertError, first_line
-from ..common.models import VOCABULARY_FILES
+from ..common.models import VOCABULARY_FILES, hub_timeouts
 from ..common.output import MANIFEST, STAGING_MARK
 from .cards import CARD, EXPORT_REPORT, REPORTS, for_repo
 
@@ -80,9 +82,13 @@ def hub_token(token: str | None = None) -> str:
 
 @contextlib.contextmanager
 def hub_errors(action: str, folder: Path | None = None):
-    """Turn the Hub's refusals and network failures inside the block into one `LeanbertError`."""
+    """Turn the Hub's refusals, network failures and answers that are not its JSON inside the block into one
+    `LeanbertError` naming the endpoint (HF_ENDPOINT); every request has `hub_timeouts`' limits, so none hangs."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    hub_timeouts()
+    where = f"the Hub at {constants.ENDPOINT}"
     kept = f"; the local output {str(folder)!r} is intact" if folder is not None else ""
     try:
         yield
@@ -98,8 +104,11 @@ def hub_errors(action: str, folder: Path | None = None):
     except OfflineModeIsEnabled:
         raise LeanbertError(f"cannot reach the Hub for {action}: HF_HUB_OFFLINE is set{kept}") from None
     except TransportError as error:
-        raise LeanbertError(f"cannot reach the Hub for {action}: {type(error).__name__}: {first_line(error)}{kept}") \
-            from None
+        raise LeanbertError(f"cannot reach {where} for {action}: {type(error).__name__}: "
+                            f"{first_line(error) or 'no answer'}{kept}") from None
+    except ValueError as error:  # a proxy's or captive portal's HTML page where the Hub's JSON was expected
+        raise LeanbertError(f"{where} answered {action} with something that is not the Hub's JSON "
+                            f"({first_line(error)}); check HF_ENDPOINT and any proxy{kept}") from None
     except OSError as error:
         raise LeanbertError(f"{action} failed: {type(error).__name__}: {first_line(error)}{kept}") from None
 
@@ -273,6 +282,8 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
         try:
             commit = api.create_commit(repo_id, operations, commit_message=message, revision=revision,
                                        repo_type="model")
+        except json.JSONDecodeError:  # a proxy's or portal's page, not a refusal: `hub_errors` names the endpoint
+            raise
         except ValueError as error:  # the Hub refused the card's metadata, or garbled an answer
             reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
             raise LeanbertError(f"the Hub refused the upload to {repo_id!r}: {reason}; the local output "

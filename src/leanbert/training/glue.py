@@ -2,7 +2,8 @@
 
 Files are small, so they are read with plain Python and turned into in-memory `datasets.Dataset`s; quotes inside
 fields are kept as text (MRPC and SST-2 contain stray ones), and every problem with the files is a one-line
-`LeanbertError` naming the file (and line) instead of a traceback deep inside a CSV parser.
+`LeanbertError` naming the file (and line) instead of a traceback deep inside a CSV parser. Fine-tuning takes a
+task as a preset of its general path (`labelled.from_glue`): fixed columns, labels and metrics.
 """
 
 import math
@@ -50,6 +51,8 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("not_entailment", "entailment"), header=True),
     Task("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment"), header=True),
 )}
+
+HUB_DATASET = "nyu-mll/glue"  # the Hub's copy of GLUE, named in a fine-tuned model's card
 
 # The metric to select checkpoints on and report first. MRPC: F1, the figure GLUE lists first for it.
 _MAIN_METRIC = {"cola": "matthews_correlation", "mrpc": "f1", "stsb": "pearson"}

@@ -12,16 +12,18 @@ num_processes` samples. Logged losses are averaged over those samples' micro-bat
 """
 
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import (DistributedType, is_mps_available, is_npu_available, is_xpu_available,
-                              parse_flag_from_env, set_seed)
+from accelerate.utils import (DistributedType, get_torch_accelerator_backend, is_mps_available, is_npu_available,
+                              is_xpu_available, parse_flag_from_env, set_seed)
 from accelerate.utils import load as load_with_accelerate
 from accelerate.utils.constants import RNG_STATE_NAME
 from torch import nn
@@ -206,9 +208,15 @@ class TrainingLoop:
                 "history": self.history}
 
     def resume(self, path, progress: dict) -> None:
-        """Continue from a checkpoint written by `run` (model, optimizer, scheduler and random states). accelerate
-        skips random states it cannot load without a word (the run would go on with other dropout and masks), so
-        this process's are loaded here first, with the same weights-only loader, and refused if they do not load."""
+        """Continue from a checkpoint written by `run` (model, optimizer, scheduler and random states) by as many
+        processes as made it (steps, the schedule and the data order are counted over all of them). accelerate
+        skips random states it cannot load or apply without a word (the run would go on with other dropout and
+        masks), so this process's are loaded here first, with the same weights-only loader, refused if they do
+        not load, and checked to be in force once accelerate has loaded the checkpoint."""
+        made_by = progress.get("processes")
+        if made_by is not None and made_by != self.accelerator.num_processes:
+            raise TrainingError(f"cannot resume from {str(path)!r}: it was made by {made_by} processes and this run "
+                                f"has {self.accelerator.num_processes}; resume with {made_by}")
         states = Path(path) / f"{RNG_STATE_NAME}_{self.accelerator.process_index}.pkl"
         try:
             loaded = load_with_accelerate(states)
@@ -223,6 +231,10 @@ class TrainingLoop:
             self.accelerator.load_state(str(path))
         except Exception as error:  # a damaged file: torch's weights-only loader refuses code
             raise TrainingError(f"cannot resume from {str(path)!r}: {first_line(error)}") from None
+        problem = random_states_problem(loaded)
+        if problem:
+            raise TrainingError(f"cannot resume from {str(path)!r}: accelerate did not restore its random states "
+                                f"({states.name}: {problem}), so the run would not continue as it started")
         self.step, self.samples, self.seconds = progress["step"], progress["samples"], progress["seconds"]
         self.history = progress["history"]
 
@@ -301,12 +313,38 @@ class TrainingLoop:
         self.history["eval"].append({"step": self.step, "samples": self.samples, "seconds": round(self.seconds, 3),
                                      **metrics})
         if self.accelerator.is_local_main_process:
-            tqdm.write(f"{self.name} step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            tqdm.write(f"{self.name} step {self.step}: " + ", ".join(
+                f"{k} {'undefined' if v is None else format(v, '.4g')}" for k, v in metrics.items()))
         return metrics
 
     def unwrapped(self) -> nn.Module:
         """The trained model itself (not the DDP/FSDP wrapper), for `save_pretrained`."""
         return self.accelerator.unwrap_model(self.model)
+
+
+def random_states_problem(states: dict) -> str | None:
+    """Why the random generators are not in the `states` a checkpoint saved (None when they are): accelerate's
+    `load_state` gives up on them without an error, or leaves the accelerator's generator alone when the checkpoint
+    has no state for it (a checkpoint made on the CPU, resumed on a GPU)."""
+    numpy_state = np.random.get_state()
+    if random.getstate() != states["random_state"] or not all(
+            np.array_equal(a, b) for a, b in zip(numpy_state, states["numpy_random_seed"])) \
+            or not torch.equal(torch.get_rng_state(), torch.as_tensor(states["torch_manual_seed"])):
+        return "the CPU generators were not restored"
+    device_type, device_module = get_torch_accelerator_backend()
+    if device_type is None:
+        return None
+    key = f"torch_{device_type}_manual_seed"
+    if key not in states:
+        return f"it holds no {device_type} generator state (it was made without a {device_type} device)"
+    module = torch.get_device_module(device_type)
+    if isinstance(states[key], torch.Tensor):  # the current device's (accelerate's torch.accelerator path)
+        saved, current = [states[key]], [module.get_rng_state()]
+    else:
+        saved, current = list(states[key]), module.get_rng_state_all()
+    if len(saved) != len(current) or not all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(saved, current)):
+        return f"the {device_type} generators were not restored ({len(saved)} saved, {len(current)} devices here)"
+    return None
 
 
 def evaluate_loss(compute_loss: Callable) -> Callable:

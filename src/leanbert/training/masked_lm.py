@@ -9,6 +9,7 @@ curves (`pretraining_curve.json`, `.png`).
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM
 from .. import __version__
 from ..architectures import ARCHITECTURES
 from ..common.errors import LeanbertError, first_line
-from ..common.models import load_config, load_tokenizer, load_weights
+from ..common.models import check_training_memory, load_config, load_tokenizer, load_weights
 from ..common.output import check_disjoint, check_writable, exists
 from ..configuration_encoder import LeanEncoderConfig, integer
 from ..publishing import write_model_card
@@ -31,6 +32,10 @@ MODEL_TYPES = ("bert", *(architecture.model_type for architecture in ARCHITECTUR
 # the rules leanbert's configs apply to BERT's fields, applied to a fresh BertConfig's overrides too (a zero head
 # count, an unknown activation or a nan epsilon would otherwise fail inside the model or the training)
 BERT_FIELD_RULES = {**LeanEncoderConfig.field_rules, "num_attention_heads": integer()}
+# encoder fields pretraining sets itself: an override would be replaced without a word, or break the loss
+SET_BY_PRETRAINING = {
+    "pad_token_id": "pretraining takes it from the tokenizer's padding token",
+    "sparse_pred_ignore_index": "the masking marks the positions without a label -100, the value it must keep"}
 
 
 def override_config(config, overrides: str):
@@ -41,19 +46,32 @@ def override_config(config, overrides: str):
     if not overrides:
         return config
     rules = type(config).field_rules if isinstance(config, LeanEncoderConfig) else BERT_FIELD_RULES
-    settable = sorted(set(rules) & set(config.to_dict()))
+    settable = sorted(set(rules) & set(config.to_dict()) - set(SET_BY_PRETRAINING))
     for item in overrides.split(","):
         key = item.partition("=")[0].strip()
         if "=" not in item or not key:
             raise LeanbertError(f"config override {item!r} is not key=value")
         if key not in config.to_dict():
             raise LeanbertError(f"config override {key!r}: {config.model_type} configs have no field {key!r}")
+        if key in SET_BY_PRETRAINING:
+            raise LeanbertError(f"config override {key!r} is not yours to set: {SET_BY_PRETRAINING[key]}")
         if key not in settable:  # is_decoder, add_cross_attention, model_type, architectures, return_dict, ...
             raise LeanbertError(f"config override {key!r} does not apply to pretraining a {config.model_type} "
                                 "encoder (it would change what is trained, or what the output says it is); the "
                                 f"fields that can be set: {', '.join(settable)}")
+    # transformers takes a value's type from the field's current value: a field that is None (classifier_dropout)
+    # is set here, its value read as a number where it is one (the field's rule then judges it)
+    unset = {key.strip(): value for key, _, value in (item.partition("=") for item in overrides.split(","))
+             if config.to_dict()[key.strip()] is None}
+    typed = ",".join(item for item in overrides.split(",") if item.partition("=")[0].strip() not in unset)
     try:
-        config.update_from_string(overrides)
+        for key, value in unset.items():
+            value = None if value.strip().lower() in ("none", "null") else number_or_text(value.strip())
+            if isinstance(value, str):
+                raise LeanbertError(f"config override '{key}={value}': {key} takes a number, or none")
+            setattr(config, key, value)
+        if typed:
+            config.update_from_string(typed)
         if config.model_type == "bert":  # BertConfig checks types only; leanbert's configs check each field when set
             values = config.to_dict()
             for field, rule in BERT_FIELD_RULES.items():
@@ -62,6 +80,15 @@ def override_config(config, overrides: str):
     except (ValueError, TypeError) as error:
         raise LeanbertError(f"config override {overrides!r}: {first_line(error)}") from None
     return config
+
+
+def number_or_text(value: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def check_cache_folder(cache: Path, folders: list[tuple[str, str | Path]]) -> None:
@@ -97,7 +124,10 @@ def build_model(model_type: str | None, overrides: str, model: str | None, token
     config = override_config(AutoConfig.for_model(model_type, vocab_size=size), overrides)
     tok = load_tokenizer(tokenizer, "tokenizer", config.vocab_size)
     config.pad_token_id = tok.pad_token_id
-    try:
+    state = process_state()
+    try:  # counted on the meta device first: a config too large for memory is refused before anything is allocated
+        check_training_memory(AutoModelForMaskedLM, config, f"the {model_type} config", state.device,
+                              int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         built = AutoModelForMaskedLM.from_config(config)
     except (ValueError, TypeError) as error:  # fields that do not fit together (hidden_size vs heads, ...)
         raise LeanbertError(f"the {model_type} config does not build: {first_line(error)}") from None
@@ -138,7 +168,7 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
                 "validation_file": None if validation_file is None else str(Path(validation_file).resolve()),
                 "validation_split": validation_split, "max_seq_length": max_seq_length,
                 "mlm_probability": mlm_probability, "whole_word_masking": whole_word_masking, **settings.as_dict()}
-    run.check_resume(recorded, resume)
+    run.check_resume(recorded, resume, tokenizer=tok)
 
     def blocks(files, what):
         with process_state().main_process_first():  # the others then read what it cached
@@ -171,6 +201,9 @@ def pretrain(output: str | Path, *, train_file: str | Path, model_type: str | No
         return report
 
     def write(folder: Path, history: dict, state_dict: dict) -> None:
+        # tied tensors (the decoder's weight is the word embeddings) are stored once
+        run.target.expected_bytes = sum({(t.device, t.data_ptr()): t.numel() * t.element_size()
+                                         for t in state_dict.values()}.values())
         loop.unwrapped().save_pretrained(folder, state_dict=state_dict)
         tok.save_pretrained(folder)
         (folder / "training_report.json").write_text(json.dumps(summarize(history), indent=2) + "\n")

@@ -13,8 +13,8 @@ from .loop import TrainingLoop, process_state
 
 class TrainingRun:
     """Checks `output` (against `inputs`, with `force`) and the checkpoint folder (default
-    `<output>.<task>-checkpoints`) on construction; `check_resume(settings, resume)` finds the checkpoint to
-    continue from, and `train(loop, write)` runs the loop and publishes what `write(folder)` writes."""
+    `<output>.<task>-checkpoints`) on construction; `check_resume(settings, resume, tokenizer)` finds the checkpoint
+    to continue from, and `train(loop, write)` runs the loop and publishes what `write(folder)` writes."""
 
     def __init__(self, output: str | Path, inputs: list[tuple[str, str | Path]], *, command: str, task: str,
                  checkpoint_dir: str | Path | None = None, force: bool = False):
@@ -22,13 +22,17 @@ class TrainingRun:
         self.target = SafeOutput(output, inputs=inputs, force=force, command=command)
         output = Path(output)
         self.checkpoints = CheckpointFolder(checkpoint_dir or output.with_name(f"{output.name}.{task}-checkpoints"),
-                                            inputs=[*inputs, ("output", output)])
+                                            inputs=[*inputs, ("output", output)], command=command)
         self.resume_from = None
         process_state().wait_for_everyone()  # every process checked the folders before the main one claims them
 
-    def check_resume(self, settings: dict, resume: bool) -> None:
+    def check_resume(self, settings: dict, resume: bool, tokenizer=None) -> None:
+        """Find the checkpoint to continue from before any work (`CheckpointFolder.resume_point`): every input given
+        on construction is fingerprinted by content, and `tokenizer` (the one the run tokenises with) by its
+        pipeline, so that a resume on changed files, another tokenizer or another process count is refused."""
         self.settings = settings
-        self.resume_from = self.checkpoints.resume_point(settings, resume)
+        self.resume_from = self.checkpoints.resume_point(settings, resume, processes=process_state().num_processes,
+                                                         tokenizer=tokenizer)
 
     def train(self, loop: TrainingLoop, write: Callable[[Path, dict, dict], None],
               callback: Callable[[int, float], None] | None = None) -> dict:
@@ -63,12 +67,16 @@ class TrainingRun:
     @contextlib.contextmanager
     def claimed(self, main: bool):
         """The checkpoint folder's lock, held by the main process for the whole run; the folder is removed at the end
-        when the run saved no checkpoint in it (an interrupted run without `--checkpoint-every`)."""
+        when the run saved no checkpoint in it (an interrupted run without `--checkpoint-every`), and whatever it holds
+        for `leanbert-convert`, which cannot continue from a checkpoint (it would only stand in the next run's way)."""
         if main:
             self.checkpoints.claim(self.command)
         try:
             yield
         finally:
             if main:
-                self.checkpoints.remove_if_unused()
+                if self.command == "leanbert-convert":
+                    self.checkpoints.remove()
+                else:
+                    self.checkpoints.remove_if_unused()
                 self.checkpoints.release()
