@@ -227,15 +227,8 @@ def read_dataset(name: str, config: str | None = None, *, train_split: str = "tr
     """Labelled data from `datasets.load_dataset(name, config)` (a Hub id, a local folder of data files) or a
     `save_to_disk` folder; without the validation split, `validation_split` of train is held out."""
     label_column = label_column or "label"
-    found = load_named(name, config, cache_dir)
-    check_split_options(validation_split, validation_split_name in found, f"a {validation_split_name!r} split")
-    wanted = {"train": train_split, "validation": validation_split_name if validation_split is None else None,
-              "test": test_split}
-    absent = [split for split in wanted.values() if split and split not in found]
-    if absent:
-        raise LeanbertError(f"dataset {name!r} has no split {', '.join(map(repr, absent))}; its splits: "
-                            f"{', '.join(map(repr, found))}")
-    loaded = {role: found[split] for role, split in wanted.items() if split}
+    wanted, loaded = dataset_splits(name, config, cache_dir, train_split, validation_split_name, test_split,
+                                    validation_split)
     for role, data in loaded.items():
         wanted_columns = [*(text_columns or []), *([label_column] if role != "test" else [])]
         missing = [column for column in wanted_columns if column not in data.column_names]
@@ -246,6 +239,21 @@ def read_dataset(name: str, config: str | None = None, *, train_split: str = "tr
     local = Path(name).exists()
     return labelled(name if not local else Path(name).name, loaded, text_columns, label_column, validation_split,
                     seed, [("dataset", Path(name))] if local else [], hub_dataset=None if local else name)
+
+
+def dataset_splits(name: str, config: str | None, cache_dir: str | None, train_split: str,
+                   validation_split_name: str, test_split: str | None, validation_split: float | None):
+    """The dataset's splits by role: ({role: split name}, {role: split}) for train, validation (unless
+    `validation_split` holds it out of train) and test (if asked); one line naming a split the dataset lacks."""
+    found = load_named(name, config, cache_dir)
+    check_split_options(validation_split, validation_split_name in found, f"a {validation_split_name!r} split")
+    roles = {"train": train_split, "validation": validation_split_name if validation_split is None else None,
+             "test": test_split}
+    absent = [split for split in roles.values() if split and split not in found]
+    if absent:
+        raise LeanbertError(f"dataset {name!r} has no split {', '.join(map(repr, absent))}; its splits: "
+                            f"{', '.join(map(repr, found))}")
+    return roles, {role: found[split] for role, split in roles.items() if split}
 
 
 def load_named(name: str, config: str | None, cache_dir: str | None) -> datasets.DatasetDict:

@@ -20,7 +20,7 @@ import numpy as np
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
 from ..common.errors import LeanbertError
-from .labelled import check_file, check_split_options, load_file, load_named
+from .labelled import check_file, check_split_options, dataset_splits, load_file
 
 TOKENS = "token_classification"  # the problem type, beside labelled.py's
 TAG = re.compile(r"^(O|[BI]-.+)$")
@@ -118,15 +118,8 @@ def read_token_dataset(name: str, config: str | None = None, *, train_split: str
                        cache_dir: str | None = None):
     """As `read_token_files`, from a dataset `datasets` loads (tags as names, or ids of a ClassLabel sequence,
     `ner_tags` where there is no `tags`)."""
-    found = load_named(name, config, cache_dir)
-    check_split_options(validation_split, validation_split_name in found, f"a {validation_split_name!r} split")
-    roles = {"train": train_split, "validation": validation_split_name if validation_split is None else None,
-             "test": test_split}
-    absent = [split for split in roles.values() if split and split not in found]
-    if absent:
-        raise LeanbertError(f"dataset {name!r} has no split {', '.join(map(repr, absent))}; its splits: "
-                            f"{', '.join(map(repr, found))}")
-    loaded = {role: found[split] for role, split in roles.items() if split}
+    roles, loaded = dataset_splits(name, config, cache_dir, train_split, validation_split_name, test_split,
+                                   validation_split)
     columns = loaded["train"].column_names
     tokens = (text_columns or ["tokens"])[0]
     tags = label_column or ("tags" if "tags" in columns or "ner_tags" not in columns else "ner_tags")
