@@ -157,6 +157,18 @@ def plot(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
+MARKER = ".bench-finetune-files"  # in the work folder: this benchmark made it, so it may empty what is in it
+
+
+def claim_work_folder(work: Path) -> None:
+    """Make the work folder, or take one this benchmark made before; refuse any other (exit 2) before any work: the
+    runs delete their outputs and caches inside it, which must never be a user's files."""
+    if work.exists() and not (work / MARKER).is_file():
+        refuse(f"{work} exists and this benchmark did not make it (no {MARKER} in it): give another --runs-dir")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).touch()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = settings_of(args)
@@ -167,7 +179,7 @@ def main(argv=None) -> None:
     results = json.loads(previous.read_text()) if previous.is_file() else {}
     if results.get("settings") != settings:
         results = {"settings": settings, "rounds": []}
-    work.mkdir(parents=True, exist_ok=True)
+    claim_work_folder(work)
     csv_file = work / "stsb.csv"
     rows = write_csv(DATA / "glue" / "STS-B" / "train.tsv", csv_file)
     glue_args = ["--task", "stsb", "--data-dir", str(DATA / "glue")]
